@@ -1,0 +1,138 @@
+//! `/boot-source`: the guest kernel, its initrd and its command line.
+
+use std::fs::File;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// The command line a guest gets when the client gives none (upstream's default).
+pub const DEFAULT_KERNEL_CMDLINE: &str = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+/// Longest kernel command line accepted on x86_64 (upstream's capacity).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+
+/// Body of `PUT /boot-source`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    pub kernel_image_path: String,
+    pub initrd_path: Option<String>,
+    pub boot_args: Option<String>,
+}
+
+/// Why a boot source was refused; the display text is the client-visible message.
+#[derive(Debug, thiserror::Error)]
+pub enum BootSourceError {
+    #[error("The kernel file cannot be opened: {0}")]
+    InvalidKernelPath(io::Error),
+    #[error("The initrd file cannot be opened due to invalid path or invalid permissions. {0}")]
+    InvalidInitrdPath(io::Error),
+    #[error("The kernel command line is invalid: {0}")]
+    InvalidKernelCommandLine(String),
+}
+
+/// A boot source whose files could be opened and whose command line is acceptable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootSource {
+    pub config: BootSourceConfig,
+}
+
+impl BootSource {
+    /// The command line the guest will start with, before squib adds device parameters.
+    pub fn cmdline(&self) -> &str {
+        self.config
+            .boot_args
+            .as_deref()
+            .unwrap_or(DEFAULT_KERNEL_CMDLINE)
+    }
+}
+
+impl TryFrom<BootSourceConfig> for BootSource {
+    type Error = BootSourceError;
+
+    /// The files are opened now, as upstream does, so a bad path fails the `PUT`, not the boot.
+    fn try_from(config: BootSourceConfig) -> Result<Self, Self::Error> {
+        File::open(&config.kernel_image_path).map_err(BootSourceError::InvalidKernelPath)?;
+        if let Some(initrd) = &config.initrd_path {
+            File::open(initrd).map_err(BootSourceError::InvalidInitrdPath)?;
+        }
+        if let Some(args) = &config.boot_args {
+            validate_cmdline(args).map_err(BootSourceError::InvalidKernelCommandLine)?;
+        }
+        Ok(Self { config })
+    }
+}
+
+fn validate_cmdline(args: &str) -> Result<(), String> {
+    if args
+        .chars()
+        .any(|c| !c.is_ascii() || c == '\0' || (c.is_ascii_control() && c != '\t'))
+    {
+        return Err("String contains an invalid character".to_string());
+    }
+    // The kernel needs room for the terminating NUL.
+    if args.len() >= MAX_CMDLINE_LEN {
+        return Err("Command line string is too large".to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kernel_reports_os_error() {
+        let err = BootSource::try_from(BootSourceConfig {
+            kernel_image_path: "/nonexistent/vmlinux".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The kernel file cannot be opened: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn missing_initrd_and_bad_cmdline() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let path = kernel.path().to_str().unwrap().to_string();
+        let err = BootSource::try_from(BootSourceConfig {
+            kernel_image_path: path.clone(),
+            initrd_path: Some("/nonexistent/initrd".into()),
+            boot_args: None,
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The initrd file cannot be opened due to invalid path or invalid permissions. No such file or directory (os error 2)"
+        );
+        let err = BootSource::try_from(BootSourceConfig {
+            kernel_image_path: path.clone(),
+            initrd_path: None,
+            boot_args: Some("x".repeat(MAX_CMDLINE_LEN)),
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("The kernel command line is invalid: ")
+        );
+        let ok = BootSource::try_from(BootSourceConfig {
+            kernel_image_path: path,
+            initrd_path: None,
+            boot_args: None,
+        })
+        .unwrap();
+        assert_eq!(ok.cmdline(), DEFAULT_KERNEL_CMDLINE);
+    }
+
+    #[test]
+    fn unknown_field_text_matches_upstream() {
+        let err = serde_json::from_str::<BootSourceConfig>(r#"{"kernel_image_path":"a","foo":1}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown field `foo`, expected one of `kernel_image_path`, `initrd_path`, `boot_args` at line 1 column 30"
+        );
+    }
+}

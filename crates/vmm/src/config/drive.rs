@@ -1,0 +1,293 @@
+//! `/drives/{id}`: virtio block devices (file-backed) and vhost-user block devices.
+
+use std::fs::OpenOptions;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use super::rate_limiter::RateLimiterConfig;
+
+/// Host page-cache policy of a drive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Flush requests from the guest are ignored.
+    #[default]
+    Unsafe,
+    /// Flush requests from the guest reach the host file.
+    Writeback,
+}
+
+/// How the host performs a drive's I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    Async,
+    #[default]
+    Sync,
+}
+
+/// Body of `PUT /drives/{id}`, and the read-back shape of `GET /vm/config`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceConfig {
+    pub drive_id: String,
+    pub partuuid: Option<String>,
+    pub is_root_device: bool,
+    #[serde(default)]
+    pub cache_type: CacheType,
+    pub is_read_only: Option<bool>,
+    pub path_on_host: Option<String>,
+    pub rate_limiter: Option<RateLimiterConfig>,
+    pub io_engine: Option<IoEngine>,
+    pub socket: Option<String>,
+}
+
+/// Why a drive was refused; the display text is the client-visible message.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("A root block device already exists!")]
+    RootBlockDeviceAlreadyAdded,
+    #[error("Unable to create the virtio block device: Invalid block config.")]
+    InvalidBlockConfig,
+    #[error(
+        "Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {0} {1}"
+    )]
+    BackingFile(io::Error, String),
+}
+
+/// Where a validated drive's data lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriveBackend {
+    /// A host file served by squib's engine as virtio-blk.
+    File {
+        path: String,
+        read_only: bool,
+        io_engine: IoEngine,
+        rate_limiter: Option<RateLimiterConfig>,
+    },
+    /// An external vhost-user-blk backend listening on this socket.
+    VhostUser { socket: String },
+}
+
+/// A drive whose shape is valid and whose backing file could be opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drive {
+    pub id: String,
+    pub is_root_device: bool,
+    pub partuuid: Option<String>,
+    pub cache_type: CacheType,
+    pub backend: DriveBackend,
+}
+
+impl TryFrom<BlockDeviceConfig> for Drive {
+    type Error = DriveError;
+
+    fn try_from(cfg: BlockDeviceConfig) -> Result<Self, Self::Error> {
+        let backend = match (&cfg.path_on_host, &cfg.socket) {
+            (Some(path), None) => {
+                let read_only = cfg.is_read_only.unwrap_or(false);
+                OpenOptions::new()
+                    .read(true)
+                    .write(!read_only)
+                    .open(path)
+                    .map_err(|e| DriveError::BackingFile(e, path.clone()))?;
+                DriveBackend::File {
+                    path: path.clone(),
+                    read_only,
+                    io_engine: cfg.io_engine.unwrap_or_default(),
+                    rate_limiter: cfg.rate_limiter.and_then(RateLimiterConfig::normalized),
+                }
+            }
+            (None, Some(socket))
+                if cfg.is_read_only.is_none()
+                    && cfg.rate_limiter.is_none()
+                    && cfg.io_engine.is_none() =>
+            {
+                DriveBackend::VhostUser {
+                    socket: socket.clone(),
+                }
+            }
+            _ => return Err(DriveError::InvalidBlockConfig),
+        };
+        Ok(Self {
+            id: cfg.drive_id,
+            is_root_device: cfg.is_root_device,
+            partuuid: cfg.partuuid,
+            cache_type: cfg.cache_type,
+            backend,
+        })
+    }
+}
+
+impl Drive {
+    /// The shape `GET /vm/config` shows: every field, nulls included.
+    pub fn to_config(&self) -> BlockDeviceConfig {
+        let mut cfg = BlockDeviceConfig {
+            drive_id: self.id.clone(),
+            partuuid: self.partuuid.clone(),
+            is_root_device: self.is_root_device,
+            cache_type: self.cache_type,
+            ..Default::default()
+        };
+        match &self.backend {
+            DriveBackend::File {
+                path,
+                read_only,
+                io_engine,
+                rate_limiter,
+            } => {
+                cfg.is_read_only = Some(*read_only);
+                cfg.path_on_host = Some(path.clone());
+                cfg.rate_limiter = *rate_limiter;
+                cfg.io_engine = Some(*io_engine);
+            }
+            DriveBackend::VhostUser { socket } => cfg.socket = Some(socket.clone()),
+        }
+        cfg
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self.backend,
+            DriveBackend::File {
+                read_only: true,
+                ..
+            }
+        )
+    }
+}
+
+/// The configured drives, root device first, in insertion order otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drives {
+    list: Vec<Drive>,
+}
+
+impl Drives {
+    /// Adds a drive, or replaces the one with the same id. At most one root device.
+    pub fn insert(&mut self, drive: Drive) -> Result<(), DriveError> {
+        let existing = self.list.iter().position(|d| d.id == drive.id);
+        let other_root = self
+            .list
+            .iter()
+            .any(|d| d.is_root_device && d.id != drive.id);
+        if drive.is_root_device && other_root {
+            return Err(DriveError::RootBlockDeviceAlreadyAdded);
+        }
+        match existing {
+            Some(index) => self.list[index] = drive,
+            None => self.list.push(drive),
+        }
+        if let Some(index) = self.list.iter().position(|d| d.is_root_device) {
+            let root = self.list.remove(index);
+            self.list.insert(0, root);
+        }
+        Ok(())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Drive> {
+        self.list.iter()
+    }
+
+    pub fn root(&self) -> Option<&Drive> {
+        self.list.first().filter(|d| d.is_root_device)
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str, root: bool, path: &str) -> Drive {
+        Drive::try_from(BlockDeviceConfig {
+            drive_id: id.into(),
+            is_root_device: root,
+            path_on_host: Some(path.into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn shape_rules() {
+        let both = BlockDeviceConfig {
+            drive_id: "a".into(),
+            path_on_host: Some("/x".into()),
+            socket: Some("/s".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Drive::try_from(both),
+            Err(DriveError::InvalidBlockConfig)
+        ));
+        let neither = BlockDeviceConfig {
+            drive_id: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Drive::try_from(neither),
+            Err(DriveError::InvalidBlockConfig)
+        ));
+        let vhost = BlockDeviceConfig {
+            drive_id: "a".into(),
+            socket: Some("/s".into()),
+            is_read_only: Some(true),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Drive::try_from(vhost),
+            Err(DriveError::InvalidBlockConfig)
+        ));
+    }
+
+    #[test]
+    fn missing_file_message() {
+        let cfg = BlockDeviceConfig {
+            drive_id: "a".into(),
+            path_on_host: Some("/nonexistent/disk".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Drive::try_from(cfg).unwrap_err().to_string(),
+            "Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) /nonexistent/disk"
+        );
+    }
+
+    #[test]
+    fn root_first_single_root_and_replace() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let mut drives = Drives::default();
+        drives.insert(drive("data", false, path)).unwrap();
+        drives.insert(drive("rootfs", true, path)).unwrap();
+        assert_eq!(drives.root().unwrap().id, "rootfs");
+        assert!(matches!(
+            drives.insert(drive("other", true, path)),
+            Err(DriveError::RootBlockDeviceAlreadyAdded)
+        ));
+        // Replacing the root with a non-root drive of the same id is allowed.
+        drives.insert(drive("rootfs", false, path)).unwrap();
+        assert!(drives.root().is_none());
+        assert_eq!(drives.len(), 2);
+        let ids: Vec<_> = drives.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["rootfs", "data"]);
+    }
+
+    #[test]
+    fn read_back_has_every_field() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let d = drive("rootfs", true, file.path().to_str().unwrap());
+        let json = serde_json::to_value(d.to_config()).unwrap();
+        let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 9);
+        assert_eq!(json["io_engine"], "Sync");
+        assert_eq!(json["socket"], serde_json::Value::Null);
+    }
+}

@@ -1,0 +1,42 @@
+//! The boundary between the VMM loop and whatever runs the guest (QEMU, or a fake in tests).
+
+use std::future::Future;
+
+use tokio::sync::oneshot;
+
+use crate::resources::VmResources;
+
+/// An engine failure, described for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
+
+/// How a running guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off or rebooted: squib ends with exit code 0, like Firecracker.
+    GuestShutdown,
+    /// The engine died or misbehaved on its own.
+    EngineFailed(String),
+}
+
+/// Resolves once the running guest has ended.
+pub type ExitWatch = oneshot::Receiver<VmExit>;
+
+/// Starts guests.
+pub trait Engine: Send + 'static {
+    type Vm: RunningVm;
+
+    /// Boots a guest from validated resources; returns once its vCPUs run.
+    fn start(
+        &mut self,
+        resources: &VmResources,
+    ) -> impl Future<Output = Result<(Self::Vm, ExitWatch), EngineError>> + Send;
+}
+
+/// Controls one running guest.
+pub trait RunningVm: Send + 'static {
+    fn pause(&mut self) -> impl Future<Output = Result<(), EngineError>> + Send;
+    fn resume(&mut self) -> impl Future<Output = Result<(), EngineError>> + Send;
+    fn send_ctrl_alt_del(&mut self) -> impl Future<Output = Result<(), EngineError>> + Send;
+}

@@ -1,0 +1,79 @@
+//! An engine that runs no guest, for fast API tests. The real path is tested with QEMU.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
+use crate::resources::VmResources;
+
+/// Records what it was asked to do; can be told to end its "guest".
+#[derive(Clone, Default)]
+pub struct FakeEngine {
+    /// How long `start` takes, to exercise time-outs and GET liveness.
+    pub start_delay: Duration,
+    /// Calls made on the running fake guest, in order.
+    pub calls: Arc<Mutex<Vec<&'static str>>>,
+    exit: Arc<Mutex<Option<oneshot::Sender<VmExit>>>>,
+}
+
+impl FakeEngine {
+    pub fn with_start_delay(start_delay: Duration) -> Self {
+        Self {
+            start_delay,
+            ..Self::default()
+        }
+    }
+
+    /// Ends the fake guest as if it had powered off. Returns false if none runs.
+    pub fn end_guest(&self, how: VmExit) -> bool {
+        let sender = self.exit.lock().expect("fake engine lock").take();
+        sender.is_some_and(|s| s.send(how).is_ok())
+    }
+
+    fn record(&self, call: &'static str) {
+        self.calls.lock().expect("fake engine lock").push(call);
+    }
+}
+
+pub struct FakeVm {
+    engine: FakeEngine,
+}
+
+impl Engine for FakeEngine {
+    type Vm = FakeVm;
+
+    async fn start(
+        &mut self,
+        _resources: &VmResources,
+    ) -> Result<(FakeVm, ExitWatch), EngineError> {
+        tokio::time::sleep(self.start_delay).await;
+        let (tx, rx) = oneshot::channel();
+        *self.exit.lock().expect("fake engine lock") = Some(tx);
+        self.record("start");
+        Ok((
+            FakeVm {
+                engine: self.clone(),
+            },
+            rx,
+        ))
+    }
+}
+
+impl RunningVm for FakeVm {
+    async fn pause(&mut self) -> Result<(), EngineError> {
+        self.engine.record("pause");
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> Result<(), EngineError> {
+        self.engine.record("resume");
+        Ok(())
+    }
+
+    async fn send_ctrl_alt_del(&mut self) -> Result<(), EngineError> {
+        self.engine.record("ctrl-alt-del");
+        Ok(())
+    }
+}
