@@ -1,0 +1,9 @@
+//! One module per API resource: turns a request body (and path id) into a VMM action, or a
+//! GET into a read of the published snapshot.
+
+pub mod actions;
+pub mod boot_source;
+pub mod drives;
+pub mod machine_config;
+pub mod reads;
+pub mod vm;

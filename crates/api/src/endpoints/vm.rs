@@ -1,0 +1,50 @@
+//! `PATCH /vm`: pause and resume.
+
+use serde::Deserialize;
+use squib_vmm::VmmAction;
+
+use crate::request_error::{RequestError, parse_body};
+use crate::routing::ParsedRequest;
+
+#[derive(Deserialize)]
+enum VmState {
+    Paused,
+    Resumed,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmStateBody {
+    state: VmState,
+}
+
+pub fn parse_patch_vm(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+    let VmStateBody { state } = parse_body(body)?;
+    Ok(ParsedRequest::action(match state {
+        VmState::Paused => VmmAction::Pause,
+        VmState::Resumed => VmmAction::Resume,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_errors() {
+        assert_eq!(
+            parse_patch_vm(br#"{"state":"Paused"}"#).unwrap(),
+            ParsedRequest::action(VmmAction::Pause)
+        );
+        assert_eq!(
+            parse_patch_vm(br#"{"state":"Stopped"}"#)
+                .unwrap_err()
+                .to_string(),
+            "An error occurred when deserializing the json body of a request: unknown variant `Stopped`, expected `Paused` or `Resumed` at line 1 column 18."
+        );
+        assert_eq!(
+            parse_patch_vm(br#"{"x":1}"#).unwrap_err().to_string(),
+            "An error occurred when deserializing the json body of a request: unknown field `x`, expected `state` at line 1 column 4."
+        );
+    }
+}
