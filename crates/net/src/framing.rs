@@ -59,7 +59,9 @@ mod tests {
         let mut wire = Vec::new();
         let mut scratch = Vec::new();
         write_frame(&mut wire, &mut scratch, b"abc").await.unwrap();
-        write_frame(&mut wire, &mut scratch, &[7u8; 1500]).await.unwrap();
+        write_frame(&mut wire, &mut scratch, &[7u8; 1500])
+            .await
+            .unwrap();
         assert_eq!(&wire[..7], b"\0\0\0\x03abc");
         let mut rd = wire.as_slice();
         let mut buf = vec![0u8; MAX_FRAME];
@@ -68,7 +70,9 @@ mod tests {
         assert_eq!(read_frame(&mut rd, &mut buf).await.unwrap(), None);
 
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        let err = read_frame(&mut huge.as_slice(), &mut buf).await.unwrap_err();
+        let err = read_frame(&mut huge.as_slice(), &mut buf)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let zero = 0u32.to_be_bytes();
         assert!(read_frame(&mut zero.as_slice(), &mut buf).await.is_err());

@@ -229,7 +229,11 @@ async fn guest_to_host(ends: Ends, mut rd: OwnedReadHalf) -> io::Result<()> {
         let frame = &buf[..n];
         ends.shared
             .tx
-            .admit(n, &m.tx_rate_limiter_throttled, &m.tx_rate_limiter_event_count)
+            .admit(
+                n,
+                &m.tx_rate_limiter_throttled,
+                &m.tx_rate_limiter_event_count,
+            )
             .await;
         add(&m.tx_bytes_count, n as u64);
         inc(&m.tx_packets_count);

@@ -94,8 +94,30 @@ impl Tap {
         }
         // SAFETY: the `OwnedFd` is a valid, open descriptor that the `AsyncFd` owns from here on;
         // nothing else can close or replace it while it is registered.
-        let fd = unsafe { AsyncFd::register(OwnedFd::from(file)) }.map_err(|e| TapError::Register(e.into_parts().1))?;
+        let fd = unsafe { AsyncFd::register(OwnedFd::from(file)) }
+            .map_err(|e| TapError::Register(e.into_parts().1))?;
         tracing::debug!(tap = name, "tap opened");
+        Ok(Self {
+            fd,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Adopts a descriptor already attached to the TAP `name` (`TUNSETIFF` with
+    /// `IFF_TAP | IFF_NO_PI`, no `IFF_VNET_HDR`), e.g. one the VMM opened when the interface was
+    /// configured. It is made non-blocking here.
+    pub fn from_fd(fd: OwnedFd, name: &str) -> Result<Self, TapError> {
+        // SAFETY: fcntl on a descriptor we own, with flag arguments only.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0
+            || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+        {
+            return Err(TapError::Register(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a valid, open descriptor that the `AsyncFd` owns from here on.
+        let fd =
+            unsafe { AsyncFd::register(fd) }.map_err(|e| TapError::Register(e.into_parts().1))?;
         Ok(Self {
             fd,
             name: name.to_owned(),
@@ -115,11 +137,7 @@ impl Tap {
                 // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call and
                 // the descriptor stays open while `self` lives.
                 let n = unsafe {
-                    libc::read(
-                        fd.get_ref().as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
+                    libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
                 };
                 if n < 0 {
                     Err(io::Error::last_os_error())

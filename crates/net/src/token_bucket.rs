@@ -347,7 +347,10 @@ mod tests {
         assert_eq!(rl.bandwidth().unwrap().budget(), 0);
         // A full refill period fills the bucket, never above its size.
         assert_eq!(rl.consume_at(1000, t0 + ms(500)), Ok(()));
-        assert_eq!(rl.consume_at(1, t0 + ms(500)), Err(Duration::from_micros(100)));
+        assert_eq!(
+            rl.consume_at(1, t0 + ms(500)),
+            Err(Duration::from_micros(100))
+        );
     }
 
     #[test]
