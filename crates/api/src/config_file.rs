@@ -4,39 +4,44 @@
 use serde::Deserialize;
 use serde_json::Value;
 use squib_vmm::VmmAction;
+use squib_vmm::config::balloon::BalloonDeviceConfig;
 use squib_vmm::config::boot_source::BootSourceConfig;
+use squib_vmm::config::cpu_config::CustomCpuTemplate;
 use squib_vmm::config::drive::BlockDeviceConfig;
+use squib_vmm::config::entropy::EntropyDeviceConfig;
+use squib_vmm::config::logger::LoggerConfig;
 use squib_vmm::config::machine_config::MachineConfig;
+use squib_vmm::config::memory_hotplug::MemoryHotplugConfig;
+use squib_vmm::config::metrics::MetricsConfig;
+use squib_vmm::config::mmds::MmdsConfigRequest;
+use squib_vmm::config::net::NetworkInterfaceConfig;
+use squib_vmm::config::pmem::PmemConfig;
+use squib_vmm::config::vsock::VsockDeviceConfig;
 
 use crate::controller::{Controller, DispatchError};
-
-/// Top-level keys upstream knows but squib does not handle yet: refusing them beats ignoring.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "cpu-config",
-    "network-interfaces",
-    "vsock",
-    "balloon",
-    "mmds-config",
-    "entropy",
-    "pmem",
-    "memory-hotplug",
-    "logger",
-    "metrics",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     #[error("Invalid config file: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("`{0}` in the config file is not supported by squib yet.")]
-    Unsupported(String),
+    #[error("Unable to read the CPU template file {0}: {1}")]
+    CpuTemplateFile(String, std::io::Error),
     #[error("{0}")]
     Action(String),
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
 }
 
-/// The sections squib reads. Unknown top-level keys are ignored, as upstream does.
+/// `cpu-config` is either the template itself or the path of a JSON file holding it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CpuConfigSource {
+    Path(String),
+    Inline(Value),
+}
+
+/// The sections upstream reads. Unknown top-level keys are ignored, as upstream does
+/// (`serial` among them: it cannot be set through the file).
 #[derive(Deserialize)]
 struct VmConfigFile {
     #[serde(rename = "boot-source")]
@@ -44,24 +49,57 @@ struct VmConfigFile {
     drives: Vec<BlockDeviceConfig>,
     #[serde(rename = "machine-config")]
     machine_config: Option<MachineConfig>,
+    #[serde(rename = "cpu-config")]
+    cpu_config: Option<CpuConfigSource>,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: Vec<NetworkInterfaceConfig>,
+    vsock: Option<VsockDeviceConfig>,
+    balloon: Option<BalloonDeviceConfig>,
+    #[serde(rename = "mmds-config")]
+    mmds_config: Option<MmdsConfigRequest>,
+    entropy: Option<EntropyDeviceConfig>,
+    #[serde(default)]
+    pmem: Vec<PmemConfig>,
+    #[serde(rename = "memory-hotplug")]
+    memory_hotplug: Option<MemoryHotplugConfig>,
+    logger: Option<LoggerConfig>,
+    metrics: Option<MetricsConfig>,
 }
 
-/// Parses the document into the actions that configure and boot the VM, in replay order.
+/// Parses the document into the actions that configure and boot the VM, in upstream's order
+/// (logger, metrics, machine, CPU, kernel, drives, net, vsock, balloon, MMDS, entropy, pmem,
+/// memory hotplug); `InstanceStart` comes last.
 pub fn actions_from_json(text: &str) -> Result<Vec<VmmAction>, ConfigFileError> {
-    let document: Value = serde_json::from_str(text)?;
-    if let Some(key) = NOT_YET_SUPPORTED
-        .iter()
-        .find(|key| document.get(**key).is_some_and(|v| !v.is_null()))
-    {
-        return Err(ConfigFileError::Unsupported((*key).to_string()));
-    }
-    let file: VmConfigFile = serde_json::from_value(document)?;
+    let file: VmConfigFile = serde_json::from_str(text)?;
     let mut actions = Vec::new();
-    if let Some(machine_config) = file.machine_config {
-        actions.push(VmmAction::PutMachineConfig(machine_config));
+    actions.extend(file.logger.map(VmmAction::ConfigureLogger));
+    actions.extend(file.metrics.map(VmmAction::ConfigureMetrics));
+    actions.extend(file.machine_config.map(VmmAction::PutMachineConfig));
+    if let Some(source) = file.cpu_config {
+        let value = match source {
+            CpuConfigSource::Inline(value) => value,
+            CpuConfigSource::Path(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigFileError::CpuTemplateFile(path.clone(), e))?;
+                serde_json::from_str(&text)?
+            }
+        };
+        let template: CustomCpuTemplate = serde_json::from_value(value)?;
+        actions.push(VmmAction::PutCpuConfiguration(template));
     }
     actions.push(VmmAction::ConfigureBootSource(file.boot_source));
     actions.extend(file.drives.into_iter().map(VmmAction::InsertBlockDevice));
+    actions.extend(
+        file.network_interfaces
+            .into_iter()
+            .map(VmmAction::InsertNetworkDevice),
+    );
+    actions.extend(file.vsock.map(VmmAction::SetVsockDevice));
+    actions.extend(file.balloon.map(VmmAction::SetBalloonDevice));
+    actions.extend(file.mmds_config.map(VmmAction::SetMmdsConfiguration));
+    actions.extend(file.entropy.map(VmmAction::SetEntropyDevice));
+    actions.extend(file.pmem.into_iter().map(VmmAction::InsertPmemDevice));
+    actions.extend(file.memory_hotplug.map(VmmAction::SetMemoryHotplug));
     actions.push(VmmAction::StartMicroVm);
     Ok(actions)
 }
@@ -103,19 +141,48 @@ mod tests {
     }
 
     #[test]
-    fn required_and_unsupported_sections() {
+    fn required_sections_and_full_order() {
         let err = actions_from_json(r#"{"drives":[]}"#).unwrap_err();
         assert!(
             err.to_string().contains("missing field `boot-source`"),
             "{err}"
         );
+        let actions = actions_from_json(
+            r#"{"memory-hotplug":{"total_size_mib":128},"pmem":[{"id":"p","path_on_host":"/p"}],
+                "entropy":{},"mmds-config":{"network_interfaces":["eth0"]},
+                "balloon":{"amount_mib":1,"deflate_on_oom":false},
+                "vsock":{"guest_cid":3,"uds_path":"/v"},
+                "network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0"}],
+                "drives":[],"boot-source":{"kernel_image_path":"/k"},
+                "cpu-config":{"kvm_capabilities":[]},
+                "machine-config":{"vcpu_count":1,"mem_size_mib":128},
+                "metrics":{"metrics_path":"/m"},"logger":{"level":"Debug"},
+                "serial":{"serial_out_path":"/s"}}"#,
+        )
+        .unwrap();
+        let names: Vec<_> = actions.iter().map(VmmAction::name).collect();
+        assert_eq!(
+            names,
+            [
+                "ConfigureLogger",
+                "ConfigureMetrics",
+                "PutMachineConfig",
+                "PutCpuConfiguration",
+                "ConfigureBootSource",
+                "InsertNetworkDevice",
+                "SetVsockDevice",
+                "SetBalloonDevice",
+                "SetMmdsConfiguration",
+                "SetEntropyDevice",
+                "InsertPmemDevice",
+                "SetMemoryHotplugDevice",
+                "InstanceStart"
+            ]
+        );
         let err = actions_from_json(
-            r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[],"vsock":{}}"#,
+            r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[],"vsock":{"x":1}}"#,
         )
         .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "`vsock` in the config file is not supported by squib yet."
-        );
+        assert!(err.to_string().contains("unknown field `x`"), "{err}");
     }
 }

@@ -67,6 +67,9 @@ impl Controller {
             ParsedRequest::Action { action, deprecated } => {
                 let response = match self.execute(action).await {
                     Ok(Ok(VmmData::Empty)) => ApiResponse::no_content(),
+                    Ok(Err(e)) if e.is_payload_too_large() => {
+                        ApiResponse::fault(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+                    }
                     Ok(Err(e)) => ApiResponse::fault(StatusCode::BAD_REQUEST, &e.to_string()),
                     Err(e @ DispatchError::TimedOut(_)) => {
                         ApiResponse::fault(StatusCode::GATEWAY_TIMEOUT, &e.to_string())

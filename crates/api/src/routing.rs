@@ -2,9 +2,13 @@
 //! and body presence select a parser; everything else is upstream's generic 400.
 
 use squib_vmm::VmmAction;
+use squib_vmm::action::DeviceKind;
 
 use crate::endpoints::reads::GetRequest;
-use crate::endpoints::{actions, boot_source, drives, machine_config, vm};
+use crate::endpoints::{
+    actions, balloon, boot_source, devices, drives, machine_config, mmds, network_interfaces, pmem,
+    snapshot, vm,
+};
 use crate::request_error::RequestError;
 
 /// A request that passed HTTP, routing, id and JSON checks.
@@ -33,13 +37,6 @@ impl ParsedRequest {
     }
 }
 
-/// Endpoints that exist upstream but have no support in squib yet: an honest 400.
-fn unsupported(what: &str) -> Result<ParsedRequest, RequestError> {
-    Err(RequestError::generic(format!(
-        "{what} is not supported by squib yet."
-    )))
-}
-
 /// Routes one request. `method` is one of GET, PUT, PATCH, DELETE (others never get here);
 /// `path` is the raw path, query string included, as upstream keeps it.
 pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequest, RequestError> {
@@ -50,55 +47,60 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequ
         method: method.to_string(),
         path: resource.to_string(),
     };
+    let get = |request| Ok(ParsedRequest::Get(request));
 
     match (method, resource, has_body) {
-        ("GET", "", false) => Ok(ParsedRequest::Get(GetRequest::InstanceInfo)),
-        ("GET", "version", false) => Ok(ParsedRequest::Get(GetRequest::Version)),
-        ("GET", "machine-config", false) => Ok(ParsedRequest::Get(GetRequest::MachineConfig)),
-        ("GET", "vm", false) if segments.next() == Some("config") => {
-            Ok(ParsedRequest::Get(GetRequest::FullVmConfig))
-        }
-        ("GET", "balloon", false) => unsupported("The balloon device"),
-        ("GET", "mmds", false) => unsupported("MMDS"),
+        ("GET", "", false) => get(GetRequest::InstanceInfo),
+        ("GET", "balloon", false) => balloon::parse_get_balloon(segments),
+        ("GET", "version", false) => get(GetRequest::Version),
+        ("GET", "vm", false) if segments.next() == Some("config") => get(GetRequest::FullVmConfig),
+        ("GET", "machine-config", false) => get(GetRequest::MachineConfig),
+        ("GET", "mmds", false) => get(GetRequest::Mmds),
         ("GET", "hotplug", false) if segments.next() == Some("memory") => {
-            unsupported("Memory hotplug")
+            get(GetRequest::MemoryHotplug)
         }
         ("GET", _, true) => Err(RequestError::generic("GET request cannot have a body.")),
 
         ("PUT", "actions", true) => actions::parse_put_actions(body),
+        ("PUT", "balloon", true) => balloon::parse_put_balloon(body),
         ("PUT", "boot-source", true) => boot_source::parse_put_boot_source(body),
+        ("PUT", "cpu-config", true) => devices::parse_put_cpu_config(body),
         ("PUT", "drives", true) => drives::parse_put_drive(body, segments.next()),
+        ("PUT", "pmem", true) => pmem::parse_put_pmem(body, segments.next()),
+        ("PUT", "logger", true) => devices::parse_put_logger(body),
+        ("PUT", "serial", true) => devices::parse_put_serial(body),
         ("PUT", "machine-config", true) => machine_config::parse_put_machine_config(body),
-        ("PUT", "balloon", true) => unsupported("The balloon device"),
-        ("PUT", "cpu-config", true) => unsupported("Custom CPU configuration"),
-        ("PUT", "pmem", true) => unsupported("Pmem"),
-        ("PUT", "logger", true) => unsupported("Configuring the logger through the API"),
-        ("PUT", "serial", true) => unsupported("Configuring the serial device"),
-        ("PUT", "metrics", true) => unsupported("Configuring metrics through the API"),
-        ("PUT", "mmds", true) => unsupported("MMDS"),
-        ("PUT", "network-interfaces", true) => unsupported("Network interfaces"),
-        ("PUT", "snapshot", true) => unsupported("Snapshots"),
-        ("PUT", "vsock", true) => unsupported("Vsock"),
-        ("PUT", "entropy", true) => unsupported("The entropy device"),
+        ("PUT", "metrics", true) => devices::parse_put_metrics(body),
+        ("PUT", "mmds", true) => mmds::parse_put_mmds(body, segments.next()),
+        ("PUT", "network-interfaces", true) => {
+            network_interfaces::parse_put_net(body, segments.next())
+        }
+        ("PUT", "snapshot", true) => snapshot::parse_put_snapshot(body, segments.next()),
+        ("PUT", "vsock", true) => devices::parse_put_vsock(body),
+        ("PUT", "entropy", true) => devices::parse_put_entropy(body),
         ("PUT", "hotplug", true) if segments.next() == Some("memory") => {
-            unsupported("Memory hotplug")
+            devices::parse_put_hotplug_memory(body)
         }
         ("PUT", _, false) => Err(RequestError::generic("Empty PUT request.")),
 
+        ("PATCH", "balloon", _) => balloon::parse_patch_balloon(body, segments),
+        ("PATCH", "drives", true) => drives::parse_patch_drive(body, segments.next()),
         ("PATCH", "machine-config", true) => machine_config::parse_patch_machine_config(body),
+        ("PATCH", "mmds", true) => mmds::parse_patch_mmds(body),
+        ("PATCH", "network-interfaces", true) => {
+            network_interfaces::parse_patch_net(body, segments.next())
+        }
+        ("PATCH", "pmem", true) => pmem::parse_patch_pmem(body, segments.next()),
         ("PATCH", "vm", true) => vm::parse_patch_vm(body),
-        ("PATCH", "balloon", _) => unsupported("The balloon device"),
-        ("PATCH", "drives", true) => unsupported("Updating a drive"),
-        ("PATCH", "mmds", true) => unsupported("MMDS"),
-        ("PATCH", "network-interfaces", true) => unsupported("Network interfaces"),
-        ("PATCH", "pmem", true) => unsupported("Pmem"),
         ("PATCH", "hotplug", true) if segments.next() == Some("memory") => {
-            unsupported("Memory hotplug")
+            devices::parse_patch_hotplug_memory(body)
         }
         ("PATCH", _, false) => Err(RequestError::generic("Empty PATCH request.")),
 
-        ("DELETE", "drives" | "pmem" | "network-interfaces", false) => {
-            unsupported("Hot-unplugging a device")
+        ("DELETE", "drives", false) => drives::parse_delete(DeviceKind::Drive, segments.next()),
+        ("DELETE", "pmem", false) => drives::parse_delete(DeviceKind::Pmem, segments.next()),
+        ("DELETE", "network-interfaces", false) => {
+            drives::parse_delete(DeviceKind::NetworkInterface, segments.next())
         }
         ("DELETE", _, true) => Err(RequestError::generic("Empty Delete request.")),
 

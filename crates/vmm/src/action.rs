@@ -1,11 +1,40 @@
 //! The requests the VMM loop serves, their results and their client-visible errors.
 
+use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::config::balloon::{
+    BalloonConfigError, BalloonDeviceConfig, BalloonUpdateConfig, BalloonUpdateError,
+    BalloonUpdateStatsConfig, StartHintingCmd,
+};
 use crate::config::boot_source::{BootSourceConfig, BootSourceError};
-use crate::config::drive::{BlockDeviceConfig, DriveError};
+use crate::config::cpu_config::CustomCpuTemplate;
+use crate::config::drive::{BlockDeviceConfig, BlockDeviceUpdateConfig, DriveError};
+use crate::config::entropy::EntropyDeviceConfig;
+use crate::config::logger::{LoggerConfig, LoggerConfigError};
 use crate::config::machine_config::{MachineConfig, MachineConfigError, MachineConfigUpdate};
+use crate::config::memory_hotplug::{
+    MemoryHotplugConfig, MemoryHotplugConfigError, MemoryHotplugSizeUpdate,
+};
+use crate::config::metrics::{MetricsConfig, MetricsConfigError};
+use crate::config::mmds::{MmdsConfigError, MmdsConfigRequest};
+use crate::config::net::{
+    NetworkInterfaceConfig, NetworkInterfaceError, NetworkInterfaceUpdateConfig,
+};
+use crate::config::pmem::{PmemConfig, PmemConfigError, PmemUpdateConfig};
+use crate::config::serial::SerialConfig;
+use crate::config::snapshot::{CreateSnapshotParams, LoadSnapshotParams};
+use crate::config::vsock::{VsockConfigError, VsockDeviceConfig};
 use crate::engine::EngineError;
+use crate::mmds_store::MmdsStoreError;
+
+/// Devices that `DELETE /{kind}/{id}` hot-unplugs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Drive,
+    NetworkInterface,
+    Pmem,
+}
 
 /// One mutating request, already parsed and shape-checked by the API layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,7 +42,31 @@ pub enum VmmAction {
     ConfigureBootSource(BootSourceConfig),
     PutMachineConfig(MachineConfig),
     PatchMachineConfig(MachineConfigUpdate),
+    PutCpuConfiguration(CustomCpuTemplate),
     InsertBlockDevice(BlockDeviceConfig),
+    UpdateBlockDevice(BlockDeviceUpdateConfig),
+    InsertNetworkDevice(NetworkInterfaceConfig),
+    UpdateNetworkInterface(NetworkInterfaceUpdateConfig),
+    InsertPmemDevice(PmemConfig),
+    UpdatePmemDevice(PmemUpdateConfig),
+    RemoveDevice(DeviceKind, String),
+    SetVsockDevice(VsockDeviceConfig),
+    SetBalloonDevice(BalloonDeviceConfig),
+    UpdateBalloon(BalloonUpdateConfig),
+    UpdateBalloonStatistics(BalloonUpdateStatsConfig),
+    StartFreePageHinting(StartHintingCmd),
+    StopFreePageHinting,
+    SetEntropyDevice(EntropyDeviceConfig),
+    SetSerial(SerialConfig),
+    ConfigureLogger(LoggerConfig),
+    ConfigureMetrics(MetricsConfig),
+    PutMmds(Value),
+    PatchMmds(Value),
+    SetMmdsConfiguration(MmdsConfigRequest),
+    SetMemoryHotplug(MemoryHotplugConfig),
+    UpdateMemoryHotplugSize(MemoryHotplugSizeUpdate),
+    CreateSnapshot(CreateSnapshotParams),
+    LoadSnapshot(LoadSnapshotParams),
     StartMicroVm,
     SendCtrlAltDel,
     FlushMetrics,
@@ -24,17 +77,106 @@ pub enum VmmAction {
 impl VmmAction {
     /// A short name for logs and for the time-out message.
     pub fn name(&self) -> &'static str {
+        use VmmAction::*;
         match self {
-            VmmAction::ConfigureBootSource(_) => "ConfigureBootSource",
-            VmmAction::PutMachineConfig(_) => "PutMachineConfig",
-            VmmAction::PatchMachineConfig(_) => "PatchMachineConfig",
-            VmmAction::InsertBlockDevice(_) => "InsertBlockDevice",
-            VmmAction::StartMicroVm => "InstanceStart",
-            VmmAction::SendCtrlAltDel => "SendCtrlAltDel",
-            VmmAction::FlushMetrics => "FlushMetrics",
-            VmmAction::Pause => "Pause",
-            VmmAction::Resume => "Resume",
+            ConfigureBootSource(_) => "ConfigureBootSource",
+            PutMachineConfig(_) => "PutMachineConfig",
+            PatchMachineConfig(_) => "PatchMachineConfig",
+            PutCpuConfiguration(_) => "PutCpuConfiguration",
+            InsertBlockDevice(_) => "InsertBlockDevice",
+            UpdateBlockDevice(_) => "UpdateBlockDevice",
+            InsertNetworkDevice(_) => "InsertNetworkDevice",
+            UpdateNetworkInterface(_) => "UpdateNetworkInterface",
+            InsertPmemDevice(_) => "InsertPmemDevice",
+            UpdatePmemDevice(_) => "UpdatePmemDevice",
+            RemoveDevice(..) => "RemoveDevice",
+            SetVsockDevice(_) => "SetVsockDevice",
+            SetBalloonDevice(_) => "SetBalloonDevice",
+            UpdateBalloon(_) => "UpdateBalloon",
+            UpdateBalloonStatistics(_) => "UpdateBalloonStatistics",
+            StartFreePageHinting(_) => "StartFreePageHinting",
+            StopFreePageHinting => "StopFreePageHinting",
+            SetEntropyDevice(_) => "SetEntropyDevice",
+            SetSerial(_) => "SetSerial",
+            ConfigureLogger(_) => "ConfigureLogger",
+            ConfigureMetrics(_) => "ConfigureMetrics",
+            PutMmds(_) => "PutMMDS",
+            PatchMmds(_) => "PatchMMDS",
+            SetMmdsConfiguration(_) => "SetMmdsConfiguration",
+            SetMemoryHotplug(_) => "SetMemoryHotplugDevice",
+            UpdateMemoryHotplugSize(_) => "UpdateMemoryHotplugSize",
+            CreateSnapshot(_) => "CreateSnapshot",
+            LoadSnapshot(_) => "LoadSnapshot",
+            StartMicroVm => "InstanceStart",
+            SendCtrlAltDel => "SendCtrlAltDel",
+            FlushMetrics => "FlushMetrics",
+            Pause => "Pause",
+            Resume => "Resume",
         }
+    }
+
+    /// Pre-boot calls that commit the process to booting rather than loading a snapshot
+    /// (contract §4.2), even when the VMM then refuses them.
+    pub fn sets_boot_path(&self) -> bool {
+        use VmmAction::*;
+        matches!(
+            self,
+            ConfigureBootSource(_)
+                | PutMachineConfig(_)
+                | PatchMachineConfig(_)
+                | InsertBlockDevice(_)
+                | InsertNetworkDevice(_)
+                | InsertPmemDevice(_)
+                | SetBalloonDevice(_)
+                | SetVsockDevice(_)
+                | SetEntropyDevice(_)
+                | SetMmdsConfiguration(_)
+                | SetMemoryHotplug(_)
+        )
+    }
+
+    /// Only before boot; refused afterwards with the post-boot message.
+    pub fn is_pre_boot_only(&self) -> bool {
+        use VmmAction::*;
+        matches!(
+            self,
+            ConfigureBootSource(_)
+                | PutMachineConfig(_)
+                | PatchMachineConfig(_)
+                | PutCpuConfiguration(_)
+                | ConfigureLogger(_)
+                | ConfigureMetrics(_)
+                | SetSerial(_)
+                | SetBalloonDevice(_)
+                | SetVsockDevice(_)
+                | SetEntropyDevice(_)
+                | SetMmdsConfiguration(_)
+                | SetMemoryHotplug(_)
+                | LoadSnapshot(_)
+                | StartMicroVm
+        )
+    }
+
+    /// Only after boot; refused before with the pre-boot message.
+    pub fn is_post_boot_only(&self) -> bool {
+        use VmmAction::*;
+        matches!(
+            self,
+            UpdateBlockDevice(_)
+                | UpdateNetworkInterface(_)
+                | UpdatePmemDevice(_)
+                | RemoveDevice(..)
+                | UpdateBalloon(_)
+                | UpdateBalloonStatistics(_)
+                | StartFreePageHinting(_)
+                | StopFreePageHinting
+                | UpdateMemoryHotplugSize(_)
+                | CreateSnapshot(_)
+                | SendCtrlAltDel
+                | FlushMetrics
+                | Pause
+                | Resume
+        )
     }
 }
 
@@ -49,29 +191,117 @@ pub enum VmmData {
 pub enum StartMicroVmError {
     #[error("Cannot start microvm without kernel configuration.")]
     MissingKernelConfig,
+    /// Configured resources squib's engine cannot provide yet: refusing beats ignoring them.
+    #[error("{} not supported by squib yet.", unsupported_list(.0))]
+    Unsupported(Vec<&'static str>),
     #[error("{0}")]
     Engine(EngineError),
+}
+
+fn unsupported_list(items: &[&'static str]) -> String {
+    match items {
+        [] => "nothing is".to_string(),
+        [one] => format!("{one} is"),
+        [init @ .., last] => format!("{} and {last} are", init.join(", ")),
+    }
+}
+
+/// Why `PUT /snapshot/create` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateSnapshotError {
+    #[error(
+        "Cannot save the microVM state: Operation not allowed: save/restore unavailable while running"
+    )]
+    VmRunning,
+    #[error("Snapshots are not supported by squib yet.")]
+    Unsupported,
+}
+
+/// Why `PUT /snapshot/load` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadSnapshotError {
+    #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
+    LoadSnapshotNotAllowed,
+    #[error(
+        "Failed to restore from snapshot: Failed to get snapshot state from file: Failed to open snapshot file: {0}"
+    )]
+    OpenStateFile(crate::os_error::OsError),
+    #[error("Snapshots are not supported by squib yet.")]
+    Unsupported,
 }
 
 /// A failed action; the display text is the client-visible fault message.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmActionError {
+    #[error("Balloon config error: {0}")]
+    BalloonConfig(#[from] BalloonConfigError),
+    #[error("Balloon update error: {0}")]
+    BalloonUpdate(#[from] BalloonUpdateError),
     #[error("Boot source error: {0}")]
     BootSource(#[from] BootSourceError),
+    #[error("Create snapshot error: {0}")]
+    CreateSnapshot(#[from] CreateSnapshotError),
     #[error("Drive config error: {0}")]
     DriveConfig(#[from] DriveError),
-    #[error("Machine config error: {0}")]
-    MachineConfig(#[from] MachineConfigError),
-    #[error("Start microvm error: {0}")]
-    StartMicroVm(#[from] StartMicroVmError),
     #[error("Internal VMM error: {0}")]
     InternalVmm(EngineError),
+    #[error("Load snapshot error: {0}")]
+    LoadSnapshot(#[from] LoadSnapshotError),
+    #[error("Logger error: {0}")]
+    Logger(#[from] LoggerConfigError),
+    #[error("Machine config error: {0}")]
+    MachineConfig(#[from] MachineConfigError),
+    #[error("Memory hotplug config error: {0}")]
+    MemoryHotplugConfig(#[from] MemoryHotplugConfigError),
+    #[error("Memory hotplug update error: {0}")]
+    MemoryHotplugUpdate(String),
+    #[error("Metrics error: {0}")]
+    Metrics(#[from] MetricsConfigError),
+    /// The one error upstream answers with 413 instead of 400.
+    #[error("MMDS limit exceeded error: {0}")]
+    MmdsLimitExceeded(MmdsStoreError),
+    #[error("MMDS error: {0}")]
+    Mmds(MmdsStoreError),
+    // Upstream really spells it with three Ms.
+    #[error("MMMDS config error: {0}")]
+    MmdsConfig(#[from] MmdsConfigError),
+    #[error("Network config error: {0}")]
+    NetworkConfig(#[from] NetworkInterfaceError),
+    #[error("Pmem config error: {0}")]
+    PmemConfig(#[from] PmemConfigError),
+    #[error("Start microvm error: {0}")]
+    StartMicroVm(#[from] StartMicroVmError),
+    #[error("Vsock config error: {0}")]
+    VsockConfig(#[from] VsockConfigError),
     #[error("PCI is not enabled")]
     PciNotEnabled,
+    #[error("{0} is not supported by squib yet.")]
+    NotSupportedBySquib(&'static str),
     #[error("The requested operation is not supported before starting the microVM.")]
     OperationNotSupportedPreBoot,
     #[error("The requested operation is not supported after starting the microVM.")]
     OperationNotSupportedPostBoot,
+}
+
+impl From<MmdsStoreError> for VmmActionError {
+    fn from(e: MmdsStoreError) -> Self {
+        match e {
+            MmdsStoreError::DataStoreLimitExceeded => Self::MmdsLimitExceeded(e),
+            MmdsStoreError::NotInitialized => Self::Mmds(e),
+        }
+    }
+}
+
+impl VmmActionError {
+    /// Upstream answers 413 for this one error and 400 for every other.
+    pub fn is_payload_too_large(&self) -> bool {
+        matches!(self, Self::MmdsLimitExceeded(_))
+    }
+}
+
+/// "Failed perform action on device: Device not found", as an engine-level error.
+pub fn device_not_found() -> EngineError {
+    EngineError("Failed perform action on device: Device not found".to_string())
 }
 
 pub type ActionResult = Result<VmmData, VmmActionError>;
@@ -81,4 +311,24 @@ pub type ActionResult = Result<VmmData, VmmActionError>;
 pub struct ActionRequest {
     pub action: VmmAction,
     pub reply: oneshot::Sender<ActionResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_lists_read_well() {
+        let e = |v: Vec<&'static str>| {
+            VmmActionError::from(StartMicroVmError::Unsupported(v)).to_string()
+        };
+        assert_eq!(
+            e(vec!["vsock"]),
+            "Start microvm error: vsock is not supported by squib yet."
+        );
+        assert_eq!(
+            e(vec!["network interfaces", "vsock", "MMDS"]),
+            "Start microvm error: network interfaces, vsock and MMDS are not supported by squib yet."
+        );
+    }
 }

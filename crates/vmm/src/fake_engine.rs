@@ -77,3 +77,20 @@ impl RunningVm for FakeVm {
         Ok(())
     }
 }
+
+/// Opens no TAP: names starting with `tap` succeed, any other name fails as the kernel would
+/// refuse an interface that is not a TAP (EINVAL), so API tests need no privileges.
+pub fn fake_tap_opener() -> crate::tap::TapOpener {
+    std::sync::Arc::new(|name: &str| {
+        if name.len() >= 16 {
+            Err(crate::tap::TapError::InvalidIfname)
+        } else if name.starts_with("tap") {
+            Ok(crate::tap::TapHandle::detached(name))
+        } else {
+            Err(crate::tap::TapError::IfreqExecuteError(
+                std::io::Error::from_raw_os_error(libc::EINVAL).into(),
+                name.to_string(),
+            ))
+        }
+    })
+}

@@ -1,49 +1,112 @@
 //! Everything the client has configured for the microVM, and the rules that span resources.
 
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::config::balloon::BalloonDeviceConfig;
 use crate::config::boot_source::{BootSource, BootSourceConfig};
+use crate::config::cpu_config::CustomCpuTemplate;
 use crate::config::drive::{BlockDeviceConfig, Drives};
+use crate::config::entropy::EntropyDeviceConfig;
 use crate::config::machine_config::MachineConfig;
+use crate::config::memory_hotplug::MemoryHotplugConfig;
+use crate::config::metrics::Metrics;
+use crate::config::mmds::MmdsConfig;
+use crate::config::net::{NetworkInterfaceConfig, NetworkInterfaces};
+use crate::config::pmem::{PmemConfig, PmemDevices};
+use crate::config::serial::SerialConfig;
+use crate::config::vsock::{Vsock, VsockDeviceConfig};
+use crate::mmds_store::MmdsStore;
+
+/// Upstream's default MMDS store limit (= the default API payload limit).
+pub const DEFAULT_MMDS_SIZE_LIMIT: usize = 51_200;
 
 /// The VM's configuration; owned by the VMM loop, published read-only to the API.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmResources {
     pub machine_config: MachineConfig,
     pub boot_source: Option<BootSource>,
     pub drives: Drives,
+    pub cpu_config: Option<CustomCpuTemplate>,
+    pub net: NetworkInterfaces,
+    pub vsock: Option<Vsock>,
+    pub balloon: Option<BalloonDeviceConfig>,
+    pub entropy: Option<EntropyDeviceConfig>,
+    pub pmem: PmemDevices,
+    pub serial: Option<SerialConfig>,
+    pub metrics: Option<Metrics>,
+    /// Version, address and compat mode of the last successful `PUT /mmds/config`; which
+    /// interfaces carry MMDS is on each interface.
+    pub mmds_config: Option<MmdsConfig>,
+    pub mmds: MmdsStore,
+    pub memory_hotplug: Option<MemoryHotplugConfig>,
+}
+
+impl Default for VmResources {
+    fn default() -> Self {
+        Self {
+            machine_config: MachineConfig::default(),
+            boot_source: None,
+            drives: Drives::default(),
+            cpu_config: None,
+            net: NetworkInterfaces::default(),
+            vsock: None,
+            balloon: None,
+            entropy: None,
+            pmem: PmemDevices::default(),
+            serial: None,
+            metrics: None,
+            mmds_config: None,
+            mmds: MmdsStore::new(DEFAULT_MMDS_SIZE_LIMIT),
+            memory_hotplug: None,
+        }
+    }
 }
 
 /// `GET /vm/config`: upstream's keys, in upstream's order, null when absent.
 #[derive(Serialize)]
 struct FullVmConfig<'a> {
-    balloon: Option<Value>,
+    balloon: Option<BalloonDeviceConfig>,
     drives: Vec<BlockDeviceConfig>,
     #[serde(rename = "boot-source")]
     boot_source: BootSourceConfig,
+    // Upstream never shows the CPU template, the logger or metrics here.
     #[serde(rename = "cpu-config")]
-    cpu_config: Option<Value>,
-    logger: Option<Value>,
+    cpu_config: Option<()>,
+    logger: Option<()>,
     #[serde(rename = "machine-config")]
     machine_config: &'a MachineConfig,
-    metrics: Option<Value>,
+    metrics: Option<()>,
     #[serde(rename = "mmds-config")]
-    mmds_config: Option<Value>,
+    mmds_config: Option<MmdsConfig>,
     #[serde(rename = "network-interfaces")]
-    network_interfaces: Vec<Value>,
-    vsock: Option<Value>,
-    entropy: Option<Value>,
-    pmem: Vec<Value>,
+    network_interfaces: Vec<NetworkInterfaceConfig>,
+    vsock: Option<&'a VsockDeviceConfig>,
+    entropy: Option<EntropyDeviceConfig>,
+    pmem: Vec<PmemConfig>,
     #[serde(rename = "memory-hotplug")]
-    memory_hotplug: Option<Value>,
+    memory_hotplug: Option<MemoryHotplugConfig>,
 }
 
 impl VmResources {
+    /// The effective MMDS configuration: null unless some interface carries MMDS.
+    pub fn effective_mmds_config(&self) -> Option<MmdsConfig> {
+        let config = self.mmds_config.as_ref()?;
+        let interfaces: Vec<String> = self
+            .net
+            .iter()
+            .filter(|n| n.mmds)
+            .map(|n| n.config.iface_id.clone())
+            .collect();
+        (!interfaces.is_empty()).then(|| MmdsConfig {
+            network_interfaces: interfaces,
+            ..config.clone()
+        })
+    }
+
     /// The body of `GET /vm/config`, as compact JSON.
     pub fn full_config_json(&self) -> String {
         let view = FullVmConfig {
-            balloon: None,
+            balloon: self.balloon,
             drives: self.drives.iter().map(|d| d.to_config()).collect(),
             boot_source: self
                 .boot_source
@@ -54,14 +117,59 @@ impl VmResources {
             logger: None,
             machine_config: &self.machine_config,
             metrics: None,
-            mmds_config: None,
-            network_interfaces: Vec::new(),
-            vsock: None,
-            entropy: None,
-            pmem: Vec::new(),
-            memory_hotplug: None,
+            mmds_config: self.effective_mmds_config(),
+            network_interfaces: self.net.iter().map(|n| n.to_config()).collect(),
+            vsock: self.vsock.as_ref().map(|v| &v.config),
+            entropy: self.entropy.map(EntropyDeviceConfig::to_config),
+            pmem: self.pmem.to_configs(),
+            memory_hotplug: self.memory_hotplug,
         };
         serde_json::to_string(&view).expect("the VM config view always serializes")
+    }
+
+    /// Configured resources that squib's engine cannot provide yet. `InstanceStart` refuses
+    /// while this is not empty: silently booting without them would lie to the client.
+    pub fn unsupported_by_engine(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.net.is_empty() {
+            out.push("network interfaces");
+        }
+        if self.vsock.is_some() {
+            out.push("vsock");
+        }
+        if self.balloon.is_some() {
+            out.push("the balloon device");
+        }
+        if self.entropy.is_some() {
+            out.push("the entropy device");
+        }
+        if !self.pmem.is_empty() {
+            out.push("pmem");
+        }
+        if let Some(serial) = &self.serial {
+            if serial.serial_out_path.is_some() {
+                out.push("the serial output path");
+            }
+            if serial.rate_limiter.is_some_and(|b| b.is_enabled()) {
+                out.push("the serial rate limiter");
+            }
+        }
+        if self.effective_mmds_config().is_some() {
+            out.push("MMDS");
+        }
+        if self.memory_hotplug.is_some() {
+            out.push("memory hotplug");
+        }
+        if self.cpu_config.is_some() {
+            out.push("custom CPU templates");
+        }
+        if self.machine_config.cpu_template.is_some() {
+            out.push("static CPU templates");
+        }
+        if self.metrics.is_some() {
+            out.push("metrics");
+        }
+        out
     }
 }
 
@@ -78,6 +186,24 @@ mod tests {
                 r#""cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"#,
                 r#""metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"pmem":[],"memory-hotplug":null}"#
             )
+        );
+    }
+
+    #[test]
+    fn nothing_configured_means_nothing_unsupported() {
+        assert!(VmResources::default().unsupported_by_engine().is_empty());
+        let resources = VmResources {
+            balloon: Some(BalloonDeviceConfig::default()),
+            memory_hotplug: Some(MemoryHotplugConfig {
+                total_size_mib: 128,
+                block_size_mib: 2,
+                slot_size_mib: 128,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            resources.unsupported_by_engine(),
+            ["the balloon device", "memory hotplug"]
         );
     }
 }

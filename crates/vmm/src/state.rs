@@ -2,6 +2,13 @@
 
 use serde::Serialize;
 
+use crate::action::{VmmActionError, device_not_found};
+use crate::config::balloon::{
+    BalloonConfigError, BalloonDeviceConfig, BalloonStats, BalloonUpdateError, HintingStatus,
+};
+use crate::config::memory_hotplug::MemoryHotplugStatus;
+use crate::engine::EngineError;
+use crate::mmds_store::MmdsStoreError;
 use crate::resources::VmResources;
 
 /// The Firecracker API level squib implements (contract §13: not upstream's `-dev` suffix).
@@ -55,6 +62,69 @@ impl VmmSnapshot {
             vmm_version: FIRECRACKER_API_VERSION.to_string(),
             app_name: "Firecracker".to_string(),
         }
+    }
+}
+
+/// The GETs whose answer depends on the lifecycle state; the error texts are upstream's.
+impl VmmSnapshot {
+    /// `GET /balloon`.
+    pub fn balloon_config(&self) -> Result<BalloonDeviceConfig, VmmActionError> {
+        match (self.resources.balloon, self.state.is_booted()) {
+            (Some(cfg), _) => Ok(cfg),
+            (None, false) => Err(BalloonConfigError::DeviceNotFound.into()),
+            (None, true) => Err(VmmActionError::InternalVmm(device_not_found())),
+        }
+    }
+
+    /// `GET /balloon/statistics` (post-boot).
+    pub fn balloon_stats(&self) -> Result<BalloonStats, VmmActionError> {
+        if !self.state.is_booted() {
+            return Err(VmmActionError::OperationNotSupportedPreBoot);
+        }
+        let cfg = self
+            .resources
+            .balloon
+            .ok_or_else(|| VmmActionError::InternalVmm(device_not_found()))?;
+        if cfg.stats_polling_interval_s == 0 {
+            return Err(VmmActionError::InternalVmm(EngineError(
+                "Balloon: Received stats query when stats are disabled.".into(),
+            )));
+        }
+        Err(VmmActionError::NotSupportedBySquib("The balloon device"))
+    }
+
+    /// `GET /balloon/hinting/status` (post-boot).
+    pub fn hinting_status(&self) -> Result<HintingStatus, VmmActionError> {
+        if !self.state.is_booted() {
+            return Err(VmmActionError::OperationNotSupportedPreBoot);
+        }
+        let cfg = self
+            .resources
+            .balloon
+            .ok_or(BalloonUpdateError::DeviceNotFound)?;
+        if !cfg.free_page_hinting {
+            return Err(BalloonUpdateError::HintingNotEnabled.into());
+        }
+        Err(VmmActionError::NotSupportedBySquib("The balloon device"))
+    }
+
+    /// `GET /hotplug/memory` (post-boot).
+    pub fn memory_hotplug_status(&self) -> Result<MemoryHotplugStatus, VmmActionError> {
+        if !self.state.is_booted() {
+            return Err(VmmActionError::OperationNotSupportedPreBoot);
+        }
+        if self.resources.memory_hotplug.is_none() {
+            return Err(VmmActionError::InternalVmm(device_not_found()));
+        }
+        Err(VmmActionError::NotSupportedBySquib("Memory hotplug"))
+    }
+
+    /// `GET /mmds`: pre-boot always; post-boot only with an MMDS-enabled interface.
+    pub fn mmds_json(&self) -> Result<String, VmmActionError> {
+        if self.state.is_booted() && self.resources.effective_mmds_config().is_none() {
+            return Err(VmmActionError::Mmds(MmdsStoreError::NotInitialized));
+        }
+        Ok(self.resources.mmds.to_json())
     }
 }
 

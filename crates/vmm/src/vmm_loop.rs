@@ -6,15 +6,26 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
+use serde_json::Value;
+
 use crate::action::{
-    ActionRequest, ActionResult, StartMicroVmError, VmmAction, VmmActionError, VmmData,
+    ActionRequest, ActionResult, CreateSnapshotError, LoadSnapshotError, StartMicroVmError,
+    VmmAction, VmmActionError, VmmData,
 };
+use crate::config::balloon::{BalloonUpdateError, BalloonUpdateStatsConfig};
 use crate::config::boot_source::BootSource;
-use crate::config::drive::Drive;
-use crate::config::machine_config::MachineConfigUpdate;
+use crate::config::drive::{Drive, DriveError};
+use crate::config::logger::{LoggerConfig, LoggerConfigError, LoggerControl, NoopLoggerControl};
+use crate::config::machine_config::{MachineConfigError, MachineConfigUpdate};
+use crate::config::metrics::{Metrics, MetricsConfig, MetricsConfigError};
+use crate::config::net::NetworkInterfaceError;
+use crate::config::pmem::PmemConfigError;
+use crate::config::snapshot::LoadSnapshotParams;
+use crate::config::vsock::Vsock;
 use crate::engine::{Engine, ExitWatch, RunningVm, VmExit};
 use crate::resources::VmResources;
 use crate::state::{VmState, VmmSnapshot};
+use crate::tap::{TapOpener, host_tap_opener};
 
 /// Depth of the action queue; senders wait when it is full.
 pub const ACTION_QUEUE_DEPTH: usize = 64;
@@ -26,6 +37,9 @@ pub enum VmmExit {
     Vm(VmExit),
     /// Every sender is gone and no guest was ever started.
     NoMoreActions,
+    /// An error upstream treats as fatal (a failed snapshot load, contract §4.3): the client
+    /// got its 400 and the process must now exit with code 1.
+    FatalError(String),
 }
 
 /// What the API side holds: a way to send actions and a view of the latest snapshot.
@@ -44,6 +58,12 @@ pub struct Vmm<E: Engine> {
     exit: Option<ExitWatch>,
     published: Arc<ArcSwap<VmmSnapshot>>,
     actions: mpsc::Receiver<ActionRequest>,
+    /// Set by the first call that configures the VM for booting (contract §4.2).
+    boot_path: bool,
+    /// Set when an action failed fatally; the loop ends after replying.
+    fatal: Option<String>,
+    logger: Arc<dyn LoggerControl>,
+    open_tap: TapOpener,
 }
 
 impl<E: Engine> Vmm<E> {
@@ -59,6 +79,10 @@ impl<E: Engine> Vmm<E> {
             exit: None,
             published: published.clone(),
             actions: rx,
+            boot_path: false,
+            fatal: None,
+            logger: Arc::new(NoopLoggerControl),
+            open_tap: host_tap_opener(),
         };
         (
             vmm,
@@ -67,6 +91,37 @@ impl<E: Engine> Vmm<E> {
                 snapshot: published,
             },
         )
+    }
+
+    /// Where `PUT /logger` updates go; the binary installs its process logger here.
+    pub fn set_logger_control(&mut self, logger: Arc<dyn LoggerControl>) {
+        self.logger = logger;
+    }
+
+    /// How TAPs are opened; tests install one that needs no privileges.
+    pub fn set_tap_opener(&mut self, open_tap: TapOpener) {
+        self.open_tap = open_tap;
+    }
+
+    /// `--mmds-size-limit`: the MMDS store limit in bytes of compact JSON.
+    pub fn set_mmds_size_limit(&mut self, limit: usize) {
+        self.resources.mmds.set_limit(limit);
+        self.publish();
+    }
+
+    /// `--metadata`: the initial MMDS document (the size limit applies).
+    pub fn put_metadata(&mut self, data: Value) -> Result<(), VmmActionError> {
+        self.resources.mmds.put(data)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// `--metrics-path`: configures metrics before the API starts, so `PUT /metrics` then
+    /// fails as a reinitialisation, as upstream does.
+    pub fn configure_metrics(&mut self, config: MetricsConfig) -> Result<(), VmmActionError> {
+        self.set_metrics(config)?;
+        self.publish();
+        Ok(())
     }
 
     /// Runs until the guest ends, or until no action can arrive and no guest runs.
@@ -84,6 +139,9 @@ impl<E: Engine> Vmm<E> {
                         self.publish();
                         // The client may have given up (time-out, closed socket); that is fine.
                         let _ = reply.send(result);
+                        if let Some(reason) = self.fatal.take() {
+                            return VmmExit::FatalError(reason);
+                        }
                     }
                     None if self.exit.is_none() => return VmmExit::NoMoreActions,
                     None => accepting = false,
@@ -107,30 +165,140 @@ impl<E: Engine> Vmm<E> {
     async fn dispatch(&mut self, action: VmmAction) -> ActionResult {
         use VmmAction::*;
         let booted = self.state.is_booted();
+        if booted && action.is_pre_boot_only() {
+            return Err(VmmActionError::OperationNotSupportedPostBoot);
+        }
+        if !booted && action.is_post_boot_only() {
+            return Err(VmmActionError::OperationNotSupportedPreBoot);
+        }
+        if !booted && action.sets_boot_path() {
+            self.boot_path = true;
+        }
         match action {
-            ConfigureBootSource(_) | PutMachineConfig(_) | PatchMachineConfig(_) | StartMicroVm
-                if booted =>
-            {
-                Err(VmmActionError::OperationNotSupportedPostBoot)
-            }
-            SendCtrlAltDel | FlushMetrics | Pause | Resume if !booted => {
-                Err(VmmActionError::OperationNotSupportedPreBoot)
-            }
             ConfigureBootSource(cfg) => {
                 self.resources.boot_source = Some(BootSource::try_from(cfg)?);
                 Ok(VmmData::Empty)
             }
             PutMachineConfig(cfg) => self.update_machine_config(&MachineConfigUpdate::from(cfg)),
             PatchMachineConfig(update) => self.update_machine_config(&update),
-            InsertBlockDevice(_) if booted => Err(VmmActionError::PciNotEnabled),
+            PutCpuConfiguration(template) => {
+                self.resources.cpu_config = Some(template);
+                Ok(VmmData::Empty)
+            }
+            // Hot-plug needs a PCI transport, which squib does not offer (no --enable-pci).
+            InsertBlockDevice(_)
+            | InsertNetworkDevice(_)
+            | InsertPmemDevice(_)
+            | RemoveDevice(..)
+                if booted =>
+            {
+                Err(VmmActionError::PciNotEnabled)
+            }
             InsertBlockDevice(cfg) => {
+                if cfg.is_root_device && self.resources.pmem.has_root() {
+                    return Err(DriveError::AddingSecondRootDevice.into());
+                }
                 let drive = Drive::try_from(cfg)?;
                 self.resources.drives.insert(drive)?;
                 Ok(VmmData::Empty)
             }
+            UpdateBlockDevice(update) => {
+                if self.resources.drives.get(&update.drive_id).is_none() {
+                    return Err(DriveError::PatchDeviceNotFound.into());
+                }
+                Err(VmmActionError::NotSupportedBySquib(
+                    "Updating a drive of a running microVM",
+                ))
+            }
+            InsertNetworkDevice(cfg) => {
+                self.resources.net.insert(cfg, &self.open_tap)?;
+                Ok(VmmData::Empty)
+            }
+            UpdateNetworkInterface(update) => {
+                if self.resources.net.get(&update.iface_id).is_none() {
+                    return Err(NetworkInterfaceError::DeviceNotFound.into());
+                }
+                Err(VmmActionError::NotSupportedBySquib("Network interfaces"))
+            }
+            InsertPmemDevice(cfg) => {
+                let block_root = self.resources.drives.root().is_some();
+                self.resources.pmem.insert(cfg, block_root)?;
+                Ok(VmmData::Empty)
+            }
+            UpdatePmemDevice(_) => Err(PmemConfigError::DeviceNotFound.into()),
+            RemoveDevice(..) => Err(VmmActionError::OperationNotSupportedPreBoot),
+            SetVsockDevice(cfg) => {
+                let vsock = Vsock::bind(cfg, self.resources.vsock.as_ref())?;
+                self.resources.vsock = Some(vsock);
+                Ok(VmmData::Empty)
+            }
+            SetBalloonDevice(cfg) => {
+                cfg.validate(self.resources.machine_config.mem_size_mib)?;
+                self.resources.balloon = Some(cfg);
+                Ok(VmmData::Empty)
+            }
+            UpdateBalloon(_) | StartFreePageHinting(_) | StopFreePageHinting => {
+                Err(self.balloon_runtime_error(None))
+            }
+            UpdateBalloonStatistics(update) => Err(self.balloon_runtime_error(Some(update))),
+            SetEntropyDevice(cfg) => {
+                self.resources.entropy = Some(cfg);
+                Ok(VmmData::Empty)
+            }
+            SetSerial(cfg) => {
+                self.resources.serial = Some(cfg);
+                Ok(VmmData::Empty)
+            }
+            ConfigureLogger(cfg) => self.configure_logger(cfg),
+            ConfigureMetrics(cfg) => {
+                self.set_metrics(cfg)?;
+                Ok(VmmData::Empty)
+            }
+            PutMmds(data) => {
+                self.check_mmds_reachable()?;
+                self.resources.mmds.put(data)?;
+                Ok(VmmData::Empty)
+            }
+            PatchMmds(patch) => {
+                self.check_mmds_reachable()?;
+                self.resources.mmds.patch(&patch)?;
+                Ok(VmmData::Empty)
+            }
+            SetMmdsConfiguration(request) => {
+                let net = &self.resources.net;
+                let config = request.validate(|id| net.get(id).is_some())?;
+                for iface in self.resources.net.iter_mut() {
+                    iface.mmds = config.network_interfaces.contains(&iface.config.iface_id);
+                }
+                self.resources.mmds_config = Some(config);
+                Ok(VmmData::Empty)
+            }
+            SetMemoryHotplug(cfg) => {
+                cfg.validate()?;
+                self.resources.memory_hotplug = Some(cfg);
+                Ok(VmmData::Empty)
+            }
+            UpdateMemoryHotplugSize(_) => Err(VmmActionError::MemoryHotplugUpdate(
+                crate::action::device_not_found().0,
+            )),
+            CreateSnapshot(_) => {
+                if self.state != VmState::Paused {
+                    return Err(CreateSnapshotError::VmRunning.into());
+                }
+                Err(CreateSnapshotError::Unsupported.into())
+            }
+            LoadSnapshot(params) => {
+                if self.boot_path {
+                    return Err(LoadSnapshotError::LoadSnapshotNotAllowed.into());
+                }
+                let error = VmmActionError::from(load_snapshot(&params));
+                // Upstream exits after a failed load (contract §4.3).
+                self.fatal = Some(error.to_string());
+                Err(error)
+            }
             StartMicroVm => self.start().await,
-            // Metrics output arrives with the metrics system; until one is configured a
-            // flush is a no-op, as upstream answers when metrics are not configured.
+            // Metrics output arrives with the metrics system; until then a configured metrics
+            // target keeps the VM from booting, so a running VM has none and a flush is a no-op.
             FlushMetrics => Ok(VmmData::Empty),
             SendCtrlAltDel => {
                 self.running_vm()?
@@ -144,14 +312,61 @@ impl<E: Engine> Vmm<E> {
         }
     }
 
+    /// Runtime balloon requests: no running VM can have a balloon yet (boot refuses one).
+    fn balloon_runtime_error(&self, stats: Option<BalloonUpdateStatsConfig>) -> VmmActionError {
+        match (self.resources.balloon, stats) {
+            (None, _) => BalloonUpdateError::DeviceNotFound.into(),
+            (Some(cfg), Some(update))
+                if (cfg.stats_polling_interval_s == 0)
+                    != (update.stats_polling_interval_s == 0) =>
+            {
+                BalloonUpdateError::StatisticsStateChange.into()
+            }
+            (Some(_), _) => VmmActionError::NotSupportedBySquib("The balloon device"),
+        }
+    }
+
+    fn check_mmds_reachable(&self) -> Result<(), VmmActionError> {
+        if self.state.is_booted() && self.resources.effective_mmds_config().is_none() {
+            return Err(crate::mmds_store::MmdsStoreError::NotInitialized.into());
+        }
+        Ok(())
+    }
+
+    fn configure_logger(&mut self, cfg: LoggerConfig) -> ActionResult {
+        let update = cfg.into_update()?;
+        self.logger
+            .apply(update)
+            .map_err(LoggerConfigError::Apply)?;
+        Ok(VmmData::Empty)
+    }
+
+    fn set_metrics(&mut self, config: MetricsConfig) -> Result<(), VmmActionError> {
+        if self.resources.metrics.is_some() {
+            return Err(MetricsConfigError::AlreadyInitialized.into());
+        }
+        self.resources.metrics = Some(Metrics::open(config)?);
+        Ok(())
+    }
+
     fn update_machine_config(&mut self, update: &MachineConfigUpdate) -> ActionResult {
-        self.resources.machine_config = self.resources.machine_config.updated(update)?;
+        let updated = self.resources.machine_config.updated(update)?;
+        if let Some(balloon) = self.resources.balloon
+            && balloon.amount_mib as usize > updated.mem_size_mib
+        {
+            return Err(MachineConfigError::IncompatibleBalloonSize.into());
+        }
+        self.resources.machine_config = updated;
         Ok(VmmData::Empty)
     }
 
     async fn start(&mut self) -> ActionResult {
         if self.resources.boot_source.is_none() {
             return Err(StartMicroVmError::MissingKernelConfig.into());
+        }
+        let unsupported = self.resources.unsupported_by_engine();
+        if !unsupported.is_empty() {
+            return Err(StartMicroVmError::Unsupported(unsupported).into());
         }
         let (vm, exit) = self
             .engine
@@ -187,6 +402,15 @@ impl<E: Engine> Vmm<E> {
         self.vm
             .as_mut()
             .ok_or(VmmActionError::OperationNotSupportedPreBoot)
+    }
+}
+
+/// Squib cannot restore snapshots yet; the state file is still opened first so a wrong path
+/// gets upstream's answer.
+fn load_snapshot(params: &LoadSnapshotParams) -> LoadSnapshotError {
+    match std::fs::File::open(&params.snapshot_path) {
+        Err(e) => LoadSnapshotError::OpenStateFile(e.into()),
+        Ok(_) => LoadSnapshotError::Unsupported,
     }
 }
 

@@ -1,20 +1,38 @@
-//! `PUT /drives/{id}`.
+//! `PUT`/`PATCH /drives/{id}` and `DELETE /{drives|pmem|network-interfaces}/{id}`.
 
 use squib_vmm::VmmAction;
-use squib_vmm::config::drive::BlockDeviceConfig;
+use squib_vmm::action::DeviceKind;
+use squib_vmm::config::drive::{BlockDeviceConfig, BlockDeviceUpdateConfig};
 
 use crate::request_error::{RequestError, checked_id, parse_body};
 use crate::routing::ParsedRequest;
+
+const ID_MISMATCH: &str = "The id from the path does not match the id from the body!";
 
 pub fn parse_put_drive(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
     let id = checked_id(id)?;
     let config: BlockDeviceConfig = parse_body(body)?;
     if config.drive_id != id {
-        return Err(RequestError::generic(
-            "The id from the path does not match the id from the body!",
-        ));
+        return Err(RequestError::generic(ID_MISMATCH));
     }
     Ok(ParsedRequest::action(VmmAction::InsertBlockDevice(config)))
+}
+
+pub fn parse_patch_drive(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+    let id = checked_id(id)?;
+    let update: BlockDeviceUpdateConfig = parse_body(body)?;
+    if update.drive_id != id {
+        return Err(RequestError::generic(ID_MISMATCH));
+    }
+    Ok(ParsedRequest::action(VmmAction::UpdateBlockDevice(update)))
+}
+
+pub fn parse_delete(kind: DeviceKind, id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+    let id = checked_id(id)?;
+    Ok(ParsedRequest::action(VmmAction::RemoveDevice(
+        kind,
+        id.to_string(),
+    )))
 }
 
 #[cfg(test)]
@@ -30,9 +48,12 @@ mod tests {
             Some("rootfs"),
         )
         .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "The id from the path does not match the id from the body!"
-        );
+        assert_eq!(err.to_string(), ID_MISMATCH);
+        let err = parse_patch_drive(br#"{"drive_id":"b"}"#, Some("a")).unwrap_err();
+        assert_eq!(err.to_string(), ID_MISMATCH);
+        assert!(matches!(
+            parse_delete(DeviceKind::Pmem, Some("")),
+            Err(RequestError::EmptyId)
+        ));
     }
 }

@@ -2,8 +2,14 @@
 //! GET into a read of the published snapshot.
 
 pub mod actions;
+pub mod balloon;
 pub mod boot_source;
+pub mod devices;
 pub mod drives;
 pub mod machine_config;
+pub mod mmds;
+pub mod network_interfaces;
+pub mod pmem;
 pub mod reads;
+pub mod snapshot;
 pub mod vm;

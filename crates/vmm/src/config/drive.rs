@@ -41,11 +41,26 @@ pub struct BlockDeviceConfig {
     pub socket: Option<String>,
 }
 
+/// Body of `PATCH /drives/{id}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceUpdateConfig {
+    pub drive_id: String,
+    pub path_on_host: Option<String>,
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
 /// Why a drive was refused; the display text is the client-visible message.
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError {
     #[error("A root block device already exists!")]
     RootBlockDeviceAlreadyAdded,
+    #[error("Attempt to add block as a root device while the root device defined as a pmem device")]
+    AddingSecondRootDevice,
+    #[error(
+        "Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments."
+    )]
+    PatchDeviceNotFound,
     #[error("Unable to create the virtio block device: Invalid block config.")]
     InvalidBlockConfig,
     #[error(
@@ -186,6 +201,10 @@ impl Drives {
 
     pub fn iter(&self) -> impl Iterator<Item = &Drive> {
         self.list.iter()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Drive> {
+        self.list.iter().find(|d| d.id == id)
     }
 
     pub fn root(&self) -> Option<&Drive> {

@@ -34,7 +34,7 @@ impl HugePages {
     fn is_valid_mem_size(self, mem_size_mib: usize) -> bool {
         match self {
             HugePages::None => true,
-            HugePages::Transparent | HugePages::Hugetlbfs2M => mem_size_mib % 2 == 0,
+            HugePages::Transparent | HugePages::Hugetlbfs2M => mem_size_mib.is_multiple_of(2),
         }
     }
 }

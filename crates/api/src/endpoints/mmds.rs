@@ -1,0 +1,33 @@
+//! `PUT`/`PATCH`/`GET /mmds` and `PUT /mmds/config`.
+
+use serde_json::Value;
+use squib_vmm::VmmAction;
+use squib_vmm::config::mmds::MmdsConfigRequest;
+
+use crate::request_error::{RequestError, parse_body};
+use crate::routing::ParsedRequest;
+
+pub fn parse_put_mmds(body: &[u8], sub: Option<&str>) -> Result<ParsedRequest, RequestError> {
+    match sub {
+        None => Ok(ParsedRequest::action(VmmAction::PutMmds(parse_body::<
+            Value,
+        >(body)?))),
+        Some("config") => {
+            let request: MmdsConfigRequest = parse_body(body)?;
+            let deprecated = request.is_deprecated();
+            Ok(
+                ParsedRequest::action(VmmAction::SetMmdsConfiguration(request))
+                    .deprecated(deprecated),
+            )
+        }
+        Some(other) => Err(RequestError::generic(format!(
+            "Unrecognized PUT request path `{other}`."
+        ))),
+    }
+}
+
+pub fn parse_patch_mmds(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+    Ok(ParsedRequest::action(VmmAction::PatchMmds(parse_body::<
+        Value,
+    >(body)?)))
+}

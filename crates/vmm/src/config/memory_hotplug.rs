@@ -1,0 +1,128 @@
+//! `/hotplug/memory`: the virtio-mem region a guest can grow into.
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `PUT /hotplug/memory`, and its read-back shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryHotplugConfig {
+    pub total_size_mib: u32,
+    #[serde(default = "default_block_size_mib")]
+    pub block_size_mib: u32,
+    #[serde(default = "default_slot_size_mib")]
+    pub slot_size_mib: u32,
+}
+
+fn default_block_size_mib() -> u32 {
+    MIN_BLOCK_SIZE_MIB
+}
+
+fn default_slot_size_mib() -> u32 {
+    MIN_SLOT_SIZE_MIB
+}
+
+pub const MIN_BLOCK_SIZE_MIB: u32 = 2;
+pub const MIN_SLOT_SIZE_MIB: u32 = 128;
+
+/// Body of `PATCH /hotplug/memory`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryHotplugSizeUpdate {
+    pub requested_size_mib: u32,
+}
+
+/// Body of `GET /hotplug/memory`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryHotplugStatus {
+    pub block_size_mib: u32,
+    pub total_size_mib: u32,
+    pub slot_size_mib: u32,
+    pub plugged_size_mib: u32,
+    pub requested_size_mib: u32,
+}
+
+/// Why `PUT /hotplug/memory` failed (prefix `Memory hotplug config error: `).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryHotplugConfigError {
+    #[error("Block size must not be lower than {MIN_BLOCK_SIZE_MIB} MiB")]
+    BlockSizeTooSmall,
+    #[error("Block size must be a power of 2")]
+    BlockSizeNotPowerOfTwo,
+    #[error("Slot size must not be lower than {MIN_SLOT_SIZE_MIB} MiB")]
+    SlotSizeTooSmall,
+    #[error("Slot size must be a multiple of block size ({0} MiB)")]
+    SlotSizeNotMultipleOfBlockSize(u32),
+    #[error("Total size must not be lower than slot size ({0} MiB)")]
+    TotalSizeTooSmall(u32),
+    #[error("Total size must be a multiple of slot size ({0} MiB)")]
+    TotalSizeNotMultipleOfSlotSize(u32),
+}
+
+impl MemoryHotplugConfig {
+    /// Upstream's checks, in upstream's order.
+    pub fn validate(&self) -> Result<(), MemoryHotplugConfigError> {
+        use MemoryHotplugConfigError::*;
+        if self.block_size_mib < MIN_BLOCK_SIZE_MIB {
+            return Err(BlockSizeTooSmall);
+        }
+        if !self.block_size_mib.is_power_of_two() {
+            return Err(BlockSizeNotPowerOfTwo);
+        }
+        if self.slot_size_mib < MIN_SLOT_SIZE_MIB {
+            return Err(SlotSizeTooSmall);
+        }
+        if !self.slot_size_mib.is_multiple_of(self.block_size_mib) {
+            return Err(SlotSizeNotMultipleOfBlockSize(self.block_size_mib));
+        }
+        if self.total_size_mib < self.slot_size_mib {
+            return Err(TotalSizeTooSmall(self.slot_size_mib));
+        }
+        if !self.total_size_mib.is_multiple_of(self.slot_size_mib) {
+            return Err(TotalSizeNotMultipleOfSlotSize(self.slot_size_mib));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(json: &str) -> Result<(), MemoryHotplugConfigError> {
+        serde_json::from_str::<MemoryHotplugConfig>(json)
+            .unwrap()
+            .validate()
+    }
+
+    #[test]
+    fn checks_in_order() {
+        use MemoryHotplugConfigError::*;
+        assert_eq!(
+            check(r#"{"total_size_mib":0,"block_size_mib":1}"#),
+            Err(BlockSizeTooSmall)
+        );
+        assert_eq!(
+            check(r#"{"total_size_mib":0,"block_size_mib":6}"#),
+            Err(BlockSizeNotPowerOfTwo)
+        );
+        assert_eq!(
+            check(r#"{"total_size_mib":0,"slot_size_mib":64}"#),
+            Err(SlotSizeTooSmall)
+        );
+        assert_eq!(
+            check(r#"{"total_size_mib":0,"block_size_mib":256,"slot_size_mib":384}"#)
+                .unwrap_err()
+                .to_string(),
+            "Slot size must be a multiple of block size (256 MiB)"
+        );
+        assert_eq!(
+            check(r#"{"total_size_mib":64}"#),
+            Err(TotalSizeTooSmall(128))
+        );
+        assert_eq!(
+            check(r#"{"total_size_mib":200}"#),
+            Err(TotalSizeNotMultipleOfSlotSize(128))
+        );
+        assert_eq!(check(r#"{"total_size_mib":256}"#), Ok(()));
+    }
+}

@@ -1,0 +1,121 @@
+//! `/pmem/{id}`: virtio-pmem devices. The backing file is opened only at boot, as upstream does.
+
+use serde::{Deserialize, Serialize};
+
+use super::rate_limiter::RateLimiterConfig;
+
+/// Body of `PUT /pmem/{id}`, and its read-back shape.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemConfig {
+    pub id: String,
+    pub path_on_host: String,
+    #[serde(default)]
+    pub root_device: bool,
+    #[serde(default)]
+    pub read_only: bool,
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Body of `PATCH /pmem/{id}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemUpdateConfig {
+    pub id: String,
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Why a pmem device was refused (prefix `Pmem config error: `).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PmemConfigError {
+    #[error("A root pmem device already exist")]
+    RootPmemDeviceAlreadyExist,
+    #[error("Attempt to add pmem as a root device while the root device defined as a block device")]
+    AddingSecondRootDevice,
+    #[error(
+        "Unable to patch the pmem device: Failed perform action on device: Device not found Please verify the request arguments."
+    )]
+    DeviceNotFound,
+}
+
+/// The configured pmem devices, in insertion order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PmemDevices {
+    list: Vec<PmemConfig>,
+}
+
+impl PmemDevices {
+    /// Adds or replaces a device; `block_root` says whether a block device is the root.
+    pub fn insert(&mut self, cfg: PmemConfig, block_root: bool) -> Result<(), PmemConfigError> {
+        if cfg.root_device {
+            if self.list.iter().any(|p| p.root_device && p.id != cfg.id) {
+                return Err(PmemConfigError::RootPmemDeviceAlreadyExist);
+            }
+            if block_root {
+                return Err(PmemConfigError::AddingSecondRootDevice);
+            }
+        }
+        match self.list.iter().position(|p| p.id == cfg.id) {
+            Some(i) => self.list[i] = cfg,
+            None => self.list.push(cfg),
+        }
+        Ok(())
+    }
+
+    pub fn has_root(&self) -> bool {
+        self.list.iter().any(|p| p.root_device)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &PmemConfig> {
+        self.list.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The read-back shapes: disabled limiters shown as `null`.
+    pub fn to_configs(&self) -> Vec<PmemConfig> {
+        self.list
+            .iter()
+            .map(|p| PmemConfig {
+                rate_limiter: p.rate_limiter.and_then(RateLimiterConfig::normalized),
+                ..p.clone()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pmem(id: &str, root: bool) -> PmemConfig {
+        PmemConfig {
+            id: id.into(),
+            path_on_host: "/p".into(),
+            root_device: root,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn root_rules() {
+        let mut devices = PmemDevices::default();
+        devices.insert(pmem("a", true), false).unwrap();
+        assert_eq!(
+            devices.insert(pmem("b", true), false),
+            Err(PmemConfigError::RootPmemDeviceAlreadyExist)
+        );
+        let mut devices = PmemDevices::default();
+        assert_eq!(
+            devices.insert(pmem("a", true), true),
+            Err(PmemConfigError::AddingSecondRootDevice)
+        );
+        assert!(devices.is_empty());
+        assert_eq!(
+            serde_json::to_string(&pmem("a", false)).unwrap(),
+            r#"{"id":"a","path_on_host":"/p","root_device":false,"read_only":false,"rate_limiter":null}"#
+        );
+    }
+}
