@@ -1,0 +1,588 @@
+//! Contract §3–§5, §9, §11 for the resources beyond the walking skeleton: routing texts, every
+//! body's validation, the state matrix, the boot-path rule, /vm/config and the MMDS store.
+//! Every refused request is followed by a check that nothing changed.
+
+mod common;
+
+use common::{assert_fault, start, start_with};
+
+const PRE_BOOT: &str = "The requested operation is not supported before starting the microVM.";
+const POST_BOOT: &str = "The requested operation is not supported after starting the microVM.";
+
+#[tokio::test]
+async fn routing_texts() {
+    let s = start().await;
+    assert_fault(
+        &s.put("/snapshot", "{}").await,
+        "Missing snapshot operation type.",
+    );
+    assert_fault(
+        &s.put("/snapshot/x", "{}").await,
+        "Invalid request method and/or path: PUT /snapshot/x.",
+    );
+    assert_fault(
+        &s.put("/mmds/other", "{}").await,
+        "Unrecognized PUT request path `other`.",
+    );
+    assert_fault(
+        &s.get("/balloon/foo").await,
+        "Unrecognized GET request path `foo`.",
+    );
+    assert_fault(
+        &s.get("/balloon/hinting").await,
+        "Unrecognized GET request path `/hinting/`.",
+    );
+    assert_fault(
+        &s.patch("/balloon/hinting/x", "{}").await,
+        "Unrecognized PATCH request path `/hinting/x`.",
+    );
+    assert_fault(
+        &s.send("PATCH", "/balloon/statistics", None).await,
+        "Empty PATCH request.",
+    );
+    assert_fault(
+        &s.send("DELETE", "/pmem/", None).await,
+        "The ID cannot be empty.",
+    );
+    assert_fault(
+        &s.send("DELETE", "/drives/a.b", None).await,
+        "API Resource IDs can only contain alphanumeric characters and underscores.",
+    );
+    assert_fault(&s.send("DELETE", "/drives/a", None).await, PRE_BOOT);
+    assert_fault(
+        &s.send("DELETE", "/vsock/a", None).await,
+        "Invalid request method and/or path: DELETE vsock.",
+    );
+    assert_fault(
+        &s.put("/hotplug/x", "{}").await,
+        "Invalid request method and/or path: PUT hotplug.",
+    );
+    assert_fault(
+        &s.get("/hotplug").await,
+        "Invalid request method and/or path: GET hotplug.",
+    );
+    // Extra segments after /mmds on GET still read the whole store.
+    assert_eq!(s.get("/mmds/anything").await.body, "{}");
+}
+
+#[tokio::test]
+async fn network_interfaces() {
+    let s = start().await;
+    let ok =
+        r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"AA:FC:00:00:00:01","mtu":1500}"#;
+    assert_eq!(s.put("/network-interfaces/eth0", ok).await.status(), 204);
+    let before = s.vm_config().await;
+    assert_eq!(
+        before["network-interfaces"],
+        serde_json::json!([{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"aa:fc:00:00:00:01","mtu":1500,"rx_rate_limiter":null,"tx_rate_limiter":null}])
+    );
+    assert_fault(
+        &s.put("/network-interfaces/eth1", ok).await,
+        "The id from the path [eth1] does not match the id from the body [eth0]!",
+    );
+    assert_fault(
+        &s.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap1","guest_mac":"aa:fc:00:00:00:01"}"#,
+        )
+        .await,
+        "Network config error: The MAC address is already in use: aa:fc:00:00:00:01",
+    );
+    assert_fault(
+        &s.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap1","mtu":67}"#,
+        )
+        .await,
+        "Network config error: Could not create the network device: MTU 67 is out of range [68, 65535]",
+    );
+    assert_fault(
+        &s.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"eth7"}"#,
+        )
+        .await,
+        "Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by eth7. Check our documentation on setting up the network devices.",
+    );
+    assert_fault(
+        &s.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap0123456789abcd"}"#,
+        )
+        .await,
+        "Network config error: Could not create the network device: Open tap device failed: Invalid interface name",
+    );
+    assert_fault(
+        &s.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap1","guest_mac":"1:2:3:4:5:6"}"#,
+        )
+        .await,
+        "An error occurred when deserializing the json body of a request: The provided MAC address is invalid. at line 1 column 68.",
+    );
+    assert_fault(
+        &s.put(
+            "/network-interfaces/eth1",
+            r#"{"iface_id":"eth1","host_dev_name":"tap1","mtu":65536}"#,
+        )
+        .await,
+        "An error occurred when deserializing the json body of a request: invalid value: integer `65536`, expected u16 at line 1 column 53.",
+    );
+    assert_eq!(s.vm_config().await, before);
+    assert_fault(
+        &s.patch("/network-interfaces/eth0", r#"{"iface_id":"eth0"}"#)
+            .await,
+        PRE_BOOT,
+    );
+}
+
+#[tokio::test]
+async fn mmds_store_and_config() {
+    let s = start_with(Some(30)).await;
+    assert_eq!(s.get("/mmds").await.body, "{}");
+    assert_fault(
+        &s.patch("/mmds", r#"{"a":1}"#).await,
+        "MMDS error: The MMDS data store is not initialized.",
+    );
+    assert_eq!(
+        s.put("/mmds", r#"{"z":{"b":1,"a":2},"y":"v"}"#)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(s.get("/mmds").await.body, r#"{"y":"v","z":{"a":2,"b":1}}"#);
+    assert_eq!(
+        s.patch("/mmds", r#"{"y":null,"z":{"c":3}}"#).await.status(),
+        204
+    );
+    assert_eq!(s.get("/mmds").await.body, r#"{"z":{"a":2,"b":1,"c":3}}"#);
+    let big = r#"{"long":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    for r in [s.put("/mmds", big).await, s.patch("/mmds", big).await] {
+        assert_eq!(r.status(), 413);
+        assert_eq!(
+            r.fault(),
+            "MMDS limit exceeded error: The MMDS patch request doesn't fit."
+        );
+    }
+    assert_eq!(s.get("/mmds").await.body, r#"{"z":{"a":2,"b":1,"c":3}}"#);
+
+    // /mmds/config: checks in order, triple-M prefix, Deprecation for V1 or no version.
+    let r = s
+        .put(
+            "/mmds/config",
+            r#"{"network_interfaces":[],"ipv4_address":"10.0.0.1"}"#,
+        )
+        .await;
+    assert_fault(
+        &r,
+        "MMMDS config error: The MMDS IPv4 address is not link local.",
+    );
+    assert_eq!(r.header("Deprecation"), Some("true"));
+    assert_fault(
+        &s.put(
+            "/mmds/config",
+            r#"{"version":"V2","network_interfaces":[]}"#,
+        )
+        .await,
+        "MMMDS config error: The list of network interface IDs that allow forwarding MMDS requests is empty.",
+    );
+    let r = s
+        .put(
+            "/mmds/config",
+            r#"{"version":"V2","network_interfaces":["eth0"]}"#,
+        )
+        .await;
+    assert_fault(
+        &r,
+        "MMMDS config error: The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface.",
+    );
+    assert_eq!(r.header("Deprecation"), None);
+    assert_eq!(s.vm_config().await["mmds-config"], serde_json::Value::Null);
+    assert_eq!(
+        s.put(
+            "/network-interfaces/eth0",
+            r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#
+        )
+        .await
+        .status(),
+        204
+    );
+    let r = s
+        .put(
+            "/mmds/config",
+            r#"{"version":"V1","network_interfaces":["eth0"]}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.header("Deprecation"), Some("true"));
+    assert_eq!(
+        s.vm_config().await["mmds-config"],
+        serde_json::json!({"version":"V1","network_interfaces":["eth0"],"ipv4_address":"169.254.169.254","imds_compat":false})
+    );
+    assert_fault(
+        &s.put(
+            "/mmds/config",
+            r#"{"network_interfaces":["eth0"],"ipv4_address":"1.2"}"#,
+        )
+        .await,
+        "An error occurred when deserializing the json body of a request: invalid IPv4 address syntax at line 1 column 51.",
+    );
+}
+
+#[tokio::test]
+async fn device_bodies_and_messages() {
+    let s = start().await;
+    let vsock_path = s.path("v.sock");
+    let r = s
+        .put(
+            "/vsock",
+            &format!(r#"{{"vsock_id":"v","guest_cid":3,"uds_path":"{vsock_path}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status(), 204, "{}", r.body);
+    assert_eq!(r.header("Deprecation"), Some("true"));
+    assert!(std::path::Path::new(&vsock_path).exists());
+    // Re-PUT with the same path replaces the device.
+    assert_eq!(
+        s.put(
+            "/vsock",
+            &format!(r#"{{"guest_cid":4,"uds_path":"{vsock_path}"}}"#)
+        )
+        .await
+        .status(),
+        204
+    );
+    let busy = s.path("busy.sock");
+    let _holder = std::os::unix::net::UnixListener::bind(&busy).unwrap();
+    let before = s.vm_config().await;
+    assert_fault(
+        &s.put(
+            "/vsock",
+            &format!(r#"{{"guest_cid":5,"uds_path":"{busy}"}}"#),
+        )
+        .await,
+        "Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: Address in use (os error 98)",
+    );
+    assert_fault(
+        &s.put("/balloon", r#"{"amount_mib":129,"deflate_on_oom":false}"#)
+            .await,
+        "Balloon config error: Amount of pages requested is too large.",
+    );
+    assert_fault(
+        &s.get("/balloon").await,
+        "Balloon config error: No balloon device found.",
+    );
+    assert_fault(
+        &s.put(
+            "/balloon",
+            r#"{"amount_mib":1,"deflate_on_oom":false,"stats_polling_interval_s":65536}"#,
+        )
+        .await,
+        "An error occurred when deserializing the json body of a request: invalid value: integer `65536`, expected u16 at line 1 column 71.",
+    );
+    for (body, msg) in [
+        (
+            r#"{"total_size_mib":128,"block_size_mib":1}"#,
+            "Block size must not be lower than 2 MiB",
+        ),
+        (
+            r#"{"total_size_mib":128,"block_size_mib":3}"#,
+            "Block size must be a power of 2",
+        ),
+        (
+            r#"{"total_size_mib":128,"slot_size_mib":2}"#,
+            "Slot size must not be lower than 128 MiB",
+        ),
+        (
+            r#"{"total_size_mib":64}"#,
+            "Total size must not be lower than slot size (128 MiB)",
+        ),
+        (
+            r#"{"total_size_mib":200}"#,
+            "Total size must be a multiple of slot size (128 MiB)",
+        ),
+    ] {
+        assert_fault(
+            &s.put("/hotplug/memory", body).await,
+            &format!("Memory hotplug config error: {msg}"),
+        );
+    }
+    assert_fault(
+        &s.put("/logger", r#"{"level":"loud"}"#).await,
+        "An error occurred when deserializing the json body of a request: Invalid LevelFilter at line 1 column 16.",
+    );
+    assert_fault(
+        &s.put("/logger", r#"{"log_path":"/nonexistent/dir/log"}"#)
+            .await,
+        "Logger error: Failed to open target file: No such file or directory (os error 2)",
+    );
+    assert_eq!(s.vm_config().await, before);
+
+    assert_eq!(
+        s.put("/balloon", r#"{"amount_mib":64,"deflate_on_oom":true}"#)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        s.get("/balloon").await.body,
+        r#"{"amount_mib":64,"deflate_on_oom":true,"stats_polling_interval_s":0,"free_page_hinting":false,"free_page_reporting":false}"#
+    );
+    assert_fault(
+        &s.patch("/machine-config", r#"{"mem_size_mib":32}"#).await,
+        "Machine config error: The memory size (MiB) is smaller than the previously set balloon device target size.",
+    );
+    assert_eq!(
+        s.put(
+            "/entropy",
+            r#"{"rate_limiter":{"bandwidth":{"size":0,"refill_time":1}}}"#
+        )
+        .await
+        .status(),
+        204
+    );
+    assert_eq!(
+        s.put(
+            "/pmem/p0",
+            &format!(
+                r#"{{"id":"p0","path_on_host":"{}","root_device":true}}"#,
+                s.path("pm")
+            )
+        )
+        .await
+        .status(),
+        204
+    );
+    assert_fault(
+        &s.put(
+            "/drives/root",
+            &format!(
+                r#"{{"drive_id":"root","is_root_device":true,"path_on_host":"{}"}}"#,
+                s.disk.path().display()
+            ),
+        )
+        .await,
+        "Drive config error: Attempt to add block as a root device while the root device defined as a pmem device",
+    );
+    assert_fault(
+        &s.put(
+            "/pmem/p1",
+            r#"{"id":"p1","path_on_host":"/x","root_device":true}"#,
+        )
+        .await,
+        "Pmem config error: A root pmem device already exist",
+    );
+    assert_fault(
+        &s.put("/pmem/p1", r#"{"id":"p2","path_on_host":"/x"}"#)
+            .await,
+        "The id from the path does not match the id from the body!",
+    );
+    let metrics = s.path("metrics.fifo");
+    assert_eq!(
+        s.put(
+            "/metrics",
+            &format!(r#"{{"metrics_path":"{metrics}","unknown":1}}"#)
+        )
+        .await
+        .status(),
+        204
+    );
+    assert_fault(
+        &s.put("/metrics", &format!(r#"{{"metrics_path":"{metrics}"}}"#))
+            .await,
+        "Metrics error: Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed.",
+    );
+    let cfg = s.vm_config().await;
+    let keys: Vec<_> = cfg.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys.len(), 13);
+    assert_eq!(cfg["entropy"], serde_json::json!({"rate_limiter":null}));
+    assert_eq!(
+        cfg["vsock"],
+        serde_json::json!({"guest_cid":4,"uds_path":vsock_path})
+    );
+    assert_eq!(cfg["pmem"][0]["root_device"], true);
+    assert_eq!(cfg["metrics"], serde_json::Value::Null);
+
+    // Accepted but not runnable yet: InstanceStart names every such resource.
+    s.configure_bootable().await;
+    assert_fault(
+        &s.put("/actions", r#"{"action_type":"InstanceStart"}"#)
+            .await,
+        "Start microvm error: vsock, the balloon device, the entropy device, pmem and metrics are not supported by squib yet.",
+    );
+    assert_eq!(s.get("/").await.json()["state"], "Not started");
+}
+
+#[tokio::test]
+async fn state_matrix_after_boot() {
+    let s = start().await;
+    for (method, path, body) in [
+        ("PATCH", "/balloon", r#"{"amount_mib":1}"#),
+        (
+            "PATCH",
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s":1}"#,
+        ),
+        ("PATCH", "/balloon/hinting/start", ""),
+        ("PATCH", "/drives/a", r#"{"drive_id":"a"}"#),
+        ("PATCH", "/pmem/a", r#"{"id":"a"}"#),
+        ("PATCH", "/hotplug/memory", r#"{"requested_size_mib":2}"#),
+        (
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path":"s","mem_file_path":"m"}"#,
+        ),
+        ("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#),
+    ] {
+        let body = (!body.is_empty()).then_some(body);
+        assert_fault(&s.send(method, path, body).await, PRE_BOOT);
+    }
+    for path in [
+        "/balloon/statistics",
+        "/balloon/hinting/status",
+        "/hotplug/memory",
+    ] {
+        assert_fault(&s.get(path).await, PRE_BOOT);
+    }
+    s.boot().await;
+    for (path, body) in [
+        ("/boot-source", r#"{"kernel_image_path":"/k"}"#),
+        ("/cpu-config", "{}"),
+        ("/logger", "{}"),
+        ("/metrics", r#"{"metrics_path":"/m"}"#),
+        ("/serial", "{}"),
+        ("/balloon", r#"{"amount_mib":1,"deflate_on_oom":false}"#),
+        ("/vsock", r#"{"guest_cid":3,"uds_path":"/v"}"#),
+        ("/entropy", "{}"),
+        ("/mmds/config", r#"{"network_interfaces":["a"]}"#),
+        ("/hotplug/memory", r#"{"total_size_mib":128}"#),
+        (
+            "/snapshot/load",
+            r#"{"snapshot_path":"s","mem_file_path":"m"}"#,
+        ),
+    ] {
+        assert_fault(&s.put(path, body).await, POST_BOOT);
+    }
+    assert_fault(
+        &s.put(
+            "/drives/d",
+            r#"{"drive_id":"d","is_root_device":false,"path_on_host":"/x"}"#,
+        )
+        .await,
+        "PCI is not enabled",
+    );
+    assert_fault(
+        &s.send("DELETE", "/network-interfaces/n", None).await,
+        "PCI is not enabled",
+    );
+    assert_fault(
+        &s.patch("/balloon", r#"{"amount_mib":1}"#).await,
+        "Balloon update error: Failed perform action on device: Device not found",
+    );
+    assert_fault(
+        &s.get("/balloon").await,
+        "Internal VMM error: Failed perform action on device: Device not found",
+    );
+    assert_fault(
+        &s.get("/hotplug/memory").await,
+        "Internal VMM error: Failed perform action on device: Device not found",
+    );
+    assert_fault(
+        &s.patch("/drives/a", r#"{"drive_id":"a"}"#).await,
+        "Drive config error: Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments.",
+    );
+    assert_fault(
+        &s.patch("/network-interfaces/a", r#"{"iface_id":"a"}"#)
+            .await,
+        "Network config error: Unable to update the net device: Failed perform action on device: Device not found",
+    );
+    assert_fault(
+        &s.patch("/pmem/a", r#"{"id":"a"}"#).await,
+        "Pmem config error: Unable to patch the pmem device: Failed perform action on device: Device not found Please verify the request arguments.",
+    );
+    assert_fault(
+        &s.put(
+            "/snapshot/create",
+            r#"{"snapshot_path":"s","mem_file_path":"m"}"#,
+        )
+        .await,
+        "Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running",
+    );
+    // No MMDS-enabled interface after boot: the store is unreachable.
+    assert_fault(
+        &s.get("/mmds").await,
+        "MMDS error: The MMDS data store is not initialized.",
+    );
+    assert_fault(
+        &s.put("/mmds", "{}").await,
+        "MMDS error: The MMDS data store is not initialized.",
+    );
+    assert_eq!(
+        s.put("/actions", r#"{"action_type":"FlushMetrics"}"#)
+            .await
+            .status(),
+        204
+    );
+}
+
+#[tokio::test]
+async fn boot_path_rule_and_fatal_load() {
+    // A boot-path call, even a refused one, forbids a later load (not fatal).
+    let s = start().await;
+    assert_eq!(
+        s.put("/boot-source", r#"{"kernel_image_path":"/nonexistent"}"#)
+            .await
+            .status(),
+        400
+    );
+    assert_fault(
+        &s.put(
+            "/snapshot/load",
+            r#"{"snapshot_path":"s","mem_file_path":"m"}"#,
+        )
+        .await,
+        "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.",
+    );
+    assert_eq!(s.get("/").await.status(), 200);
+    assert!(!s.vmm.is_finished());
+
+    // Logger, serial, metrics, cpu-config and MMDS data do not set the mark; a failed load is fatal.
+    let s = start().await;
+    assert_eq!(s.put("/logger", r#"{"level":"Debug"}"#).await.status(), 204);
+    assert_eq!(
+        s.put("/serial", r#"{"serial_out_path":"/s"}"#)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        s.put("/cpu-config", r#"{"kvm_capabilities":["!171"]}"#)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(s.put("/mmds", r#"{"a":1}"#).await.status(), 204);
+    assert_fault(
+        &s.put("/snapshot/load", r#"{"snapshot_path":"s","mem_backend":{"backend_path":"m","backend_type":"File"},"mem_file_path":"m"}"#).await,
+        "An error occurred when deserializing the json body of a request: too many fields: either `mem_backend` or `mem_file_path` exclusively is required.",
+    );
+    let r = s
+        .put(
+            "/snapshot/load",
+            r#"{"snapshot_path":"/nonexistent/state","mem_file_path":"m"}"#,
+        )
+        .await;
+    assert_fault(
+        &r,
+        "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to open snapshot file: No such file or directory (os error 2)",
+    );
+    assert_eq!(r.header("Deprecation"), Some("true"));
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(5), s.vmm)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(exit, squib_vmm::VmmExit::FatalError(_)),
+        "{exit:?}"
+    );
+}
