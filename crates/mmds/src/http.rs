@@ -217,8 +217,8 @@ fn parse_head(head: &[u8], terminator: &[u8]) -> Result<Request, ParseError> {
     let mut accept = MediaType::PlainText;
     let mut custom: Vec<(String, String)> = Vec::new();
     for line in header_lines {
-        let line = std::str::from_utf8(line)
-            .map_err(|e| ParseError::HeaderNotUtf8(e.to_string()))?;
+        let line =
+            std::str::from_utf8(line).map_err(|e| ParseError::HeaderNotUtf8(e.to_string()))?;
         let (raw_name, raw_value) = line
             .split_once(':')
             .ok_or_else(|| ParseError::HeaderFormat(line.to_owned()))?;
@@ -379,9 +379,17 @@ mod tests {
     #[test]
     fn parse_errors_and_their_responses() {
         let cases = [
-            ("POST / HTTP/1.1\r\n\r\n", ParseError::UnsupportedMethod, 501),
+            (
+                "POST / HTTP/1.1\r\n\r\n",
+                ParseError::UnsupportedMethod,
+                501,
+            ),
             ("get / HTTP/1.1\r\n\r\n", ParseError::UnsupportedMethod, 501),
-            ("GET / HTTP/2.0\r\n\r\n", ParseError::UnsupportedVersion, 501),
+            (
+                "GET / HTTP/2.0\r\n\r\n",
+                ParseError::UnsupportedVersion,
+                501,
+            ),
             ("GET /\r\n\r\n", ParseError::InvalidRequest, 400),
             ("GET  HTTP/1.1\r\n\r\n", ParseError::EmptyUri, 400),
             (

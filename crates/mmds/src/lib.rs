@@ -9,7 +9,6 @@ pub mod stack;
 pub mod token;
 
 pub use metrics::MmdsMetrics;
-pub use responder::{
-    DEFAULT_IPV4, Mmds, MmdsConfig, MmdsData, MmdsVersion, new_data_handle,
-};
+pub use responder::{DEFAULT_IPV4, Mmds, MmdsConfig, MmdsData, MmdsVersion, new_data_handle};
 
+pub use stack::{MMDS_MAC, MmdsStack, ServiceEnds, StackError, claims_frame, spawn_stack};

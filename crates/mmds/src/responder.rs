@@ -239,7 +239,13 @@ fn imds(node: &Value) -> Result<String, ()> {
         Value::Object(map) => {
             let mut keys: Vec<String> = map
                 .iter()
-                .map(|(k, v)| if v.is_object() { format!("{k}/") } else { k.clone() })
+                .map(|(k, v)| {
+                    if v.is_object() {
+                        format!("{k}/")
+                    } else {
+                        k.clone()
+                    }
+                })
                 .collect();
             keys.sort();
             Ok(keys.join("\n"))
@@ -301,7 +307,9 @@ mod tests {
     fn token(m: &Mmds, ttl: u32, now: Instant) -> String {
         let raw = ask(
             m,
-            &format!("PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: {ttl}\r\n\r\n"),
+            &format!(
+                "PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: {ttl}\r\n\r\n"
+            ),
             now,
         );
         raw.rsplit("\r\n\r\n").next().unwrap().to_owned()
@@ -313,23 +321,51 @@ mod tests {
         let t = Instant::now();
         assert_eq!(
             ask(&m, "GET / HTTP/1.1\r\n\r\n", t),
-            reply("HTTP/1.1", 200, "text/plain", "", "age\nempty/\nflag\nlatest/\nlist\nname/")
+            reply(
+                "HTTP/1.1",
+                200,
+                "text/plain",
+                "",
+                "age\nempty/\nflag\nlatest/\nlist\nname/"
+            )
         );
         assert_eq!(
-            ask(&m, "GET /latest//meta-data/ HTTP/1.0\r\nAccept: */*\r\n\r\n", t),
+            ask(
+                &m,
+                "GET /latest//meta-data/ HTTP/1.0\r\nAccept: */*\r\n\r\n",
+                t
+            ),
             reply("HTTP/1.0", 200, "text/plain", "", "ami-id\nreservation-id")
         );
         assert_eq!(
-            ask(&m, "GET http://169.254.169.254/latest/meta-data/ami-id HTTP/1.1\r\n\r\n", t),
+            ask(
+                &m,
+                "GET http://169.254.169.254/latest/meta-data/ami-id HTTP/1.1\r\n\r\n",
+                t
+            ),
             reply("HTTP/1.1", 200, "text/plain", "", "ami-123")
         );
         assert_eq!(
-            ask(&m, "GET /latest/meta-data/ami-id HTTP/1.1\r\nAccept: application/json\r\n\r\n", t),
+            ask(
+                &m,
+                "GET /latest/meta-data/ami-id HTTP/1.1\r\nAccept: application/json\r\n\r\n",
+                t
+            ),
             reply("HTTP/1.1", 200, "application/json", "", "\"ami-123\"")
         );
         assert_eq!(
-            ask(&m, "GET /name HTTP/1.1\r\nAccept: application/json\r\n\r\n", t),
-            reply("HTTP/1.1", 200, "application/json", "", r#"{"first":"John"}"#)
+            ask(
+                &m,
+                "GET /name HTTP/1.1\r\nAccept: application/json\r\n\r\n",
+                t
+            ),
+            reply(
+                "HTTP/1.1",
+                200,
+                "application/json",
+                "",
+                r#"{"first":"John"}"#
+            )
         );
         assert_eq!(
             ask(&m, "GET /empty HTTP/1.1\r\n\r\n", t),
@@ -348,17 +384,31 @@ mod tests {
             );
         }
         assert_eq!(
-            ask(&m, "GET /age HTTP/1.1\r\nAccept: application/json\r\n\r\n", t),
+            ask(
+                &m,
+                "GET /age HTTP/1.1\r\nAccept: application/json\r\n\r\n",
+                t
+            ),
             reply("HTTP/1.1", 200, "application/json", "", "43")
         );
         // The query string is part of the pointer; the original URI is echoed.
         assert_eq!(
             ask(&m, "GET /name//first?x HTTP/1.1\r\n\r\n", t),
-            reply("HTTP/1.1", 404, "text/plain", "", "Resource not found: /name//first?x.")
+            reply(
+                "HTTP/1.1",
+                404,
+                "text/plain",
+                "",
+                "Resource not found: /name//first?x."
+            )
         );
         // V1 serves without a token, counting it.
         assert_eq!(m.metrics().rx_no_token.load(Ordering::Relaxed), 11);
-        let resp = ask(&m, "GET /name/first HTTP/1.1\r\nX-metadata-token: bogus\r\n\r\n", t);
+        let resp = ask(
+            &m,
+            "GET /name/first HTTP/1.1\r\nX-metadata-token: bogus\r\n\r\n",
+            t,
+        );
         assert!(resp.ends_with("\r\n\r\nJohn"));
         assert_eq!(m.metrics().rx_invalid_token.load(Ordering::Relaxed), 1);
     }
@@ -368,7 +418,11 @@ mod tests {
         let m = mmds(MmdsVersion::V1, true);
         let t = Instant::now();
         assert_eq!(
-            ask(&m, "GET /name HTTP/1.1\r\nAccept: application/json\r\n\r\n", t),
+            ask(
+                &m,
+                "GET /name HTTP/1.1\r\nAccept: application/json\r\n\r\n",
+                t
+            ),
             reply("HTTP/1.1", 200, "application/json", "", "first")
         );
     }
@@ -392,16 +446,34 @@ mod tests {
         for method in ["PATCH", "DELETE"] {
             assert_eq!(
                 ask(&m, &format!("{method} / HTTP/1.0\r\n\r\n"), t),
-                reply("HTTP/1.0", 405, "text/plain", "Allow: GET, PUT\r\n", "Not allowed HTTP method.")
+                reply(
+                    "HTTP/1.0",
+                    405,
+                    "text/plain",
+                    "Allow: GET, PUT\r\n",
+                    "Not allowed HTTP method."
+                )
             );
         }
         assert_eq!(
             ask(&m, "POST / HTTP/1.0\r\n\r\n", t),
-            reply("HTTP/1.1", 501, "application/json", "", "Unsupported HTTP method.")
+            reply(
+                "HTTP/1.1",
+                501,
+                "application/json",
+                "",
+                "Unsupported HTTP method."
+            )
         );
         assert_eq!(
             ask(&m, "GET / HTTP/3\r\n\r\n", t),
-            reply("HTTP/1.1", 501, "application/json", "", "Unsupported HTTP version.")
+            reply(
+                "HTTP/1.1",
+                501,
+                "application/json",
+                "",
+                "Unsupported HTTP version."
+            )
         );
         assert_eq!(
             ask(&m, "GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\n", t),
@@ -419,28 +491,84 @@ mod tests {
         let t = Instant::now();
         // X-Forwarded-For comes first, with the name as sent.
         assert_eq!(
-            ask(&m, "PUT /other HTTP/1.1\r\nx-forwarded-for: 1.2.3.4\r\n\r\n", t),
-            reply("HTTP/1.1", 400, "text/plain", "", "Invalid header. Reason: Unsupported header name. Key: x-forwarded-for")
+            ask(
+                &m,
+                "PUT /other HTTP/1.1\r\nx-forwarded-for: 1.2.3.4\r\n\r\n",
+                t
+            ),
+            reply(
+                "HTTP/1.1",
+                400,
+                "text/plain",
+                "",
+                "Invalid header. Reason: Unsupported header name. Key: x-forwarded-for"
+            )
         );
         assert_eq!(
-            ask(&m, "PUT /latest/api/tokens HTTP/1.1\r\nX-metadata-token-ttl-seconds: 5\r\n\r\n", t),
-            reply("HTTP/1.1", 404, "text/plain", "", "Resource not found: /latest/api/tokens.")
+            ask(
+                &m,
+                "PUT /latest/api/tokens HTTP/1.1\r\nX-metadata-token-ttl-seconds: 5\r\n\r\n",
+                t
+            ),
+            reply(
+                "HTTP/1.1",
+                404,
+                "text/plain",
+                "",
+                "Resource not found: /latest/api/tokens."
+            )
         );
         assert_eq!(
             ask(&m, "PUT /latest/api/token HTTP/1.1\r\n\r\n", t),
-            reply("HTTP/1.1", 400, "text/plain", "", "Token time to live value not found. Use `X-metadata-token-ttl-seconds` or `X-aws-ec2-metadata-token-ttl-seconds` header to specify the token's lifetime.")
+            reply(
+                "HTTP/1.1",
+                400,
+                "text/plain",
+                "",
+                "Token time to live value not found. Use `X-metadata-token-ttl-seconds` or `X-aws-ec2-metadata-token-ttl-seconds` header to specify the token's lifetime."
+            )
         );
         assert_eq!(
-            ask(&m, "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: -1\r\n\r\n", t),
-            reply("HTTP/1.1", 400, "text/plain", "", "Invalid header. Reason: Invalid value. Key:X-aws-ec2-metadata-token-ttl-seconds; Value:-1")
+            ask(
+                &m,
+                "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: -1\r\n\r\n",
+                t
+            ),
+            reply(
+                "HTTP/1.1",
+                400,
+                "text/plain",
+                "",
+                "Invalid header. Reason: Invalid value. Key:X-aws-ec2-metadata-token-ttl-seconds; Value:-1"
+            )
         );
         assert_eq!(
-            ask(&m, "PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 0\r\n\r\n", t),
-            reply("HTTP/1.1", 400, "text/plain", "", "Invalid time to live value provided for token: 0. Please provide a value between 1 and 21600.")
+            ask(
+                &m,
+                "PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 0\r\n\r\n",
+                t
+            ),
+            reply(
+                "HTTP/1.1",
+                400,
+                "text/plain",
+                "",
+                "Invalid time to live value provided for token: 0. Please provide a value between 1 and 21600."
+            )
         );
         assert_eq!(
-            ask(&m, "PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 21601\r\n\r\n", t),
-            reply("HTTP/1.1", 400, "text/plain", "", "Invalid time to live value provided for token: 21601. Please provide a value between 1 and 21600.")
+            ask(
+                &m,
+                "PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 21601\r\n\r\n",
+                t
+            ),
+            reply(
+                "HTTP/1.1",
+                400,
+                "text/plain",
+                "",
+                "Invalid time to live value provided for token: 21601. Please provide a value between 1 and 21600."
+            )
         );
         // Success: the TTL header echoed under the client's spelling, normalised number.
         let raw = ask(
@@ -452,7 +580,13 @@ mod tests {
         assert_eq!(tok.len(), 48);
         assert_eq!(
             raw,
-            reply("HTTP/1.0", 200, "text/plain", "x-metadata-token-TTL-seconds: 21600\r\n", tok)
+            reply(
+                "HTTP/1.0",
+                200,
+                "text/plain",
+                "x-metadata-token-TTL-seconds: 21600\r\n",
+                tok
+            )
         );
     }
 
@@ -462,15 +596,28 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(
             ask(&m, "GET /nope HTTP/1.1\r\n\r\n", t0),
-            reply("HTTP/1.1", 401, "text/plain", "", "No MMDS token provided. Use `X-metadata-token` or `X-aws-ec2-metadata-token` header to specify the session token.")
+            reply(
+                "HTTP/1.1",
+                401,
+                "text/plain",
+                "",
+                "No MMDS token provided. Use `X-metadata-token` or `X-aws-ec2-metadata-token` header to specify the session token."
+            )
         );
         assert_eq!(
-            ask(&m, "GET /nope HTTP/1.1\r\nX-metadata-token: forged\r\n\r\n", t0),
+            ask(
+                &m,
+                "GET /nope HTTP/1.1\r\nX-metadata-token: forged\r\n\r\n",
+                t0
+            ),
             reply("HTTP/1.1", 401, "text/plain", "", "MMDS token not valid.")
         );
         let tok = token(&m, 10, t0);
         let get = format!("GET /name/first HTTP/1.1\r\nX-aws-ec2-metadata-token: {tok}\r\n\r\n");
-        assert_eq!(ask(&m, &get, t0 + Duration::from_secs(9)), reply("HTTP/1.1", 200, "text/plain", "", "John"));
+        assert_eq!(
+            ask(&m, &get, t0 + Duration::from_secs(9)),
+            reply("HTTP/1.1", 200, "text/plain", "", "John")
+        );
         assert_eq!(
             ask(&m, &get, t0 + Duration::from_secs(10)),
             reply("HTTP/1.1", 401, "text/plain", "", "MMDS token not valid.")
