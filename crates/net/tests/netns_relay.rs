@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{NetnsTap, have_command, is_root, parse_udp, require, udp_frame};
 use squib_net::framing::{MAX_FRAME, read_frame, write_frame};
-use squib_net::{BucketConfig, LimiterConfig, Relay, RelayConfig, Tap};
+use squib_net::{BucketConfig, FrameDetour, LimiterConfig, Relay, RelayConfig, Tap};
 use tokio::net::{UdpSocket, UnixListener, UnixStream};
 
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
@@ -35,6 +35,10 @@ struct Setup {
 }
 
 async fn setup(tag: &str, tx: LimiterConfig) -> Setup {
+    setup_with(tag, tx, None).await
+}
+
+async fn setup_with(tag: &str, tx: LimiterConfig, detour: Option<FrameDetour>) -> Setup {
     let netns = NetnsTap::create(tag, HOST_IP);
     let rt = tokio::runtime::Handle::current();
     let name = netns.tap.clone();
@@ -58,7 +62,7 @@ async fn setup(tag: &str, tx: LimiterConfig) -> Setup {
         guest: listener,
         rx_rate_limiter: LimiterConfig::default(),
         tx_rate_limiter: tx,
-        detour: None,
+        detour,
     });
     // The fake QEMU connects the way `-netdev stream,server=off` does.
     let qemu = UnixStream::connect(&path).await.unwrap();
@@ -261,5 +265,91 @@ async fn tx_limiter_delays_a_burst_and_updates_live() {
         throttled_before,
         "the update did not lift the limit"
     );
+    drop(s.netns);
+}
+
+fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&GUEST_IP.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+fn tap_rx_packets(netns: &NetnsTap) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns.ns, "cat"])
+        .arg(format!(
+            "/sys/class/net/{}/statistics/rx_packets",
+            netns.tap
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mmds_frames_are_answered_and_never_reach_the_tap() {
+    if !prerequisites() {
+        return;
+    }
+    let data = squib_mmds::new_data_handle();
+    data.store(std::sync::Arc::new(serde_json::json!({"k": "v"})));
+    let mmds = std::sync::Arc::new(squib_mmds::Mmds::new(
+        data,
+        squib_mmds::MmdsConfig::default(),
+        "vm",
+    ));
+    let ends = squib_mmds::spawn_stack(mmds.clone(), squib_mmds::DEFAULT_IPV4).unwrap();
+    let detour = FrameDetour {
+        claims: ends.claims,
+        to_service: ends.to_service,
+        from_service: ends.from_service,
+    };
+    let mut s = setup_with("c", LimiterConfig::default(), Some(detour)).await;
+    let before = tap_rx_packets(&s.netns);
+    let (mut rd, mut wr) = s.qemu.split();
+    let mut scratch = Vec::new();
+    write_frame(
+        &mut wr,
+        &mut scratch,
+        &arp_request(squib_mmds::DEFAULT_IPV4),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; MAX_FRAME];
+    let reply = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut rd, &mut buf))
+            .await
+            .expect("ARP reply from the MMDS")
+            .unwrap()
+            .expect("stream open");
+        // Only ARP replies interest us; the namespace may chatter otherwise.
+        if buf[12..14] == [0x08, 0x06] && buf[20..22] == [0, 2] {
+            break buf[..n].to_vec();
+        }
+    };
+    assert_eq!(reply[..6], GUEST_MAC);
+    assert_eq!(reply[6..12], squib_mmds::MMDS_MAC);
+    assert_eq!(reply[22..28], squib_mmds::MMDS_MAC);
+    assert_eq!(reply[28..32], squib_mmds::DEFAULT_IPV4.octets());
+    // An ARP request for another address still goes to the TAP.
+    write_frame(&mut wr, &mut scratch, &arp_request(HOST_IP))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tap_rx_packets(&s.netns) < before + 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        tap_rx_packets(&s.netns),
+        before + 1,
+        "only the non-MMDS frame reached the TAP"
+    );
+    assert_eq!(mmds.metrics().rx_accepted.load(Ordering::Relaxed), 1);
     drop(s.netns);
 }
