@@ -1,1 +1,227 @@
-fn main() {}
+//! `squib`: started like `firecracker`, serves Firecracker's API on a Unix socket and runs the
+//! guest on QEMU's microvm machine. This file wires the pieces together and maps outcomes to
+//! upstream's exit codes.
+
+mod cli;
+mod logging;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use squib_api::Controller;
+use squib_vmm::config::logger::LogLevel;
+use squib_vmm::config::metrics::MetricsConfig;
+use squib_vmm::{VmExit, Vmm, VmmExit};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{EXIT_ARGUMENT_PARSING, Invocation, RunArgs};
+use crate::logging::{EXIT_BAD_CONFIGURATION, LogOptions, Logger};
+
+const EXIT_GENERIC_ERROR: u8 = 1;
+
+/// Environment overrides, for tests and for hosts where the default does not fit.
+const ENV_ACCEL: &str = "SQUIB_ACCEL";
+const ENV_QEMU: &str = "SQUIB_QEMU";
+const ENV_ACTION_TIMEOUT_MS: &str = "SQUIB_ACTION_TIMEOUT_MS";
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Invocation::Help(help)) => {
+            println!(
+                "Firecracker v{}\n\n{help}",
+                squib_vmm::FIRECRACKER_API_VERSION
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("Firecracker v{}", squib_vmm::FIRECRACKER_API_VERSION);
+            println!("squib v{}\n", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Run(args)) => args,
+        Err(message) => {
+            eprintln!("Arguments parsing error: {message}\n\nFor more information try --help.");
+            return ExitCode::from(EXIT_ARGUMENT_PARSING);
+        }
+    };
+    let level = match args.level.as_deref().map(str::parse::<LogLevel>) {
+        None => LogLevel::Info,
+        Some(Ok(level)) => level,
+        Some(Err(e)) => {
+            eprintln!("Invalid value for level: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIGURATION);
+        }
+    };
+    let log_options = LogOptions {
+        instance_id: args.id.clone(),
+        level,
+        show_level: args.show_level,
+        show_log_origin: args.show_log_origin,
+        module: args.module.clone(),
+    };
+    let logger = match Logger::install(log_options, args.log_path.as_deref()) {
+        Ok(logger) => logger,
+        Err(e) => {
+            eprintln!("Logger error: Failed to open target file: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIGURATION);
+        }
+    };
+    tracing::info!(
+        "Running squib v{} (Firecracker API v{})",
+        env!("CARGO_PKG_VERSION"),
+        squib_vmm::FIRECRACKER_API_VERSION
+    );
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("fc_api")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("Cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_GENERIC_ERROR);
+        }
+    };
+    let code = match runtime.block_on(run(*args, logger)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            EXIT_GENERIC_ERROR
+        }
+    };
+    // Dropping the runtime drops the VMM task, and with it the QEMU child (killed on drop).
+    drop(runtime);
+    ExitCode::from(code)
+}
+
+fn engine_from(args: &RunArgs) -> anyhow::Result<squib_qemu::QemuEngine> {
+    let accel = args
+        .accel
+        .clone()
+        .or_else(|| std::env::var(ENV_ACCEL).ok())
+        .unwrap_or_else(|| "auto".to_string());
+    let accel = accel
+        .parse::<squib_qemu::AccelChoice>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let binary = args
+        .qemu
+        .clone()
+        .or_else(|| std::env::var_os(ENV_QEMU).map(Into::into))
+        .unwrap_or_else(|| squib_qemu::DEFAULT_QEMU_BINARY.into());
+    Ok(squib_qemu::QemuEngine::new(squib_qemu::EngineConfig {
+        qemu_binary: binary,
+        accel,
+        ..Default::default()
+    }))
+}
+
+fn action_timeout() -> Duration {
+    std::env::var(ENV_ACTION_TIMEOUT_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(squib_api::DEFAULT_ACTION_TIMEOUT)
+}
+
+async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
+    if args.boot_timer {
+        tracing::warn!(
+            "--boot-timer: squib offers no boot-timer device to the guest; the flag has no effect."
+        );
+    }
+    let engine = engine_from(&args)?;
+    let (mut vmm, handle) = Vmm::new(args.id.clone(), engine);
+    vmm.set_logger_control(Arc::new(logger));
+    // Upstream's default MMDS limit is the API payload limit.
+    vmm.set_mmds_size_limit(
+        args.mmds_size_limit
+            .unwrap_or(args.http_api_max_payload_size),
+    );
+    if let Some(path) = &args.metadata {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Unable to read the metadata file {}", path.display()))?;
+        let data: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("Invalid JSON in the metadata file {}", path.display()))?;
+        vmm.put_metadata(data).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(path) = &args.metrics_path {
+        vmm.configure_metrics(MetricsConfig {
+            metrics_path: path.to_string_lossy().into_owned(),
+            emit_id: false,
+            properties: None,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let controller = Controller::new(handle, action_timeout());
+    let mut vmm_task = tokio::spawn(vmm.run());
+
+    let api_task = if args.no_api {
+        None
+    } else {
+        let listener = squib_api::bind(&args.api_sock).map_err(|e| {
+            tracing::error!(
+                "Failed to open the API socket at: {}. Check that it is not already used.",
+                args.api_sock.display()
+            );
+            anyhow::anyhow!("{e}")
+        })?;
+        let api_controller = controller.clone();
+        let max_payload = args.http_api_max_payload_size;
+        Some(tokio::spawn(squib_api::serve(
+            listener,
+            api_controller,
+            max_payload,
+        )))
+    };
+
+    if let Some(path) = &args.config_file {
+        let text = read_config_file(path)?;
+        squib_api::config_file::replay(&controller, &text)
+            .await
+            .context("Configuring the microVM from the config file failed")?;
+    }
+    drop(controller);
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let code = tokio::select! {
+        outcome = &mut vmm_task => match outcome.context("the VMM loop panicked")? {
+            VmmExit::Vm(VmExit::GuestShutdown) => {
+                tracing::info!("Guest shut down; exiting.");
+                0
+            }
+            VmmExit::Vm(VmExit::EngineFailed(reason)) => {
+                tracing::error!("The VM engine stopped unexpectedly: {reason}");
+                EXIT_GENERIC_ERROR
+            }
+            VmmExit::FatalError(reason) => {
+                tracing::error!("{reason}");
+                // The client's 400 is already queued on its connection; let it go out.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                EXIT_GENERIC_ERROR
+            }
+            VmmExit::NoMoreActions => 0,
+        },
+        _ = terminate.recv() => 128 + libc::SIGTERM as u8,
+        _ = interrupt.recv() => 128 + libc::SIGINT as u8,
+        _ = hangup.recv() => 156,
+    };
+    if let Some(task) = api_task {
+        task.abort();
+    }
+    vmm_task.abort();
+    // Let the aborted VMM task drop its VM (and kill QEMU) before the process exits.
+    let _ = vmm_task.await;
+    Ok(code)
+}
+
+fn read_config_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("Unable to read the config file {}", path.display()))
+}

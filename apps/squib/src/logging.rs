@@ -1,0 +1,253 @@
+//! The process logger: Firecracker's line format (contract §10.1), on stdout or on a file or
+//! FIFO opened like upstream opens it (create, no truncation, no append). `--log-path`,
+//! `--level` & co. set it up at start; `PUT /logger` changes it later through [`LoggerControl`].
+
+use std::fmt::{self, Write as _};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use squib_vmm::config::logger::{LogLevel, LoggerControl, LoggerUpdate};
+use tracing::field::{Field, Visit};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// Exit code for a bad logger configuration, as upstream uses it.
+pub const EXIT_BAD_CONFIGURATION: u8 = 152;
+
+struct LoggerState {
+    instance_id: String,
+    level: LogLevel,
+    show_level: bool,
+    show_log_origin: bool,
+    module: Option<String>,
+    target: Box<dyn Write + Send>,
+}
+
+impl LoggerState {
+    fn allows(&self, meta: &Metadata<'_>) -> bool {
+        let wanted = match self.level {
+            LogLevel::Off => return false,
+            LogLevel::Error => Level::ERROR,
+            LogLevel::Warn => Level::WARN,
+            LogLevel::Info => Level::INFO,
+            LogLevel::Debug => Level::DEBUG,
+            LogLevel::Trace => Level::TRACE,
+        };
+        // `Level` orders by verbosity: TRACE > DEBUG > ... > ERROR.
+        *meta.level() <= wanted
+            && self
+                .module
+                .as_deref()
+                .is_none_or(|prefix| meta.module_path().is_some_and(|m| m.starts_with(prefix)))
+    }
+
+    fn line(&self, meta: &Metadata<'_>, message: &str) -> String {
+        let mut line = format!(
+            "{} [{}:{}",
+            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.9f"),
+            self.instance_id,
+            std::thread::current().name().unwrap_or("main")
+        );
+        if self.show_level {
+            let _ = write!(line, ":{}", meta.level());
+        }
+        if self.show_log_origin {
+            let _ = write!(
+                line,
+                ":{}:{}",
+                meta.file().unwrap_or("?"),
+                meta.line().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(line, "] {message}");
+        line
+    }
+}
+
+/// The shared logger: the tracing layer writes through it, the VMM reconfigures it.
+#[derive(Clone)]
+pub struct Logger {
+    state: Arc<Mutex<LoggerState>>,
+}
+
+/// Start-up options from the command line.
+pub struct LogOptions {
+    pub instance_id: String,
+    pub level: LogLevel,
+    pub show_level: bool,
+    pub show_log_origin: bool,
+    pub module: Option<String>,
+}
+
+/// Opens a log target the way upstream does (FIFO-friendly).
+pub fn open_target(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+}
+
+impl Logger {
+    /// Installs the global logger.
+    pub fn install(options: LogOptions, log_path: Option<&Path>) -> io::Result<Logger> {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+
+        let target: Box<dyn Write + Send> = match log_path {
+            Some(path) => Box::new(open_target(path)?),
+            None => Box::new(io::stdout()),
+        };
+        let logger = Logger {
+            state: Arc::new(Mutex::new(LoggerState {
+                instance_id: options.instance_id,
+                level: options.level,
+                show_level: options.show_level,
+                show_log_origin: options.show_log_origin,
+                module: options.module,
+                target,
+            })),
+        };
+        tracing_subscriber::registry().with(logger.clone()).init();
+        Ok(logger)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoggerState> {
+        // A panic while logging must not silence the logger for good.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl LoggerControl for Logger {
+    fn apply(&self, update: LoggerUpdate) -> Result<(), String> {
+        let mut state = self.lock();
+        if let Some((_, file)) = update.target {
+            state.target = Box::new(file);
+        }
+        state.level = update.level;
+        if let Some(show_level) = update.show_level {
+            state.show_level = show_level;
+        }
+        if let Some(show_log_origin) = update.show_log_origin {
+            state.show_log_origin = show_log_origin;
+        }
+        if update.module.is_some() {
+            state.module = update.module;
+        }
+        Ok(())
+    }
+}
+
+/// Collects an event's message and fields into one text.
+#[derive(Default)]
+struct MessageText(String);
+
+impl Visit for MessageText {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Logger {
+    // The level can change at run time, so no call site may be cached as never enabled.
+    fn register_callsite(&self, _meta: &'static Metadata<'static>) -> Interest {
+        Interest::sometimes()
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+        self.lock().allows(meta)
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut text = MessageText::default();
+        event.record(&mut text);
+        let mut state = self.lock();
+        let line = state.line(event.metadata(), text.0.trim_start());
+        // One write per line, like upstream; a full FIFO or a closed file loses the line only.
+        let _ = state.target.write_all(line.as_bytes());
+        let _ = state.target.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(level: LogLevel, module: Option<&str>) -> LoggerState {
+        LoggerState {
+            instance_id: "vm".into(),
+            level,
+            show_level: true,
+            show_log_origin: false,
+            module: module.map(str::to_string),
+            target: Box::new(io::sink()),
+        }
+    }
+
+    #[test]
+    fn level_and_module_filter() {
+        let warn = state(LogLevel::Warn, None);
+        let meta_info = tracing::Metadata::new(
+            "e",
+            "squib_vmm::x",
+            Level::INFO,
+            None,
+            None,
+            Some("squib_vmm::x"),
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+            tracing::metadata::Kind::EVENT,
+        );
+        assert!(!warn.allows(&meta_info));
+        assert!(state(LogLevel::Debug, None).allows(&meta_info));
+        assert!(state(LogLevel::Info, Some("squib_vmm")).allows(&meta_info));
+        assert!(!state(LogLevel::Info, Some("squib_api")).allows(&meta_info));
+        assert!(!state(LogLevel::Off, None).allows(&meta_info));
+    }
+
+    #[test]
+    fn line_format() {
+        let s = state(LogLevel::Info, None);
+        let meta = tracing::Metadata::new(
+            "e",
+            "t",
+            Level::WARN,
+            Some("src/x.rs"),
+            Some(7),
+            None,
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+            tracing::metadata::Kind::EVENT,
+        );
+        let line = s.line(&meta, "hello");
+        // 2026-11-27T07:20:54.123456789 [vm:<thread>:WARN] hello
+        assert_eq!(&line[10..11], "T");
+        assert_eq!(line.find(" [vm:"), Some(29));
+        assert!(line.ends_with(":WARN] hello\n"), "{line}");
+    }
+
+    struct NoCallsite;
+    impl tracing::callsite::Callsite for NoCallsite {
+        fn set_interest(&self, _: Interest) {}
+        fn metadata(&self) -> &Metadata<'_> {
+            unreachable!("only used as an identifier")
+        }
+    }
+    static CALLSITE: NoCallsite = NoCallsite;
+}

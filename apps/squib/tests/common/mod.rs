@@ -1,0 +1,342 @@
+//! Shared harness of the end-to-end tests: the real `squib` binary, a real guest under QEMU,
+//! raw HTTP/1.1 over the API socket, and the console read from squib's stdout.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Paths of the test guest built by `guest/build.sh`.
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds the guest if needed (cached). A missing prerequisite fails the test: never a skip.
+pub fn guest() -> Guest {
+    let output = Command::new("bash")
+        .arg(repo_root().join("guest/build.sh"))
+        .arg("--print-paths")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run guest/build.sh");
+    assert!(
+        output.status.success(),
+        "guest/build.sh failed; run scripts/install-deps.sh first ({})",
+        output.status
+    );
+    let vars: BTreeMap<String, String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let path = |key: &str| {
+        PathBuf::from(
+            vars.get(key)
+                .unwrap_or_else(|| panic!("guest/build.sh printed no {key}")),
+        )
+    };
+    let guest = Guest {
+        kernel: path("KERNEL"),
+        initrd: path("INITRD"),
+        rootfs: path("ROOTFS"),
+    };
+    assert!(
+        which("qemu-system-x86_64"),
+        "qemu-system-x86_64 is missing: run scripts/install-deps.sh"
+    );
+    guest
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// A private, writable copy of the root filesystem, so tests never touch the cached image.
+pub fn rootfs_copy(guest: &Guest, dir: &Path) -> PathBuf {
+    let copy = dir.join("rootfs.ext4");
+    std::fs::copy(&guest.rootfs, &copy).expect("copy rootfs");
+    copy
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// A running `squib` process.
+pub struct Squib {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    output: Arc<(Mutex<Output>, Condvar)>,
+}
+
+impl Squib {
+    /// Starts squib with `--api-sock` in a fresh directory plus `extra` arguments.
+    pub fn start(extra: &[&str]) -> Squib {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut args: Vec<String> = vec!["--api-sock".into(), socket.to_str().unwrap().into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(dir, socket, &args)
+    }
+
+    /// Starts squib with exactly these arguments (the socket path is only used by `api`).
+    pub fn spawn(dir: tempfile::TempDir, socket: PathBuf, args: &[String]) -> Squib {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_squib"));
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("SQUIB_ACCEL").is_none() {
+            command.env("SQUIB_ACCEL", "tcg");
+        }
+        let mut child = command.spawn().expect("start squib");
+        let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        collect(stdout, output.clone(), "");
+        collect(stderr, output.clone(), "stderr: ");
+        let squib = Squib {
+            child,
+            dir,
+            socket,
+            output,
+        };
+        if !args.iter().any(|a| a == "--no-api") {
+            squib.wait_for_socket();
+        }
+        squib
+    }
+
+    fn wait_for_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "API socket never came up:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything squib (and the guest console) printed so far.
+    pub fn console(&self) -> String {
+        self.output.0.lock().unwrap().lines.join("\n")
+    }
+
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.output
+            .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until a printed line contains `needle`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) {
+        let (lock, ready) = &*self.output;
+        let deadline = Instant::now() + timeout;
+        let mut out = lock.lock().unwrap();
+        loop {
+            if out.lines.iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline || out.closed {
+                let text = out.lines.join("\n");
+                drop(out);
+                panic!("no line with {needle:?} within {timeout:?}; output:\n{text}");
+            }
+            out = ready.wait_timeout(out, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Sends one request over a new connection and returns (status, body).
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut stream = UnixStream::connect(&self.socket).expect("connect to the API socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let request = match body {
+            Some(b) => format!(
+                "{method} {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ),
+            None => format!("{method} {path} HTTP/1.1\r\n\r\n"),
+        };
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        let status = status_line[9..12].parse().unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+
+    /// `api`, asserting a 204.
+    pub fn ok(&self, method: &str, path: &str, body: &str) {
+        let (status, reply) = self.api(method, path, Some(body));
+        assert_eq!(
+            status,
+            204,
+            "{method} {path} {body} → {status} {reply}\n{}",
+            self.console()
+        );
+    }
+
+    pub fn state(&self) -> String {
+        let (_, body) = self.api("GET", "/", None);
+        let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+        info["state"].as_str().unwrap().to_string()
+    }
+
+    /// Waits for squib to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "squib did not exit within {timeout:?}:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// PIDs of squib's direct children (the QEMU process).
+    pub fn children(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = Vec::new();
+        // Children may hang off any of squib's threads.
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) {
+            for task in tasks.flatten() {
+                let file = task.path().join("children");
+                if let Ok(text) = std::fs::read_to_string(file) {
+                    pids.extend(
+                        text.split_whitespace()
+                            .filter_map(|p| p.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Squib {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect<R: Read + Send + 'static>(
+    stream: R,
+    output: Arc<(Mutex<Output>, Condvar)>,
+    prefix: &'static str,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+                    if std::env::var_os("SQUIB_TEST_ECHO").is_some() {
+                        eprintln!("{prefix}{line}");
+                    }
+                    let (lock, ready) = &*output;
+                    lock.lock().unwrap().lines.push(format!("{prefix}{line}"));
+                    ready.notify_all();
+                }
+            }
+        }
+        let (lock, ready) = &*output;
+        lock.lock().unwrap().closed = true;
+        ready.notify_all();
+    });
+}
+
+/// True while a process with this PID exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// The usual getting-started configuration, through the API.
+pub fn configure(squib: &Squib, guest: &Guest, rootfs: &Path, boot_args: &str) {
+    squib.ok(
+        "PUT",
+        "/boot-source",
+        &serde_json::json!({
+            "kernel_image_path": guest.kernel,
+            "initrd_path": guest.initrd,
+            "boot_args": boot_args,
+        })
+        .to_string(),
+    );
+    squib.ok(
+        "PUT",
+        "/drives/rootfs",
+        &serde_json::json!({
+            "drive_id": "rootfs",
+            "path_on_host": rootfs,
+            "is_root_device": true,
+            "is_read_only": false,
+        })
+        .to_string(),
+    );
+    squib.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count":1,"mem_size_mib":256}"#,
+    );
+}
+
+pub const GUEST_MARKER: &str = "SQUIB-GUEST-INIT-OK";
+pub const ROOTFS_MARKER: &str = "SQUIB-ROOTFS-OK";
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
