@@ -1,1 +1,13 @@
-//! placeholder
+//! squib's engine on QEMU: turns validated VM resources into a QEMU `microvm` command line,
+//! supervises the QEMU child process and drives it over QMP, implementing
+//! [`squib_vmm::Engine`] so the VMM loop never deals with QEMU directly.
+
+pub mod accel;
+pub mod cmdline;
+pub mod engine;
+pub mod process;
+pub mod qmp;
+
+pub use accel::{Accel, AccelChoice, AccelParseError, HostFacts};
+pub use cmdline::{ConsoleTarget, LaunchSpec, MAX_VIRTIO_MMIO_DEVICES, build_args};
+pub use engine::{DEFAULT_QEMU_BINARY, EngineConfig, QemuEngine, QemuVm};
