@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # squib's main job in one command: start squib like firecracker, configure a microVM over the
 # API socket with curl (Firecracker's getting-started flow) and boot it; its console scrolls
-# by on this terminal. The demo guest prints its markers, ticks a few times and powers off,
+# by on this terminal. The demo guest prints its markers and powers off,
 # which ends squib with exit code 0.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +28,7 @@ api() {
     -H 'Accept: application/json' -H 'Content-Type: application/json' -d "$3"
   echo
 }
-api PUT /boot-source "{\"kernel_image_path\":\"$KERNEL\",\"initrd_path\":\"$INITRD\",\"boot_args\":\"console=ttyS0 reboot=k panic=1 quiet squib.tick=1 squib.action=poweroff-after:5\"}"
+api PUT /boot-source "{\"kernel_image_path\":\"$KERNEL\",\"initrd_path\":\"$INITRD\",\"boot_args\":\"console=ttyS0 reboot=k panic=1 squib.action=poweroff\"}"
 api PUT /drives/rootfs "{\"drive_id\":\"rootfs\",\"path_on_host\":\"$WORK/rootfs.ext4\",\"is_root_device\":true,\"is_read_only\":false}"
 api PUT /machine-config '{"vcpu_count":1,"mem_size_mib":256}'
 api PUT /actions '{"action_type":"InstanceStart"}'
