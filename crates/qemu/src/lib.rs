@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod cmdline;
 pub mod engine;
+pub mod host_tsc;
 pub mod process;
 pub mod qmp;
 

@@ -1,0 +1,624 @@
+//! QEMU's command line as a pure function of the validated VM resources.
+//!
+//! No I/O happens here: everything the builder needs (accelerator, QMP socket path, console
+//! target) is given by the caller, so the whole mapping is unit-tested without QEMU.
+
+use std::path::{Path, PathBuf};
+
+use squib_vmm::VmResources;
+use squib_vmm::config::boot_source::MAX_CMDLINE_LEN;
+use squib_vmm::config::drive::{CacheType, Drive, DriveBackend};
+
+use crate::accel::Accel;
+
+/// QEMU's `microvm` machine has this many virtio-mmio transports, and no hotplug.
+pub const MAX_VIRTIO_MMIO_DEVICES: usize = 24;
+
+/// QEMU limits block node names to 31 bytes.
+const MAX_NODE_NAME_LEN: usize = 31;
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ConsoleTarget {
+    /// squib's own stdout, like Firecracker's serial console.
+    #[default]
+    Stdio,
+    /// Appended to a host file.
+    File(PathBuf),
+    /// Discarded.
+    Null,
+}
+
+/// The launch facts that do not come from the client's resources.
+#[derive(Clone, Copy, Debug)]
+pub struct LaunchSpec<'a> {
+    pub accel: Accel,
+    /// Where QEMU listens for squib's QMP connection.
+    pub qmp_socket: &'a Path,
+    pub console: &'a ConsoleTarget,
+    /// The host's TSC rate, handed to a TCG guest so it skips calibrating its clock.
+    pub tsc_khz: Option<u64>,
+}
+
+/// Why the resources cannot be turned into a QEMU command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdlineError {
+    #[error("Cannot start microvm without kernel configuration.")]
+    NoBootSource,
+    #[error("vhost-user drive `{0}` is not supported by squib yet")]
+    VhostUserDrive(String),
+    #[error(
+        "{count} virtio devices are configured, but QEMU's microvm machine offers at most {MAX_VIRTIO_MMIO_DEVICES}"
+    )]
+    TooManyDevices { count: usize },
+    #[error("the kernel command line with the root device parameters is too long ({len} bytes, at most {} allowed)", MAX_CMDLINE_LEN - 1)]
+    CmdlineTooLong { len: usize },
+    #[error("the {what} path is not valid UTF-8: {path:?}")]
+    NonUtf8Path { what: &'static str, path: PathBuf },
+}
+
+/// The QEMU names of one drive: its block node and its virtio-blk device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveNames {
+    /// `node-name` of the drive's format node (the target of later `blockdev-*` commands).
+    pub node: String,
+    /// `id` of the `virtio-blk-device`.
+    pub device: String,
+}
+
+/// Names for the drive at `index` (in the resources' order) with Firecracker id `id`.
+///
+/// `drive_<id>`/`blk_<id>` when QEMU accepts them (ASCII letters, digits and `_`, node name
+/// at most 31 bytes); Firecracker also allows Unicode letters and longer ids, which fall back
+/// to the index: `drive<index>`/`blk<index>` (no underscore, so the two forms never collide).
+pub fn drive_names(index: usize, id: &str) -> DriveNames {
+    let ascii = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ascii && "drive_".len() + id.len() <= MAX_NODE_NAME_LEN {
+        DriveNames {
+            node: format!("drive_{id}"),
+            device: format!("blk_{id}"),
+        }
+    } else {
+        DriveNames {
+            node: format!("drive{index}"),
+            device: format!("blk{index}"),
+        }
+    }
+}
+
+/// Escapes a value for QEMU's `key=value,…` option syntax: a comma is written doubled.
+pub fn escape_option_value(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// The guest kernel command line: the client's boot args, then, like Firecracker, the root
+/// device (`root=/dev/vda` or `root=PARTUUID=…`) and `ro`/`rw` when a root drive exists.
+///
+/// With `tsc_khz` (TCG only), `tsc_early_khz=` is added unless the client set it: under TCG the
+/// guest's TSC ticks at the host's rate, and on a busy host the kernel's calibration against
+/// the emulated PIT fails and the boot hangs for good (microvm has no other timer to fall
+/// back on).
+pub fn kernel_cmdline(
+    resources: &VmResources,
+    tsc_khz: Option<u64>,
+) -> Result<String, CmdlineError> {
+    let boot = resources
+        .boot_source
+        .as_ref()
+        .ok_or(CmdlineError::NoBootSource)?;
+    let mut parts: Vec<String> = Vec::new();
+    if !boot.cmdline().trim().is_empty() {
+        parts.push(boot.cmdline().trim().to_string());
+    }
+    if let Some(root) = resources.drives.root() {
+        match &root.partuuid {
+            Some(uuid) => parts.push(format!("root=PARTUUID={uuid}")),
+            // The root drive is always the first virtio-blk device, so the guest sees it first.
+            None => parts.push("root=/dev/vda".to_string()),
+        }
+        parts.push(if root.is_read_only() { "ro" } else { "rw" }.to_string());
+    }
+    if let Some(khz) = tsc_khz.filter(|_| !boot.cmdline().contains("tsc_early_khz=")) {
+        parts.push(format!("tsc_early_khz={khz}"));
+    }
+    let cmdline = parts.join(" ");
+    if cmdline.len() >= MAX_CMDLINE_LEN {
+        return Err(CmdlineError::CmdlineTooLong { len: cmdline.len() });
+    }
+    Ok(cmdline)
+}
+
+/// QEMU's arguments (without the program name) for booting `resources`.
+///
+/// The guest starts paused (`-S`): the caller connects to QMP, then sends `cont`.
+pub fn build_args(
+    resources: &VmResources,
+    spec: &LaunchSpec<'_>,
+) -> Result<Vec<String>, CmdlineError> {
+    let boot = resources
+        .boot_source
+        .as_ref()
+        .ok_or(CmdlineError::NoBootSource)?;
+    if let Some(drive) = resources
+        .drives
+        .iter()
+        .find(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
+    {
+        return Err(CmdlineError::VhostUserDrive(drive.id.clone()));
+    }
+    let devices = resources.drives.len();
+    if devices > MAX_VIRTIO_MMIO_DEVICES {
+        return Err(CmdlineError::TooManyDevices { count: devices });
+    }
+    let cmdline = kernel_cmdline(resources, spec.tsc_khz)?;
+    let qmp = utf8(spec.qmp_socket, "QMP socket")?;
+
+    let machine = &resources.machine_config;
+    let mem = format!("{}M", machine.mem_size_mib);
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-S",
+    ]);
+    push(&["-M", "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on"]);
+    push(&[
+        "-accel",
+        spec.accel.qemu_name(),
+        "-cpu",
+        spec.accel.cpu_model(),
+    ]);
+    push(&["-smp", &machine.vcpu_count.to_string(), "-m", &mem]);
+    // Shared guest RAM: needed later by vhost-user backends (vsock) and snapshots.
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=ram,size={mem},share=on"),
+        "-machine",
+        "memory-backend=ram",
+    ]);
+    // The i8042 controller is what Ctrl+Alt+Del goes through.
+    push(&["-device", "i8042"]);
+    // -kernel, -initrd and -append take their argument verbatim: no option-syntax escaping.
+    push(&["-kernel", &boot.config.kernel_image_path]);
+    if let Some(initrd) = &boot.config.initrd_path {
+        push(&["-initrd", initrd]);
+    }
+    push(&["-append", &cmdline]);
+    let console = match spec.console {
+        ConsoleTarget::Stdio => "stdio,id=console,signal=off".to_string(),
+        ConsoleTarget::File(path) => format!(
+            "file,id=console,path={},append=on",
+            escape_option_value(utf8(path, "console")?)
+        ),
+        ConsoleTarget::Null => "null,id=console".to_string(),
+    };
+    push(&["-chardev", &console, "-serial", "chardev:console"]);
+    for (index, drive) in resources.drives.iter().enumerate() {
+        push_drive(&mut args, index, drive);
+    }
+    args.extend([
+        "-qmp".to_string(),
+        format!("unix:{},server=on,wait=off", escape_option_value(qmp)),
+    ]);
+    Ok(args)
+}
+
+/// `-blockdev` (a raw format node over a file node) and its `virtio-blk-device`.
+fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
+    let DriveBackend::File {
+        path, read_only, ..
+    } = &drive.backend
+    else {
+        // Refused by `build_args` before any drive is pushed.
+        return;
+    };
+    let names = drive_names(index, &drive.id);
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    let no_flush = matches!(drive.cache_type, CacheType::Unsafe);
+    args.push("-blockdev".to_string());
+    args.push(format!(
+        "driver=raw,node-name={node},read-only={ro},cache.direct=off,cache.no-flush={nf},\
+         file.driver=file,file.filename={file},file.aio=threads",
+        node = names.node,
+        ro = on_off(*read_only),
+        nf = on_off(no_flush),
+        file = escape_option_value(path),
+    ));
+    args.push("-device".to_string());
+    args.push(format!(
+        "virtio-blk-device,drive={},id={}",
+        names.node, names.device
+    ));
+}
+
+fn utf8<'p>(path: &'p Path, what: &'static str) -> Result<&'p str, CmdlineError> {
+    path.to_str().ok_or_else(|| CmdlineError::NonUtf8Path {
+        what,
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squib_vmm::config::boot_source::{BootSource, BootSourceConfig, DEFAULT_KERNEL_CMDLINE};
+    use squib_vmm::config::drive::IoEngine;
+    use squib_vmm::config::machine_config::MachineConfig;
+
+    fn boot(args: Option<&str>, initrd: Option<&str>) -> BootSource {
+        BootSource {
+            config: BootSourceConfig {
+                kernel_image_path: "/k/vmlinux".into(),
+                initrd_path: initrd.map(Into::into),
+                boot_args: args.map(Into::into),
+            },
+        }
+    }
+
+    fn file_drive(id: &str, root: bool, path: &str, read_only: bool) -> Drive {
+        Drive {
+            id: id.into(),
+            is_root_device: root,
+            partuuid: None,
+            cache_type: CacheType::Unsafe,
+            backend: DriveBackend::File {
+                path: path.into(),
+                read_only,
+                io_engine: IoEngine::Sync,
+                rate_limiter: None,
+            },
+        }
+    }
+
+    fn resources(drives: Vec<Drive>) -> VmResources {
+        let mut res = VmResources {
+            machine_config: MachineConfig {
+                vcpu_count: 2,
+                mem_size_mib: 256,
+                ..MachineConfig::default()
+            },
+            boot_source: Some(boot(
+                Some("console=ttyS0 reboot=k panic=1"),
+                Some("/k/initrd"),
+            )),
+            ..VmResources::default()
+        };
+        for d in drives {
+            res.drives.insert(d).unwrap();
+        }
+        res
+    }
+
+    fn args(res: &VmResources) -> Vec<String> {
+        build_args(
+            res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/run/squib/qmp.sock"),
+                console: &ConsoleTarget::Stdio,
+                tsc_khz: None,
+            },
+        )
+        .unwrap()
+    }
+
+    /// The value following the `n`-th occurrence of `flag`.
+    fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn typical_config_full_argv() {
+        let res = resources(vec![
+            file_drive("data", false, "/img/data.ext4", false),
+            file_drive("rootfs", true, "/img/rootfs.ext4", true),
+        ]);
+        let expected = [
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-S",
+            "-M",
+            "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "256M",
+            "-object",
+            "memory-backend-memfd,id=ram,size=256M,share=on",
+            "-machine",
+            "memory-backend=ram",
+            "-device",
+            "i8042",
+            "-kernel",
+            "/k/vmlinux",
+            "-initrd",
+            "/k/initrd",
+            "-append",
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda ro",
+            "-chardev",
+            "stdio,id=console,signal=off",
+            "-serial",
+            "chardev:console",
+            "-blockdev",
+            "driver=raw,node-name=drive_rootfs,read-only=on,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/img/rootfs.ext4,file.aio=threads",
+            "-device",
+            "virtio-blk-device,drive=drive_rootfs,id=blk_rootfs",
+            "-blockdev",
+            "driver=raw,node-name=drive_data,read-only=off,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/img/data.ext4,file.aio=threads",
+            "-device",
+            "virtio-blk-device,drive=drive_data,id=blk_data",
+            "-qmp",
+            "unix:/run/squib/qmp.sock,server=on,wait=off",
+        ];
+        assert_eq!(args(&res), expected);
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu() {
+        let res = resources(vec![]);
+        let a = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Kvm,
+                qmp_socket: Path::new("/q"),
+                console: &ConsoleTarget::Stdio,
+                tsc_khz: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(values(&a, "-accel"), ["kvm"]);
+        assert_eq!(values(&a, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn no_drive_no_root_and_no_initrd() {
+        let mut res = resources(vec![]);
+        res.boot_source = Some(boot(Some("console=ttyS0"), None));
+        let a = args(&res);
+        assert_eq!(values(&a, "-append"), ["console=ttyS0"]);
+        assert!(values(&a, "-initrd").is_empty());
+        assert!(values(&a, "-blockdev").is_empty());
+        assert!(!a.iter().any(|s| s.contains("virtio-blk")));
+    }
+
+    #[test]
+    fn non_root_drive_adds_no_root_parameter() {
+        let res = resources(vec![file_drive("data", false, "/d", true)]);
+        let a = args(&res);
+        assert_eq!(values(&a, "-append"), ["console=ttyS0 reboot=k panic=1"]);
+        assert_eq!(values(&a, "-blockdev").len(), 1);
+        assert!(values(&a, "-blockdev")[0].contains("read-only=on"));
+    }
+
+    #[test]
+    fn root_rules_rw_ro_partuuid() {
+        let res = resources(vec![file_drive("root", true, "/r", false)]);
+        assert_eq!(
+            kernel_cmdline(&res, None).unwrap(),
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw"
+        );
+        let mut d = file_drive("root", true, "/r", true);
+        d.partuuid = Some("0eaa91a0-01".into());
+        let res = resources(vec![d]);
+        assert_eq!(
+            kernel_cmdline(&res, None).unwrap(),
+            "console=ttyS0 reboot=k panic=1 root=PARTUUID=0eaa91a0-01 ro"
+        );
+    }
+
+    #[test]
+    fn default_and_empty_boot_args() {
+        let mut res = resources(vec![file_drive("root", true, "/r", false)]);
+        res.boot_source = Some(boot(None, None));
+        assert_eq!(
+            kernel_cmdline(&res, None).unwrap(),
+            format!("{DEFAULT_KERNEL_CMDLINE} root=/dev/vda rw")
+        );
+        res.boot_source = Some(boot(Some(""), None));
+        assert_eq!(kernel_cmdline(&res, None).unwrap(), "root=/dev/vda rw");
+    }
+
+    #[test]
+    fn tsc_rate_is_added_unless_the_client_set_one() {
+        let mut res = resources(vec![]);
+        res.boot_source = Some(boot(Some("console=ttyS0"), None));
+        assert_eq!(
+            kernel_cmdline(&res, Some(2_596_148)).unwrap(),
+            "console=ttyS0 tsc_early_khz=2596148"
+        );
+        res.boot_source = Some(boot(Some("console=ttyS0 tsc_early_khz=1000"), None));
+        assert_eq!(
+            kernel_cmdline(&res, Some(2_596_148)).unwrap(),
+            "console=ttyS0 tsc_early_khz=1000"
+        );
+    }
+
+    #[test]
+    fn root_drive_always_first_and_cache_policy() {
+        let mut data = file_drive("data", false, "/d", false);
+        data.cache_type = CacheType::Writeback;
+        let res = resources(vec![data, file_drive("root", true, "/r", false)]);
+        let a = args(&res);
+        let blockdevs = values(&a, "-blockdev");
+        assert!(blockdevs[0].contains("node-name=drive_root,"));
+        assert!(blockdevs[0].contains("cache.no-flush=on"));
+        assert!(blockdevs[1].contains("node-name=drive_data,"));
+        assert!(blockdevs[1].contains("cache.no-flush=off"));
+        assert!(blockdevs[1].contains("read-only=off"));
+        let devices: Vec<_> = values(&a, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("virtio-blk"))
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                "virtio-blk-device,drive=drive_root,id=blk_root",
+                "virtio-blk-device,drive=drive_data,id=blk_data"
+            ]
+        );
+    }
+
+    #[test]
+    fn commas_in_option_values_are_doubled() {
+        assert_eq!(escape_option_value("/a,b,,c"), "/a,,b,,,,c");
+        assert_eq!(escape_option_value("/plain"), "/plain");
+        let mut res = resources(vec![file_drive("root", true, "/img/a,b.ext4", false)]);
+        res.boot_source = Some(BootSource {
+            config: BootSourceConfig {
+                kernel_image_path: "/k,1/vmlinux".into(),
+                initrd_path: Some("/k,1/initrd".into()),
+                boot_args: Some("console=ttyS0".into()),
+            },
+        });
+        let a = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/run/a,b/qmp.sock"),
+                console: &ConsoleTarget::File("/log/c,d.log".into()),
+                tsc_khz: None,
+            },
+        )
+        .unwrap();
+        assert!(values(&a, "-blockdev")[0].contains("file.filename=/img/a,,b.ext4,file.aio"));
+        assert_eq!(
+            values(&a, "-qmp"),
+            ["unix:/run/a,,b/qmp.sock,server=on,wait=off"]
+        );
+        assert_eq!(
+            values(&a, "-chardev"),
+            ["file,id=console,path=/log/c,,d.log,append=on"]
+        );
+        // Taken verbatim by QEMU: not escaped.
+        assert_eq!(values(&a, "-kernel"), ["/k,1/vmlinux"]);
+        assert_eq!(values(&a, "-initrd"), ["/k,1/initrd"]);
+    }
+
+    #[test]
+    fn console_targets() {
+        let res = resources(vec![]);
+        let a = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/q"),
+                console: &ConsoleTarget::Null,
+                tsc_khz: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(values(&a, "-chardev"), ["null,id=console"]);
+        assert_eq!(values(&a, "-serial"), ["chardev:console"]);
+    }
+
+    #[test]
+    fn drive_names_fall_back_to_index() {
+        assert_eq!(
+            drive_names(3, "rootfs"),
+            DriveNames {
+                node: "drive_rootfs".into(),
+                device: "blk_rootfs".into()
+            }
+        );
+        // Unicode alphanumerics are valid Firecracker ids but not QEMU ids.
+        assert_eq!(drive_names(1, "диск").node, "drive1");
+        assert_eq!(drive_names(1, "диск").device, "blk1");
+        let long = "a".repeat(25);
+        assert_eq!(
+            drive_names(0, &long[..25]).node,
+            format!("drive_{}", &long[..25])
+        );
+        assert_eq!(drive_names(2, &"a".repeat(26)).node, "drive2");
+    }
+
+    #[test]
+    fn no_boot_source_is_refused() {
+        let mut res = resources(vec![]);
+        res.boot_source = None;
+        let err = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/q"),
+                console: &ConsoleTarget::Stdio,
+                tsc_khz: None,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err, CmdlineError::NoBootSource);
+    }
+
+    #[test]
+    fn vhost_user_drive_is_refused_by_name() {
+        let vhost = Drive {
+            id: "vhost0".into(),
+            is_root_device: false,
+            partuuid: None,
+            cache_type: CacheType::Unsafe,
+            backend: DriveBackend::VhostUser {
+                socket: "/s".into(),
+            },
+        };
+        let res = resources(vec![file_drive("root", true, "/r", false), vhost]);
+        let err = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/q"),
+                console: &ConsoleTarget::Stdio,
+                tsc_khz: None,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "vhost-user drive `vhost0` is not supported by squib yet"
+        );
+    }
+
+    #[test]
+    fn at_most_24_virtio_devices() {
+        let spec = LaunchSpec {
+            accel: Accel::Tcg,
+            qmp_socket: Path::new("/q"),
+            console: &ConsoleTarget::Stdio,
+            tsc_khz: None,
+        };
+        let drives = |n: usize| {
+            (0..n)
+                .map(|i| file_drive(&format!("d{i}"), false, &format!("/d{i}"), true))
+                .collect::<Vec<_>>()
+        };
+        let a = build_args(&resources(drives(24)), &spec).unwrap();
+        assert_eq!(values(&a, "-blockdev").len(), 24);
+        let err = build_args(&resources(drives(25)), &spec).unwrap_err();
+        assert_eq!(err, CmdlineError::TooManyDevices { count: 25 });
+        assert_eq!(
+            err.to_string(),
+            "25 virtio devices are configured, but QEMU's microvm machine offers at most 24"
+        );
+    }
+
+    #[test]
+    fn cmdline_with_root_parameters_must_fit() {
+        let mut res = resources(vec![file_drive("root", true, "/r", false)]);
+        res.boot_source = Some(boot(Some(&"x".repeat(MAX_CMDLINE_LEN - 5)), None));
+        assert!(matches!(
+            kernel_cmdline(&res, None),
+            Err(CmdlineError::CmdlineTooLong { .. })
+        ));
+    }
+}

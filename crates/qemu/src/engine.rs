@@ -1,0 +1,385 @@
+//! [`QemuEngine`]: squib's [`Engine`] on QEMU, and [`QemuVm`], the handle of one running guest.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use squib_vmm::config::drive::{DriveBackend, IoEngine};
+use squib_vmm::config::machine_config::HugePages;
+use squib_vmm::{Engine, EngineError, ExitWatch, RunningVm, VmExit, VmResources};
+use tempfile::TempDir;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::accel::{Accel, AccelChoice};
+use crate::cmdline::{self, ConsoleTarget, DriveNames, LaunchSpec};
+use crate::process::{ProcessExit, QemuProcess};
+use crate::qmp::{QmpClient, QmpError, ShutdownEvent};
+
+/// The QEMU binary used when the configuration names none.
+pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
+/// How long QEMU may take to open its QMP socket.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// After QEMU exits, how long to wait for its last QMP events.
+const EVENTS_DRAIN: Duration = Duration::from_secs(1);
+const QMP_POLL: Duration = Duration::from_millis(20);
+
+/// How squib runs QEMU; filled by the binary from its flags and environment.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The QEMU program (`qemu-system-x86_64` from `PATH` by default).
+    pub qemu_binary: PathBuf,
+    pub accel: AccelChoice,
+    /// Where the guest's serial console goes.
+    pub console: ConsoleTarget,
+    /// How long QEMU may take to become reachable over QMP.
+    pub startup_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            qemu_binary: PathBuf::from(DEFAULT_QEMU_BINARY),
+            accel: AccelChoice::Auto,
+            console: ConsoleTarget::Stdio,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+        }
+    }
+}
+
+/// Starts guests on QEMU's `microvm` machine.
+#[derive(Clone, Debug, Default)]
+pub struct QemuEngine {
+    config: EngineConfig,
+}
+
+impl QemuEngine {
+    pub fn new(config: EngineConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+}
+
+/// One running guest. Dropping it kills QEMU.
+pub struct QemuVm {
+    // Fields drop in this order: QMP first, then the process (killed), then the socket dir.
+    qmp: QmpClient,
+    process: QemuProcess,
+    accel: Accel,
+    drives: Vec<(String, DriveNames)>,
+    _runtime_dir: TempDir,
+}
+
+impl QemuVm {
+    /// The accelerator the guest runs on.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// QEMU's names (block node, device id) for the drive with this Firecracker id.
+    pub fn drive_names(&self, drive_id: &str) -> Option<&DriveNames> {
+        self.drives
+            .iter()
+            .find(|(id, _)| id == drive_id)
+            .map(|(_, names)| names)
+    }
+
+    /// True when QEMU says the vCPUs run (QMP `query-status`).
+    pub async fn is_running(&self) -> Result<bool, EngineError> {
+        self.qmp.is_running().await.map_err(engine_error)
+    }
+}
+
+impl RunningVm for QemuVm {
+    async fn pause(&mut self) -> Result<(), EngineError> {
+        self.qmp.stop().await.map_err(engine_error)
+    }
+
+    async fn resume(&mut self) -> Result<(), EngineError> {
+        self.qmp.cont().await.map_err(engine_error)
+    }
+
+    async fn send_ctrl_alt_del(&mut self) -> Result<(), EngineError> {
+        self.qmp.send_ctrl_alt_del().await.map_err(engine_error)
+    }
+}
+
+impl Engine for QemuEngine {
+    type Vm = QemuVm;
+
+    async fn start(&mut self, resources: &VmResources) -> Result<(QemuVm, ExitWatch), EngineError> {
+        warn_unhonoured(resources);
+        let accel = self.config.accel.resolve();
+        tracing::info!(%accel, requested = %self.config.accel, "accelerator chosen");
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("squib-qemu-")
+            .tempdir()
+            .map_err(|e| EngineError(format!("cannot create QEMU's runtime directory: {e}")))?;
+        let qmp_socket = runtime_dir.path().join("qmp.sock");
+        let args = cmdline::build_args(
+            resources,
+            &LaunchSpec {
+                accel,
+                qmp_socket: &qmp_socket,
+                console: &self.config.console,
+                tsc_khz: match accel {
+                    Accel::Tcg => crate::host_tsc::host_tsc_khz(),
+                    Accel::Kvm => None,
+                },
+            },
+        )
+        .map_err(|e| EngineError(e.to_string()))?;
+        let drives = resources
+            .drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), cmdline::drive_names(i, &d.id)))
+            .collect();
+
+        let process = QemuProcess::spawn(&self.config.qemu_binary, &args)
+            .map_err(|e| EngineError(e.to_string()))?;
+        let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
+
+        // QEMU started paused (-S): let the vCPUs go and check they do.
+        qmp.cont().await.map_err(|e| startup_error(&process, e))?;
+        if !qmp
+            .is_running()
+            .await
+            .map_err(|e| startup_error(&process, e))?
+        {
+            return Err(EngineError(
+                "QEMU did not report the guest running after `cont`".to_string(),
+            ));
+        }
+        tracing::info!(pid = process.pid(), "guest running");
+
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let exited = process.exit_watch();
+        let shutdown = qmp.shutdown_events();
+        tokio::spawn(async move {
+            let exit = exited.await;
+            let event = last_shutdown_event(shutdown).await;
+            let outcome = classify_exit(&exit, event.as_ref());
+            match &outcome {
+                VmExit::GuestShutdown => tracing::info!("guest shut down"),
+                VmExit::EngineFailed(why) if exit.killed_by_squib => {
+                    tracing::debug!(%why, "QEMU stopped")
+                }
+                VmExit::EngineFailed(why) => tracing::error!(%why, "QEMU failed"),
+            }
+            let _ = exit_tx.send(outcome);
+        });
+
+        Ok((
+            QemuVm {
+                qmp,
+                process,
+                accel,
+                drives,
+                _runtime_dir: runtime_dir,
+            },
+            exit_rx,
+        ))
+    }
+}
+
+/// How a QEMU exit maps to the guest's fate.
+///
+/// Status 0 is a guest power-off or reboot (`-no-reboot`), unless QEMU's `SHUTDOWN` event
+/// says the host asked for it (a signal to QEMU, QMP `quit`): that is the engine going away.
+/// Anything else is an engine failure.
+pub fn classify_exit(exit: &ProcessExit, shutdown: Option<&ShutdownEvent>) -> VmExit {
+    if exit.killed_by_squib {
+        return VmExit::EngineFailed("QEMU was stopped by squib".to_string());
+    }
+    if !exit.status.success() {
+        return VmExit::EngineFailed(exit.describe());
+    }
+    match shutdown {
+        Some(event) if !event.guest => {
+            VmExit::EngineFailed(format!("QEMU stopped on a host request ({})", event.reason))
+        }
+        _ => VmExit::GuestShutdown,
+    }
+}
+
+/// Waits (briefly) for QMP to close so the last `SHUTDOWN` event has been read.
+async fn last_shutdown_event(
+    mut shutdown: watch::Receiver<Option<ShutdownEvent>>,
+) -> Option<ShutdownEvent> {
+    let _ = tokio::time::timeout(EVENTS_DRAIN, async {
+        while shutdown.changed().await.is_ok() {}
+    })
+    .await;
+    shutdown.borrow().clone()
+}
+
+/// Polls for the QMP socket until QEMU accepts, QEMU exits, or the deadline passes.
+async fn connect_qmp(
+    process: &QemuProcess,
+    socket: &std::path::Path,
+    timeout: Duration,
+) -> Result<QmpClient, EngineError> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        if let Some(exit) = process.try_exit() {
+            return Err(EngineError(format!(
+                "QEMU ended before the guest started: {}",
+                exit.describe()
+            )));
+        }
+        if socket.exists() {
+            match tokio::time::timeout_at(deadline, QmpClient::connect(socket)).await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(err)) => last_error = Some(err),
+                Err(_) => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            let why = last_error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(EngineError(format!(
+                "QEMU did not open its QMP socket within {timeout:?}{why}"
+            )));
+        }
+        tokio::time::sleep(QMP_POLL).await;
+    }
+}
+
+/// A QMP failure during start-up, explained by QEMU's exit when it has died.
+fn startup_error(process: &QemuProcess, err: QmpError) -> EngineError {
+    match process.try_exit() {
+        Some(exit) => EngineError(format!(
+            "QEMU ended before the guest started: {}",
+            exit.describe()
+        )),
+        None => {
+            let tail = process.stderr_tail();
+            match tail.last() {
+                Some(last) => EngineError(format!("{err} (QEMU said: {last})")),
+                None => engine_error(err),
+            }
+        }
+    }
+}
+
+fn engine_error(err: QmpError) -> EngineError {
+    EngineError(err.to_string())
+}
+
+/// Logs every setting the QEMU engine accepts but does not apply yet.
+fn warn_unhonoured(resources: &VmResources) {
+    let machine = &resources.machine_config;
+    if machine.huge_pages != HugePages::None {
+        tracing::warn!(huge_pages = ?machine.huge_pages, "huge pages are not honoured yet: guest memory uses regular pages");
+    }
+    if machine.smt {
+        tracing::warn!("SMT is not honoured yet: every vCPU is a separate core");
+    }
+    if let Some(template) = machine.cpu_template {
+        tracing::warn!(?template, "CPU templates are not honoured yet");
+    }
+    if machine.track_dirty_pages {
+        tracing::warn!("dirty page tracking is not honoured yet");
+    }
+    for drive in resources.drives.iter() {
+        if let DriveBackend::File {
+            io_engine,
+            rate_limiter,
+            ..
+        } = &drive.backend
+        {
+            if rate_limiter.is_some() {
+                tracing::warn!(drive = %drive.id, "drive rate limiters are not applied yet");
+            }
+            if *io_engine == IoEngine::Async {
+                tracing::warn!(drive = %drive.id, "io_engine Async is served with a thread pool");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    fn exit(raw: i32) -> ProcessExit {
+        ProcessExit {
+            status: ExitStatus::from_raw(raw),
+            stderr_tail: vec!["qemu-system-x86_64: something broke".into()],
+            killed_by_squib: false,
+        }
+    }
+
+    fn event(guest: bool, reason: &str) -> ShutdownEvent {
+        ShutdownEvent {
+            guest,
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn clean_exit_is_a_guest_shutdown() {
+        assert_eq!(classify_exit(&exit(0), None), VmExit::GuestShutdown);
+        for reason in ["guest-shutdown", "guest-reset"] {
+            assert_eq!(
+                classify_exit(&exit(0), Some(&event(true, reason))),
+                VmExit::GuestShutdown
+            );
+        }
+    }
+
+    #[test]
+    fn host_requested_stop_is_not_a_guest_shutdown() {
+        assert_eq!(
+            classify_exit(&exit(0), Some(&event(false, "host-signal"))),
+            VmExit::EngineFailed("QEMU stopped on a host request (host-signal)".into())
+        );
+    }
+
+    #[test]
+    fn failures_carry_status_and_stderr() {
+        assert_eq!(
+            classify_exit(&exit(1 << 8), Some(&event(true, "guest-shutdown"))),
+            VmExit::EngineFailed(
+                "QEMU exited with status 1: qemu-system-x86_64: something broke".into()
+            )
+        );
+        let VmExit::EngineFailed(why) = classify_exit(&exit(libc::SIGSEGV), None) else {
+            panic!("a crash is a failure");
+        };
+        assert!(
+            why.starts_with("QEMU was killed by signal 11 (SIGSEGV)"),
+            "{why}"
+        );
+        let mut killed = exit(libc::SIGKILL);
+        killed.killed_by_squib = true;
+        assert_eq!(
+            classify_exit(&killed, None),
+            VmExit::EngineFailed("QEMU was stopped by squib".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn unsupported_resources_fail_before_spawning() {
+        let mut engine = QemuEngine::new(EngineConfig {
+            qemu_binary: "/nonexistent/qemu".into(),
+            accel: AccelChoice::Tcg,
+            ..EngineConfig::default()
+        });
+        let err = match engine.start(&VmResources::default()).await {
+            Err(err) => err,
+            Ok(_) => panic!("started without a kernel"),
+        };
+        assert_eq!(err.0, "Cannot start microvm without kernel configuration.");
+    }
+}

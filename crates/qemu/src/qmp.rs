@@ -1,0 +1,183 @@
+//! A QMP client over QEMU's Unix socket, built on the `qapi` crate.
+//!
+//! Replies only flow while the event stream is read, so [`QmpClient::connect`] spawns a task
+//! that consumes it; `SHUTDOWN` events are kept so the supervisor can tell a guest power-off
+//! from a host-side stop or a crash.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{Sink, StreamExt};
+use qapi::futures::{QapiService, QmpStreamTokio};
+use qapi::qmp::{self, Event, KeyValue, QKeyCode, QKeyCodeWrapper, RunState, StatusInfo};
+use qapi::{Command, Execute, ExecuteError};
+use tokio::io::WriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long one QMP command may take before squib gives up on it.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
+
+/// A QMP failure.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("cannot connect to QEMU's QMP socket: {0}")]
+    Connect(#[source] io::Error),
+    #[error("QMP command `{command}` failed: {message}")]
+    Command {
+        command: &'static str,
+        message: String,
+    },
+    #[error("QMP command `{command}` got no answer within {timeout:?}")]
+    Timeout {
+        command: &'static str,
+        timeout: Duration,
+    },
+}
+
+/// A `SHUTDOWN` event: QEMU is about to stop the guest (and, with `-no-reboot`, to exit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownEvent {
+    /// True when the guest asked for it (power-off, reset, triple fault…), false for a host
+    /// request (a signal to QEMU, QMP `quit`…).
+    pub guest: bool,
+    /// QEMU's `ShutdownCause`, as on the wire: `guest-shutdown`, `guest-reset`, `host-signal`…
+    pub reason: String,
+}
+
+/// A negotiated QMP connection.
+pub struct QmpClient {
+    service: QapiService<Writer>,
+    events: JoinHandle<()>,
+    shutdown: watch::Receiver<Option<ShutdownEvent>>,
+    timeout: Duration,
+}
+
+impl QmpClient {
+    /// Connects to `path`, negotiates capabilities and starts consuming events.
+    pub async fn connect(path: &Path) -> Result<Self, QmpError> {
+        let stream = QmpStreamTokio::open_uds(path)
+            .await
+            .map_err(QmpError::Connect)?
+            .negotiate()
+            .await
+            .map_err(QmpError::Connect)?;
+        let (service, mut events) = stream.into_parts();
+        // Once released, dropping the service also ends the event stream.
+        let _ = events.release();
+        let (tx, shutdown) = watch::channel(None);
+        let events = tokio::spawn(async move {
+            while let Some(item) = events.next().await {
+                match item {
+                    Ok(Event::SHUTDOWN { data, .. }) => {
+                        let reason = serde_json::to_value(data.reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_else(|| format!("{:?}", data.reason));
+                        tracing::info!(guest = data.guest, %reason, "QEMU reports a shutdown");
+                        tx.send_replace(Some(ShutdownEvent {
+                            guest: data.guest,
+                            reason,
+                        }));
+                    }
+                    Ok(event) => tracing::debug!(?event, "QMP event"),
+                    Err(err) => {
+                        if err.kind() != io::ErrorKind::UnexpectedEof {
+                            tracing::warn!(%err, "QMP event stream failed");
+                        }
+                        break;
+                    }
+                }
+            }
+            tracing::debug!("QMP connection closed");
+            // `tx` drops here: watchers see the stream has ended.
+        });
+        Ok(Self {
+            service,
+            events,
+            shutdown,
+            timeout: DEFAULT_COMMAND_TIMEOUT,
+        })
+    }
+
+    /// The last `SHUTDOWN` event seen. The sender side closes when the QMP connection ends,
+    /// so `changed()` erroring means every event QEMU sent has been read.
+    pub fn shutdown_events(&self) -> watch::Receiver<Option<ShutdownEvent>> {
+        self.shutdown.clone()
+    }
+
+    async fn execute<C>(&self, command: C) -> Result<C::Ok, QmpError>
+    where
+        C: Command + Send,
+        Writer: Sink<Execute<C, u32>, Error = io::Error>,
+    {
+        let name = C::NAME;
+        match tokio::time::timeout(self.timeout, self.service.execute(command)).await {
+            Err(_) => Err(QmpError::Timeout {
+                command: name,
+                timeout: self.timeout,
+            }),
+            Ok(Err(err)) => Err(QmpError::Command {
+                command: name,
+                message: describe(&err),
+            }),
+            Ok(Ok(ok)) => Ok(ok),
+        }
+    }
+
+    /// Pauses the vCPUs (`stop`).
+    pub async fn stop(&self) -> Result<(), QmpError> {
+        self.execute(qmp::stop {}).await.map(drop)
+    }
+
+    /// Resumes the vCPUs (`cont`).
+    pub async fn cont(&self) -> Result<(), QmpError> {
+        self.execute(qmp::cont {}).await.map(drop)
+    }
+
+    /// `query-status`.
+    pub async fn query_status(&self) -> Result<StatusInfo, QmpError> {
+        self.execute(qmp::query_status {}).await
+    }
+
+    /// True when `query-status` says the guest runs.
+    pub async fn is_running(&self) -> Result<bool, QmpError> {
+        let status = self.query_status().await?;
+        Ok(status.running && matches!(status.status, RunState::running))
+    }
+
+    /// Presses Ctrl+Alt+Del on the i8042 keyboard (`send-key`).
+    pub async fn send_ctrl_alt_del(&self) -> Result<(), QmpError> {
+        let key = |code| KeyValue::qcode(QKeyCodeWrapper { data: code });
+        self.execute(qmp::send_key {
+            keys: vec![
+                key(QKeyCode::ctrl),
+                key(QKeyCode::alt),
+                key(QKeyCode::delete),
+            ],
+            hold_time: None,
+        })
+        .await
+        .map(drop)
+    }
+}
+
+impl Drop for QmpClient {
+    fn drop(&mut self) {
+        self.events.abort();
+    }
+}
+
+fn describe(err: &ExecuteError) -> String {
+    match err {
+        ExecuteError::Qapi(e) => format!("{} ({:?})", e.desc, e.class),
+        ExecuteError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            "QEMU closed the QMP connection".to_string()
+        }
+        ExecuteError::Io(e) => e.to_string(),
+    }
+}
