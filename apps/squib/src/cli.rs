@@ -268,8 +268,10 @@ mod tests {
         );
         let conflict = parse_str(&["--no-seccomp", "--seccomp-filter", "x"]).unwrap_err();
         assert!(
-            conflict == "Argument 'seccomp-filter' cannot be used together with argument 'no-seccomp'."
-                || conflict == "Argument 'no-seccomp' cannot be used together with argument 'seccomp-filter'.",
+            conflict
+                == "Argument 'seccomp-filter' cannot be used together with argument 'no-seccomp'."
+                || conflict
+                    == "Argument 'no-seccomp' cannot be used together with argument 'seccomp-filter'.",
             "{conflict}"
         );
     }

@@ -190,35 +190,46 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let code = tokio::select! {
-        outcome = &mut vmm_task => match outcome.context("the VMM loop panicked")? {
-            VmmExit::Vm(VmExit::GuestShutdown) => {
-                tracing::info!("Guest shut down; exiting.");
-                0
-            }
-            VmmExit::Vm(VmExit::EngineFailed(reason)) => {
-                tracing::error!("The VM engine stopped unexpectedly: {reason}");
-                EXIT_GENERIC_ERROR
-            }
-            VmmExit::FatalError(reason) => {
-                tracing::error!("{reason}");
-                // The client's 400 is already queued on its connection; let it go out.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                EXIT_GENERIC_ERROR
-            }
-            VmmExit::NoMoreActions => 0,
-        },
-        _ = terminate.recv() => 128 + libc::SIGTERM as u8,
-        _ = interrupt.recv() => 128 + libc::SIGINT as u8,
-        _ = hangup.recv() => 156,
+    let finished = tokio::select! {
+        outcome = &mut vmm_task => Ok(outcome.context("the VMM loop panicked")?),
+        _ = terminate.recv() => Err(128 + libc::SIGTERM as u8),
+        _ = interrupt.recv() => Err(128 + libc::SIGINT as u8),
+        _ = hangup.recv() => Err(156),
     };
     if let Some(task) = api_task {
         task.abort();
     }
-    vmm_task.abort();
-    // Let the aborted VMM task drop its VM (and kill QEMU) before the process exits.
-    let _ = vmm_task.await;
+    let code = match finished {
+        Ok(outcome) => exit_code(outcome).await,
+        Err(signal_code) => {
+            tracing::info!("Terminated by a signal; stopping the guest.");
+            vmm_task.abort();
+            // Let the aborted VMM task drop its VM (and kill QEMU) before the process exits.
+            let _ = vmm_task.await;
+            signal_code
+        }
+    };
     Ok(code)
+}
+
+async fn exit_code(outcome: VmmExit) -> u8 {
+    match outcome {
+        VmmExit::Vm(VmExit::GuestShutdown) => {
+            tracing::info!("Guest shut down; exiting.");
+            0
+        }
+        VmmExit::Vm(VmExit::EngineFailed(reason)) => {
+            tracing::error!("The VM engine stopped unexpectedly: {reason}");
+            EXIT_GENERIC_ERROR
+        }
+        VmmExit::FatalError(reason) => {
+            tracing::error!("{reason}");
+            // The client's 400 is already queued on its connection; let it go out.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            EXIT_GENERIC_ERROR
+        }
+        VmmExit::NoMoreActions => 0,
+    }
 }
 
 fn read_config_file(path: &Path) -> anyhow::Result<String> {
