@@ -11,8 +11,19 @@ bash guest/build.sh
 
 # End-to-end tests boot guests under TCG: two at a time is what two cores carry well.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
+cargo_status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --test-threads "$RUST_TEST_THREADS" "$@"
+  cargo nextest run --workspace --no-fail-fast --test-threads "$RUST_TEST_THREADS" "$@" || cargo_status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || cargo_status=$?
 fi
+
+# >>> python-clients: real Firecracker clients from PyPI (firecracker-python, pyrecracker) drive
+# squib; see tests/python/run.sh. Runs even when cargo failed; the script fails if either did.
+python_status=0
+bash tests/python/run.sh || python_status=$?
+if [[ $cargo_status -ne 0 || $python_status -ne 0 ]]; then
+  echo "scripts/test.sh: cargo tests exit $cargo_status, Python client tests exit $python_status" >&2
+  exit $((cargo_status != 0 ? cargo_status : python_status))
+fi
+# <<< python-clients
