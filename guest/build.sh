@@ -217,6 +217,7 @@ populate_common() {
   ln -sfn bin "$d/sbin"
   mkdir -p "$d/usr"; ln -sfn ../bin "$d/usr/bin"; ln -sfn ../bin "$d/usr/sbin"
   cp "$BUSYBOX" "$d/bin/busybox"; chmod 755 "$d/bin/busybox"
+  cp "$OUT/squib-agent" "$d/bin/squib-agent"; chmod 755 "$d/bin/squib-agent"
   local app
   for app in $("$BUSYBOX" --list); do
     [ "$app" = busybox ] && continue
@@ -235,6 +236,7 @@ populate_common() {
 ::sysinit:/etc/squib/action
 ::respawn:/etc/squib/console
 ::once:/etc/squib/tick
+::once:/etc/squib/script
 ::ctrlaltdel:/sbin/reboot -f
 ::shutdown:/bin/sync
 EOF
@@ -272,6 +274,20 @@ EOF
   cat > "$d/etc/squib/action" <<'EOF'
 #!/bin/sh
 . /etc/squib/lib.sh
+# squib.ip=ADDR/PREFIX: static address on eth0 (squib.gw=IP adds a default route).
+addr="$(cmdline_get squib.ip || true)"
+if [ -n "$addr" ]; then
+  i=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do i=$((i + 1)); sleep 0.1; done
+  ip link set lo up
+  if ip addr add "$addr" dev eth0 && ip link set eth0 up; then
+    gw="$(cmdline_get squib.gw || true)"
+    [ -n "$gw" ] && ip route add default via "$gw"
+    say "SQUIB-NET eth0 $addr"
+  else
+    say "SQUIB-NET-FAILED eth0 $addr"
+  fi
+fi
 action="$(cmdline_get squib.action || true)"
 case "$action" in
   poweroff)
@@ -315,11 +331,25 @@ while :; do
   sleep 1
 done
 EOF
+  # once: squib.script=DEV runs the shell script stored raw on the block device DEV
+  # (NUL padding stripped), output on the console, then prints SQUIB-SCRIPT-DONE rc=<n>.
+  cat > "$d/etc/squib/script" <<'EOF'
+#!/bin/sh
+. /etc/squib/lib.sh
+dev="$(cmdline_get squib.script || true)"
+[ -n "$dev" ] || exit 0
+i=0
+while [ ! -b "$dev" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+tr -d '\000' < "$dev" > /tmp/squib-script.sh
+say "SQUIB-SCRIPT-START"
+sh /tmp/squib-script.sh > /dev/console 2>&1
+say "SQUIB-SCRIPT-DONE rc=$?"
+EOF
   cat > "$d/etc/profile" <<'EOF'
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export PS1='squib# '
 EOF
-  chmod 755 "$d/etc/squib/action" "$d/etc/squib/console" "$d/etc/squib/tick"
+  chmod 755 "$d/etc/squib/action" "$d/etc/squib/console" "$d/etc/squib/tick" "$d/etc/squib/script"
 }
 
 build_initrd() {
@@ -436,6 +466,22 @@ EOF
   mv "$OUT/rootfs.ext4.new" "$OUT/rootfs.ext4"
 }
 
+# ----------------------------------------------------------------- agent ----
+# The guest agent (guest/agent, a workspace member): a static binary, built by cargo in a
+# target dir of its own (incremental, so a warm build is a no-op) and copied only when changed.
+build_agent() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is needed to build the guest agent"
+  local target="$OUT/agent-target"
+  log "building the guest agent"
+  CARGO_TARGET_DIR="$target" \
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
+    cargo build -q --release --manifest-path "$HERE/agent/Cargo.toml" \
+      --target x86_64-unknown-linux-gnu >&2 || die "building the guest agent failed"
+  local bin="$target/x86_64-unknown-linux-gnu/release/squib-agent"
+  file_is_static "$bin" || die "$bin is not static"
+  if ! cmp -s "$bin" "$OUT/squib-agent"; then cp "$bin" "$OUT/squib-agent.new"; mv "$OUT/squib-agent.new" "$OUT/squib-agent"; fi
+}
+
 # ------------------------------------------------------------------ main ----
 PKG="$(resolve_kernel_pkg)"
 if [ "$FORCE" = 1 ] || [ ! -f "$OUT/vmlinux" ] || [ ! -d "$OUT/modules" ] \
@@ -445,7 +491,8 @@ else
   log "kernel $PKG cached"
 fi
 
-IMG_KEY="$( { sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; echo "$PKG"; "$BUSYBOX" | head -n1; echo "$ROOTFS_MB"; } | sha256sum | cut -d' ' -f1)"
+build_agent
+IMG_KEY="$( { sha256sum "${BASH_SOURCE[0]}" "$OUT/squib-agent" | cut -d' ' -f1; echo "$PKG"; "$BUSYBOX" | head -n1; echo "$ROOTFS_MB"; } | sha256sum | cut -d' ' -f1)"
 if [ "$FORCE" = 1 ] || [ ! -f "$OUT/initrd.cpio.gz" ] || [ ! -f "$OUT/rootfs.ext4" ] \
    || [ "$(cat "$OUT/.images-stamp" 2>/dev/null)" != "$IMG_KEY" ]; then
   log "building initrd.cpio.gz"
