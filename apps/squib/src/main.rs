@@ -116,6 +116,7 @@ fn engine_from(args: &RunArgs) -> anyhow::Result<squib_qemu::QemuEngine> {
     Ok(squib_qemu::QemuEngine::new(squib_qemu::EngineConfig {
         qemu_binary: binary,
         accel,
+        instance_id: args.id.clone(),
         ..Default::default()
     }))
 }

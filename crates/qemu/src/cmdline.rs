@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use squib_vmm::VmResources;
 use squib_vmm::config::boot_source::MAX_CMDLINE_LEN;
 use squib_vmm::config::drive::{CacheType, Drive, DriveBackend};
+use squib_vmm::config::net::NetworkInterfaceConfig;
 
 use crate::accel::Accel;
 
@@ -146,7 +147,7 @@ pub fn build_args(
     {
         return Err(CmdlineError::VhostUserDrive(drive.id.clone()));
     }
-    let devices = resources.drives.len();
+    let devices = resources.drives.len() + resources.net.len();
     if devices > MAX_VIRTIO_MMIO_DEVICES {
         return Err(CmdlineError::TooManyDevices { count: devices });
     }
@@ -200,6 +201,15 @@ pub fn build_args(
     for (index, drive) in resources.drives.iter().enumerate() {
         push_drive(&mut args, index, drive);
     }
+    for (index, iface) in resources.net.iter().enumerate() {
+        let socket = net_socket(spec.qmp_socket, index);
+        push_net(
+            &mut args,
+            index,
+            &iface.config,
+            utf8(&socket, "netdev socket")?,
+        );
+    }
     args.extend([
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", escape_option_value(qmp)),
@@ -233,6 +243,37 @@ fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
         "virtio-blk-device,drive={},id={}",
         names.node, names.device
     ));
+}
+
+/// The Unix socket squib's relay listens on for the network interface at `index`: beside the
+/// QMP socket, in the VM's private runtime directory.
+pub fn net_socket(qmp_socket: &Path, index: usize) -> PathBuf {
+    qmp_socket.with_file_name(format!("net{index}.sock"))
+}
+
+/// QEMU's netdev id for the network interface at `index` (Firecracker ids need not be valid
+/// QEMU ids).
+pub fn netdev_id(index: usize) -> String {
+    format!("net{index}")
+}
+
+/// `-netdev stream` connecting to squib's relay (which owns the TAP) and its `virtio-net-device`.
+fn push_net(args: &mut Vec<String>, index: usize, config: &NetworkInterfaceConfig, socket: &str) {
+    let id = netdev_id(index);
+    args.push("-netdev".to_string());
+    args.push(format!(
+        "stream,id={id},server=off,addr.type=unix,addr.path={}",
+        escape_option_value(socket)
+    ));
+    let mut device = format!("virtio-net-device,netdev={id},id=nic{index}");
+    if let Some(mac) = config.guest_mac {
+        device.push_str(&format!(",mac={mac}"));
+    }
+    if let Some(mtu) = config.mtu {
+        device.push_str(&format!(",host_mtu={mtu}"));
+    }
+    args.push("-device".to_string());
+    args.push(device);
 }
 
 fn utf8<'p>(path: &'p Path, what: &'static str) -> Result<&'p str, CmdlineError> {
@@ -610,6 +651,77 @@ mod tests {
             err.to_string(),
             "25 virtio devices are configured, but QEMU's microvm machine offers at most 24"
         );
+    }
+
+    #[test]
+    fn network_interfaces_get_a_stream_netdev_and_a_virtio_net_device() {
+        let mut res = resources(vec![file_drive("root", true, "/r", false)]);
+        let open: squib_vmm::tap::TapOpener =
+            std::sync::Arc::new(|name: &str| Ok(squib_vmm::tap::TapHandle::detached(name)));
+        for json in [
+            r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:AC:10:00:02"}"#,
+            r#"{"iface_id":"net-1","host_dev_name":"tap1","mtu":9000}"#,
+        ] {
+            res.net
+                .insert(serde_json::from_str(json).unwrap(), &open)
+                .unwrap();
+        }
+        let a = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/run/x,y/qmp.sock"),
+                console: &ConsoleTarget::Stdio,
+                tsc_khz: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            values(&a, "-netdev"),
+            [
+                "stream,id=net0,server=off,addr.type=unix,addr.path=/run/x,,y/net0.sock",
+                "stream,id=net1,server=off,addr.type=unix,addr.path=/run/x,,y/net1.sock",
+            ]
+        );
+        let nics: Vec<_> = values(&a, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("virtio-net"))
+            .collect();
+        assert_eq!(
+            nics,
+            [
+                "virtio-net-device,netdev=net0,id=nic0,mac=06:00:ac:10:00:02",
+                "virtio-net-device,netdev=net1,id=nic1,host_mtu=9000",
+            ]
+        );
+        assert!(!a.iter().any(|s| s.contains("vhost")));
+        assert_eq!(
+            net_socket(Path::new("/run/d/qmp.sock"), 3),
+            Path::new("/run/d/net3.sock")
+        );
+        // Drives and interfaces share microvm's 24 transports.
+        for i in 2..24 {
+            res.net
+                .insert(
+                    serde_json::from_str(&format!(
+                        r#"{{"iface_id":"n{i}","host_dev_name":"tap{i}"}}"#
+                    ))
+                    .unwrap(),
+                    &open,
+                )
+                .unwrap();
+        }
+        let err = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/q"),
+                console: &ConsoleTarget::Stdio,
+                tsc_khz: None,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err, CmdlineError::TooManyDevices { count: 25 });
     }
 
     #[test]

@@ -10,8 +10,12 @@ use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use squib_net::Relay;
+use squib_vmm::config::rate_limiter::RateLimiterConfig;
+
 use crate::accel::{Accel, AccelChoice};
 use crate::cmdline::{self, ConsoleTarget, DriveNames, LaunchSpec};
+use crate::net;
 use crate::process::{ProcessExit, QemuProcess};
 use crate::qmp::{QmpClient, QmpError, ShutdownEvent};
 
@@ -33,6 +37,8 @@ pub struct EngineConfig {
     pub console: ConsoleTarget,
     /// How long QEMU may take to become reachable over QMP.
     pub startup_timeout: Duration,
+    /// The microVM's id (`--id`): MMDS session tokens are bound to it.
+    pub instance_id: String,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +48,7 @@ impl Default for EngineConfig {
             accel: AccelChoice::Auto,
             console: ConsoleTarget::Stdio,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            instance_id: "anonymous-instance".to_string(),
         }
     }
 }
@@ -69,6 +76,8 @@ pub struct QemuVm {
     process: QemuProcess,
     accel: Accel,
     drives: Vec<(String, DriveNames)>,
+    // One frame relay per network interface; dropped (stopped) after QEMU is killed.
+    relays: Vec<Relay>,
     _runtime_dir: TempDir,
 }
 
@@ -109,6 +118,23 @@ impl RunningVm for QemuVm {
     async fn send_ctrl_alt_del(&mut self) -> Result<(), EngineError> {
         self.qmp.send_ctrl_alt_del().await.map_err(engine_error)
     }
+
+    fn update_net_rate_limiters(
+        &mut self,
+        iface_id: &str,
+        rx: Option<RateLimiterConfig>,
+        tx: Option<RateLimiterConfig>,
+    ) -> Result<(), EngineError> {
+        let relay = self
+            .relays
+            .iter()
+            .find(|r| r.handle().iface_id() == iface_id)
+            .ok_or_else(squib_vmm::action::device_not_found)?;
+        relay
+            .handle()
+            .update_rate_limiters(rx.map(net::limiter_config), tx.map(net::limiter_config));
+        Ok(())
+    }
 }
 
 impl Engine for QemuEngine {
@@ -136,6 +162,8 @@ impl Engine for QemuEngine {
             },
         )
         .map_err(|e| EngineError(e.to_string()))?;
+        // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.
+        let relays = net::spawn_relays(resources, &qmp_socket, &self.config.instance_id)?;
         let drives = resources
             .drives
             .iter()
@@ -183,6 +211,7 @@ impl Engine for QemuEngine {
                 process,
                 accel,
                 drives,
+                relays,
                 _runtime_dir: runtime_dir,
             },
             exit_rx,

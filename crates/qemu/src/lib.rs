@@ -6,6 +6,7 @@ pub mod accel;
 pub mod cmdline;
 pub mod engine;
 pub mod host_tsc;
+pub mod net;
 pub mod process;
 pub mod qmp;
 

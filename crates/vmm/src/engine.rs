@@ -4,6 +4,7 @@ use std::future::Future;
 
 use tokio::sync::oneshot;
 
+use crate::config::rate_limiter::RateLimiterConfig;
 use crate::resources::VmResources;
 
 /// An engine failure, described for the client.
@@ -39,4 +40,12 @@ pub trait RunningVm: Send + 'static {
     fn pause(&mut self) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn resume(&mut self) -> impl Future<Output = Result<(), EngineError>> + Send;
     fn send_ctrl_alt_del(&mut self) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// `PATCH /network-interfaces/{id}` on the running guest: applies the given limiters
+    /// (`None` leaves that direction alone) to the interface `iface_id`.
+    fn update_net_rate_limiters(
+        &mut self,
+        iface_id: &str,
+        rx: Option<RateLimiterConfig>,
+        tx: Option<RateLimiterConfig>,
+    ) -> Result<(), EngineError>;
 }

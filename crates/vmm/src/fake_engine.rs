@@ -76,6 +76,16 @@ impl RunningVm for FakeVm {
         self.engine.record("ctrl-alt-del");
         Ok(())
     }
+
+    fn update_net_rate_limiters(
+        &mut self,
+        _iface_id: &str,
+        _rx: Option<crate::config::rate_limiter::RateLimiterConfig>,
+        _tx: Option<crate::config::rate_limiter::RateLimiterConfig>,
+    ) -> Result<(), EngineError> {
+        self.engine.record("update-net");
+        Ok(())
+    }
 }
 
 /// Opens no TAP: names starting with `tap` succeed, any other name fails as the kernel would

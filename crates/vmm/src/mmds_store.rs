@@ -1,7 +1,14 @@
 //! The MMDS data store behind `PUT`/`PATCH`/`GET /mmds`: one JSON document with a size limit
 //! on its compact serialization. Object keys come out sorted (serde_json's default map).
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use serde_json::Value;
+
+/// Where the store publishes every accepted document for the guest-facing MMDS to read
+/// (the same type as `squib_mmds::MmdsData`); `Value::Null` until the first `PUT`.
+pub type MmdsPublished = Arc<ArcSwap<Value>>;
 
 /// Why a data-store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,16 +19,40 @@ pub enum MmdsStoreError {
     DataStoreLimitExceeded,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct MmdsStore {
     /// `None` until the first successful `PUT`.
     data: Option<Value>,
     limit: usize,
+    /// Shared by every clone: snapshots never write to it.
+    published: MmdsPublished,
 }
+
+impl PartialEq for MmdsStore {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data && self.limit == other.limit
+    }
+}
+
+impl Eq for MmdsStore {}
 
 impl MmdsStore {
     pub fn new(limit: usize) -> Self {
-        Self { data: None, limit }
+        Self {
+            data: None,
+            limit,
+            published: Arc::new(ArcSwap::from_pointee(Value::Null)),
+        }
+    }
+
+    /// The handle the guest-facing MMDS reads; it always holds the latest accepted document.
+    pub fn published(&self) -> MmdsPublished {
+        self.published.clone()
+    }
+
+    fn set(&mut self, value: Value) {
+        self.published.store(Arc::new(value.clone()));
+        self.data = Some(value);
     }
 
     pub fn limit(&self) -> usize {
@@ -44,7 +75,7 @@ impl MmdsStore {
         if !self.fits(&value) {
             return Err(MmdsStoreError::DataStoreLimitExceeded);
         }
-        self.data = Some(value);
+        self.set(value);
         Ok(())
     }
 
@@ -56,7 +87,7 @@ impl MmdsStore {
         if !self.fits(&merged) {
             return Err(MmdsStoreError::DataStoreLimitExceeded);
         }
-        self.data = Some(merged);
+        self.set(merged);
         Ok(())
     }
 
@@ -122,5 +153,18 @@ mod tests {
         store.put(json!("x".repeat(38))).unwrap();
         store.put(Value::Null).unwrap();
         assert_eq!(store.to_json(), "{}");
+    }
+
+    #[test]
+    fn accepted_documents_are_published() {
+        let mut store = MmdsStore::new(100);
+        let published = store.published();
+        assert_eq!(**published.load(), Value::Null);
+        store.put(json!({"a":1})).unwrap();
+        assert_eq!(**published.load(), json!({"a":1}));
+        store.patch(&json!({"b":2})).unwrap();
+        assert_eq!(**published.load(), json!({"a":1,"b":2}));
+        assert!(store.put(json!("x".repeat(200))).is_err());
+        assert_eq!(**published.load(), json!({"a":1,"b":2}));
     }
 }

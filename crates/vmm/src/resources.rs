@@ -131,9 +131,6 @@ impl VmResources {
     /// while this is not empty: silently booting without them would lie to the client.
     pub fn unsupported_by_engine(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if !self.net.is_empty() {
-            out.push("network interfaces");
-        }
         if self.vsock.is_some() {
             out.push("vsock");
         }
@@ -153,9 +150,6 @@ impl VmResources {
             if serial.rate_limiter.is_some_and(|b| b.is_enabled()) {
                 out.push("the serial rate limiter");
             }
-        }
-        if self.effective_mmds_config().is_some() {
-            out.push("MMDS");
         }
         if self.memory_hotplug.is_some() {
             out.push("memory hotplug");

@@ -15,7 +15,6 @@ use crate::os_error::OsError;
 const IFNAMSIZ: usize = 16;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
@@ -54,6 +53,14 @@ impl TapHandle {
 
     pub fn file(&self) -> Option<&File> {
         self.file.as_deref()
+    }
+
+    /// A duplicate of the open descriptor (same open file, so the same TAP attachment), for an
+    /// engine to adopt; `None` for a detached handle.
+    pub fn dup_fd(&self) -> Option<io::Result<std::os::fd::OwnedFd>> {
+        self.file
+            .as_ref()
+            .map(|f| f.try_clone().map(std::os::fd::OwnedFd::from))
     }
 }
 
@@ -107,7 +114,9 @@ pub fn open_tap(name: &str) -> Result<TapHandle, TapError> {
         .map_err(|e| TapError::OpenTun(e.into()))?;
     let mut request = IfReq {
         name: [0; IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        // No IFF_VNET_HDR: QEMU's stream netdev carries bare Ethernet frames, and the engine's
+        // relay (`squib_net::Tap::from_fd`) adopts this very descriptor.
+        flags: IFF_TAP | IFF_NO_PI,
         _pad: [0; 22],
     };
     request.name[..name.len()].copy_from_slice(name.as_bytes());

@@ -20,6 +20,7 @@ use crate::config::machine_config::{MachineConfigError, MachineConfigUpdate};
 use crate::config::metrics::{Metrics, MetricsConfig, MetricsConfigError};
 use crate::config::net::NetworkInterfaceError;
 use crate::config::pmem::PmemConfigError;
+use crate::config::rate_limiter::RateLimiterConfig;
 use crate::config::snapshot::LoadSnapshotParams;
 use crate::config::vsock::Vsock;
 use crate::engine::{Engine, ExitWatch, RunningVm, VmExit};
@@ -215,10 +216,25 @@ impl<E: Engine> Vmm<E> {
                 Ok(VmmData::Empty)
             }
             UpdateNetworkInterface(update) => {
-                if self.resources.net.get(&update.iface_id).is_none() {
+                let Some(iface) = self.resources.net.get_mut(&update.iface_id) else {
                     return Err(NetworkInterfaceError::DeviceNotFound.into());
-                }
-                Err(VmmActionError::NotSupportedBySquib("Network interfaces"))
+                };
+                let vm = self
+                    .vm
+                    .as_mut()
+                    .ok_or(VmmActionError::OperationNotSupportedPreBoot)?;
+                vm.update_net_rate_limiters(
+                    &update.iface_id,
+                    update.rx_rate_limiter,
+                    update.tx_rate_limiter,
+                )
+                .map_err(VmmActionError::InternalVmm)?;
+                // As the relay does: a missing limiter or bucket keeps the current one.
+                iface.config.rx_rate_limiter =
+                    merge_limiter(iface.config.rx_rate_limiter, update.rx_rate_limiter);
+                iface.config.tx_rate_limiter =
+                    merge_limiter(iface.config.tx_rate_limiter, update.tx_rate_limiter);
+                Ok(VmmData::Empty)
             }
             InsertPmemDevice(cfg) => {
                 let block_root = self.resources.drives.root().is_some();
@@ -411,6 +427,21 @@ fn load_snapshot(params: &LoadSnapshotParams) -> LoadSnapshotError {
     match std::fs::File::open(&params.snapshot_path) {
         Err(e) => LoadSnapshotError::OpenStateFile(e.into()),
         Ok(_) => LoadSnapshotError::Unsupported,
+    }
+}
+
+/// A PATCHed limiter over the current one: absent parts keep their current value.
+fn merge_limiter(
+    current: Option<RateLimiterConfig>,
+    update: Option<RateLimiterConfig>,
+) -> Option<RateLimiterConfig> {
+    match (current, update) {
+        (current, None) => current,
+        (None, Some(update)) => Some(update),
+        (Some(current), Some(update)) => Some(RateLimiterConfig {
+            bandwidth: update.bandwidth.or(current.bandwidth),
+            ops: update.ops.or(current.ops),
+        }),
     }
 }
 

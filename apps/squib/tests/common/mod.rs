@@ -97,7 +97,35 @@ impl Squib {
 
     /// Starts squib with exactly these arguments (the socket path is only used by `api`).
     pub fn spawn(dir: tempfile::TempDir, socket: PathBuf, args: &[String]) -> Squib {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_squib"));
+        Self::spawn_wrapped(&[], dir, socket, args)
+    }
+
+    /// Starts squib inside the network namespace `netns` (`ip netns exec`, which execs squib in
+    /// place, so the child is squib itself), with `--api-sock` in a fresh directory.
+    pub fn start_in_netns(netns: &str, extra: &[&str]) -> Squib {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut args: Vec<String> = vec!["--api-sock".into(), socket.to_str().unwrap().into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_wrapped(&["ip", "netns", "exec", netns], dir, socket, &args)
+    }
+
+    /// `spawn`, with squib run through `wrapper` (a program and its arguments) when not empty.
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        args: &[String],
+    ) -> Squib {
+        let squib = env!("CARGO_BIN_EXE_squib");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(squib);
+                c
+            }
+            None => Command::new(squib),
+        };
         command
             .args(args)
             .stdin(Stdio::null())

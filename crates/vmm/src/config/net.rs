@@ -184,6 +184,10 @@ impl NetworkInterfaces {
         self.list.iter().find(|n| n.config.iface_id == id)
     }
 
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut NetworkInterface> {
+        self.list.iter_mut().find(|n| n.config.iface_id == id)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &NetworkInterface> {
         self.list.iter()
     }
