@@ -1,0 +1,276 @@
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use super::schema::{self, DeviceClass};
+use super::*;
+
+/// A writer whose bytes the test can read back.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Top-level keys of a line in their textual order (serde_json's Map would sort them).
+fn keys_in_order(line: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(line);
+    struct Keys<'a>(&'a mut Vec<String>);
+    impl<'de> serde::de::Visitor<'de> for Keys<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                self.0.push(key);
+            }
+            Ok(())
+        }
+    }
+    serde::Deserializer::deserialize_map(&mut de, Keys(&mut keys)).unwrap();
+    keys
+}
+
+fn installed(config: MetricsConfig) -> (Arc<MetricsRegistry>, Shared) {
+    let registry = MetricsRegistry::new();
+    let out = Shared::default();
+    registry.install_writer("vm-1", config, Box::new(out.clone()));
+    (registry, out)
+}
+
+fn config() -> MetricsConfig {
+    MetricsConfig {
+        metrics_path: "/unused".into(),
+        emit_id: false,
+        properties: None,
+    }
+}
+
+#[test]
+fn no_target_means_no_line() {
+    assert!(!MetricsRegistry::new().flush().unwrap());
+}
+
+#[test]
+fn top_level_keys_in_upstream_order() {
+    let (registry, out) = installed(config());
+    registry.set_device_values(DeviceClass::Block, "scratch", vec![]);
+    registry.set_device_values(DeviceClass::Block, "rootfs", vec![]);
+    registry.set_device_values(DeviceClass::Net, "eth0", vec![]);
+    assert!(registry.flush().unwrap());
+    let line = &out.lines()[0];
+    assert_eq!(
+        keys_in_order(line),
+        [
+            "utc_timestamp_ms",
+            "api_server",
+            "balloon",
+            "block_rootfs",
+            "block_scratch",
+            "block",
+            "deprecated_api",
+            "get_api_requests",
+            "i8042",
+            "uart",
+            "latencies_us",
+            "logger",
+            "mmds",
+            "net_eth0",
+            "net",
+            "patch_api_requests",
+            "put_api_requests",
+            "seccomp",
+            "vcpu",
+            "vmm",
+            "signals",
+            "vsock",
+            "entropy",
+            "pmem",
+            "interrupts",
+            "memory_hotplug",
+        ]
+    );
+    assert_eq!(
+        keys_in_order(line),
+        schema::top_level_keys(
+            false,
+            false,
+            &[
+                (DeviceClass::Block, "scratch"),
+                (DeviceClass::Block, "rootfs"),
+                (DeviceClass::Net, "eth0")
+            ]
+        )
+    );
+}
+
+#[test]
+fn id_and_properties_follow_the_timestamp() {
+    let (registry, out) = installed(MetricsConfig {
+        emit_id: true,
+        properties: Some([("team".to_string(), "a\"b".to_string())].into()),
+        ..config()
+    });
+    registry.flush().unwrap();
+    let line = &out.lines()[0];
+    assert_eq!(
+        keys_in_order(line)[..4],
+        ["utc_timestamp_ms", "id", "properties", "api_server"]
+    );
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["id"], "vm-1");
+    assert_eq!(v["properties"]["team"], "a\"b");
+}
+
+#[test]
+fn every_section_has_every_sub_key_in_order() {
+    let (registry, out) = installed(config());
+    registry.flush().unwrap();
+    let line = &out.lines()[0];
+    assert!(!line.contains(' '), "compact JSON: {line}");
+    let v: Value = serde_json::from_str(line).unwrap();
+    for section in schema::SECTIONS {
+        let (name, fields) = match *section {
+            schema::Section::Fixed(name, fields) => (name, fields),
+            schema::Section::PerDevice {
+                class,
+                fields,
+                aggregate: true,
+            } => (class.prefix(), fields),
+            schema::Section::PerDevice { .. } => continue,
+        };
+        let object = v[name].as_object().unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(object.len(), fields.len(), "{name}");
+        // Sub-key order, checked on the text.
+        let start = line.find(&format!("\"{name}\":{{")).unwrap();
+        let mut at = start;
+        for field in fields {
+            let found = line[at..]
+                .find(&format!("\"{field}\":"))
+                .unwrap_or_else(|| panic!("{name}.{field} out of order"));
+            at += found;
+        }
+    }
+    assert_eq!(
+        v["block"]["read_agg"],
+        serde_json::json!({"min_us":0,"max_us":0,"sum_us":0})
+    );
+    assert!(v["utc_timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000);
+}
+
+#[test]
+fn counters_are_deltas_and_stores_are_absolute() {
+    let (registry, out) = installed(config());
+    registry.inc("put_api_requests", "drive_count");
+    registry.inc("put_api_requests", "drive_count");
+    registry.store("latencies_us", "pause_vm", 1234);
+    registry.store("signals", "sighup", 1);
+    registry.inc("signals", "sigpipe");
+    registry.set_device_values(
+        DeviceClass::Block,
+        "rootfs",
+        vec![("read_bytes", 4096), ("read_count", 2)],
+    );
+    registry.set_device_values(DeviceClass::Block, "data", vec![("read_bytes", 512)]);
+    registry.flush().unwrap();
+    registry.inc("put_api_requests", "drive_count");
+    registry.set_device_values(
+        DeviceClass::Block,
+        "rootfs",
+        vec![("read_bytes", 5120), ("read_count", 3)],
+    );
+    registry.flush().unwrap();
+    registry.flush().unwrap();
+    let lines: Vec<Value> = out
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["put_api_requests"]["drive_count"], 2);
+    assert_eq!(lines[1]["put_api_requests"]["drive_count"], 1);
+    assert_eq!(lines[2]["put_api_requests"]["drive_count"], 0);
+    for line in &lines {
+        assert_eq!(line["latencies_us"]["pause_vm"], 1234);
+        assert_eq!(line["signals"]["sighup"], 1);
+    }
+    assert_eq!(lines[0]["signals"]["sigpipe"], 1);
+    assert_eq!(lines[1]["signals"]["sigpipe"], 0);
+    assert_eq!(lines[0]["block_rootfs"]["read_bytes"], 4096);
+    assert_eq!(lines[0]["block"]["read_bytes"], 4608);
+    assert_eq!(lines[0]["block"]["read_count"], 2);
+    assert_eq!(lines[1]["block_rootfs"]["read_bytes"], 1024);
+    assert_eq!(lines[1]["block"]["read_bytes"], 1024);
+    assert_eq!(lines[2]["block"]["read_bytes"], 0);
+}
+
+#[test]
+fn section_and_device_sources() {
+    let (registry, out) = installed(config());
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(3));
+    let c = counter.clone();
+    registry.set_section_source(
+        "mmds",
+        Arc::new(move || vec![("rx_count", c.load(std::sync::atomic::Ordering::Relaxed))]),
+    );
+    registry.register_device(
+        DeviceClass::Net,
+        "eth0",
+        Arc::new(|| vec![("tx_bytes_count", 100), ("tap_write_agg", 7)]),
+    );
+    registry.flush().unwrap();
+    counter.store(5, std::sync::atomic::Ordering::Relaxed);
+    registry.flush().unwrap();
+    let lines: Vec<Value> = out
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["mmds"]["rx_count"], 3);
+    assert_eq!(lines[1]["mmds"]["rx_count"], 2);
+    assert_eq!(lines[0]["net_eth0"]["tx_bytes_count"], 100);
+    assert_eq!(lines[0]["net"]["tx_bytes_count"], 100);
+    assert_eq!(lines[0]["net"]["tap_write_agg"]["sum_us"], 7);
+    assert_eq!(lines[1]["net_eth0"]["tx_bytes_count"], 0);
+}
+
+#[test]
+fn write_failure_is_counted() {
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EPIPE))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let registry = MetricsRegistry::new();
+    registry.install_writer("vm", config(), Box::new(Broken));
+    let err = registry.flush().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Failed to write metrics: Broken pipe (os error 32)"
+    );
+    assert_eq!(registry.get("logger", "metrics_fails"), 1);
+}
