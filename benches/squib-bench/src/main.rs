@@ -8,6 +8,7 @@
 
 mod floor;
 mod load;
+mod net;
 mod process;
 mod report;
 mod scenarios;
@@ -22,8 +23,7 @@ use serde_json::json;
 
 use crate::report::Figure;
 
-const USAGE: &str =
-    "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness]";
+const USAGE: &str = "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness,net]";
 
 /// How much of everything to run.
 #[derive(Clone, Debug)]
@@ -198,7 +198,9 @@ fn run(config: &Config) -> anyhow::Result<bool> {
             "startup" => scenarios::startup(config),
             "boot" => scenarios::boot(config, &mut notes),
             "liveness" => scenarios::liveness(config, &runtime),
-            other => bail!("unknown section {other:?} (api, startup, boot, liveness)"),
+            // Not run by default: needs root and /dev/net/tun (`--only net`).
+            "net" => net::net(config),
+            other => bail!("unknown section {other:?} (api, startup, boot, liveness, net)"),
         };
         match result {
             Ok(mut f) => figures.append(&mut f),

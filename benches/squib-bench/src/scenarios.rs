@@ -109,7 +109,12 @@ pub fn api(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Figure>> {
         squib_command(config, &squib_socket, "bench-api"),
         &squib_socket,
     )?;
-    // Let both settle, then read their idle memory.
+    // The same squib with its per-request log lines off: tells the logger's share apart.
+    let quiet_socket = dir.path().join("quiet.sock");
+    let mut quiet_command = squib_command(config, &quiet_socket, "bench-api-quiet");
+    quiet_command.args(["--level", "Error"]);
+    let quiet = start_server(quiet_command, &quiet_socket)?;
+    // Let them settle, then read their idle memory.
     std::thread::sleep(Duration::from_millis(200));
     let floor_idle = process::rss_kib(floor.pid())?;
     let squib_idle = process::rss_kib(squib.pid())?;
@@ -127,21 +132,20 @@ pub fn api(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Figure>> {
             "put_machine_config",
         ),
     ];
-    let mut pools: BTreeMap<(usize, usize, bool), Pool> = BTreeMap::new();
+    // Targets: 0 the floor, 1 squib, 2 squib --level Error (GET / only).
+    const NAMES: [&str; 3] = ["the floor", "squib", "squib --level Error"];
+    let mut pools: BTreeMap<(usize, usize, usize), Pool> = BTreeMap::new();
     for round in 0..config.api_rounds {
         for (case, (request, expect, _)) in cases.iter().enumerate() {
             for conns in [1usize, 16] {
-                // Alternate which server goes first, so drift in machine load evens out.
-                let order = if (round + case) % 2 == 0 {
-                    [false, true]
-                } else {
-                    [true, false]
-                };
-                for is_squib in order {
-                    let (socket, expect) = if is_squib {
-                        (&squib_socket, *expect)
-                    } else {
-                        (&floor_socket, 200)
+                // Rotate which server goes first, so drift in machine load evens out.
+                let targets = if case == 0 { 3 } else { 2 };
+                for k in 0..targets {
+                    let target = (round + case + k) % targets;
+                    let (socket, expect) = match target {
+                        0 => (&floor_socket, 200),
+                        1 => (&squib_socket, *expect),
+                        _ => (&quiet_socket, *expect),
                     };
                     let result = runtime
                         .block_on(load::run(
@@ -155,11 +159,10 @@ pub fn api(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Figure>> {
                         .with_context(|| {
                             format!(
                                 "{} with {conns} connection(s) against {}",
-                                request.label,
-                                if is_squib { "squib" } else { "the floor" }
+                                request.label, NAMES[target]
                             )
                         })?;
-                    let pool = pools.entry((case, conns, is_squib)).or_default();
+                    let pool = pools.entry((case, conns, target)).or_default();
                     pool.completed += result.completed;
                     pool.latencies.extend(result.latencies_ns);
                     pool.throughputs.push(result.throughput as u64);
@@ -170,19 +173,20 @@ pub fn api(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Figure>> {
     let floor_loaded = process::rss_kib(floor.pid())?;
     let squib_loaded = process::rss_kib(squib.pid())?;
     let log_bytes = std::fs::metadata(log_path(&squib_socket)).map_or(0, |m| m.len());
+    drop(quiet);
     drop(squib);
     drop(floor);
 
     let squib_requests: u64 = pools
         .iter()
-        .filter(|((_, _, is_squib), _)| *is_squib)
+        .filter(|((_, _, target), _)| *target == 1)
         .map(|(_, p)| p.completed)
         .sum();
     let mut figures = Vec::new();
     for (case, (request, _, id)) in cases.iter().enumerate() {
         for conns in [1usize, 16] {
-            let mut s = std::mem::take(pools.entry((case, conns, true)).or_default());
-            let mut f = std::mem::take(pools.entry((case, conns, false)).or_default());
+            let mut s = std::mem::take(pools.entry((case, conns, 1)).or_default());
+            let mut f = std::mem::take(pools.entry((case, conns, 0)).or_default());
             s.latencies.sort_unstable();
             f.latencies.sort_unstable();
             let conn_text = if conns == 1 {
@@ -225,6 +229,37 @@ pub fn api(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Figure>> {
             );
         }
     }
+    // GET / from squib with its log at Error level, against the same floor.
+    let mut q1 = std::mem::take(pools.entry((0, 1, 2)).or_default());
+    q1.latencies.sort_unstable();
+    let q16 = std::mem::take(pools.entry((0, 16, 2)).or_default());
+    let floor_p99_1 = figures
+        .iter()
+        .find(|f| f.id == "api.get_root.c1.p99")
+        .and_then(|f| f.baseline);
+    let floor_tput_16 = figures
+        .iter()
+        .find(|f| f.id == "api.get_root.c16.throughput")
+        .and_then(|f| f.baseline);
+    figures.push(Figure::new(
+        "api.get_root.c1.p99.log_error",
+        "GET / p99, 1 conn, squib --level Error",
+        "µs",
+        us(quantile(&q1.latencies, 0.99)),
+        floor_p99_1,
+        FLOOR,
+    ));
+    figures.push(
+        Figure::new(
+            "api.get_root.c16.throughput.log_error",
+            "GET / throughput, 16 conns, squib --level Error",
+            "req/s",
+            median_u64(&q16.throughputs).map(|v| v as f64),
+            floor_tput_16,
+            FLOOR,
+        )
+        .with_extra(json!({"rounds_squib": q16.throughputs})),
+    );
     figures.push(
         Figure::new(
             "api.log_bytes_per_request",
