@@ -1,0 +1,264 @@
+//! Network: guest→host TCP throughput through squib's relay (virtio-net → `-netdev stream` →
+//! relay → TAP) against QEMU's own `-netdev tap` (vhost=off, as QEMU must run here), same guest,
+//! same argv otherwise (squib's, read from /proc), same run.
+//!
+//! Each side boots once in a network namespace of its own holding one TAP (10.0.0.1/24 on the
+//! host side); the guest agent sends `bytes` to a sink on the host side `transfers` times and
+//! prints how long each took until the sink had everything. Needs root, /dev/net/tun and `ip`.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::Config;
+use crate::process::{self, Proc};
+use crate::report::Figure;
+use crate::scenarios::{self, GuestPaths};
+
+const HOST_IP: &str = "10.0.0.1";
+const TAP: &str = "sqbbench0";
+const PORT: u16 = 5001;
+const TIMEOUT: Duration = Duration::from_secs(180);
+const RAW_TAP: &str = "raw QEMU with squib's argv, `-netdev stream` replaced by `-netdev tap,vhost=off` on the same kind of TAP, same guest and agent";
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> anyhow::Result<Netns> {
+        let name = format!("sqbbench-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"])?;
+        ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
+        ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        run(Command::new("ip").args(["-n", &self.0]).args(args))
+    }
+
+    /// A sink for `count` connections on the host side, in a thread that joined the namespace.
+    fn sink(&self, count: usize) -> anyhow::Result<()> {
+        let ns = File::open(format!("/run/netns/{}", self.0)).context("open the netns")?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: setns on an open network-namespace descriptor; it moves this thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
+                return;
+            }
+            let listener = match TcpListener::bind((HOST_IP, PORT)) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let mut buf = vec![0u8; 1 << 16];
+            for _ in 0..count {
+                let Ok((mut s, _)) = listener.accept() else {
+                    return;
+                };
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("sink thread")?
+            .context("sink in the netns")
+    }
+
+    fn exec(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// MB/s of each `AGENT-TCP-SENT` line of the run.
+fn throughputs(proc: &Proc, transfers: usize, bytes: usize) -> anyhow::Result<Vec<f64>> {
+    proc.wait_for_line("SQUIB-SCRIPT-DONE", TIMEOUT)?;
+    let text = proc.tail(10_000);
+    if let Some(err) = text.lines().find(|l| l.contains("AGENT-ERROR")) {
+        bail!("guest agent: {err}");
+    }
+    let out: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("AGENT-TCP-SENT ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().find_map(|w| w.strip_prefix("ms=")))
+        .filter_map(|ms| ms.parse::<f64>().ok())
+        .map(|ms| bytes as f64 / 1e6 / (ms.max(1.0) / 1000.0))
+        .collect();
+    if out.len() != transfers {
+        bail!(
+            "expected {transfers} transfers, got {}:\n{}",
+            out.len(),
+            proc.tail(20)
+        );
+    }
+    Ok(out)
+}
+
+fn boot_args(script_drive: &str) -> String {
+    format!(
+        "console=ttyS0 reboot=k panic=1 quiet squib.action=wait squib.ip=10.0.0.2/24 squib.script={script_drive}"
+    )
+}
+
+fn squib_run(
+    config: &Config,
+    guest: &GuestPaths,
+    dir: &Path,
+    script: &Path,
+    transfers: usize,
+    bytes: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<String>)> {
+    let ns = Netns::new("squib")?;
+    ns.sink(transfers)?;
+    let socket = dir.join("api.sock");
+    let mut command = ns.exec();
+    command
+        .arg(&config.squib)
+        .arg("--api-sock")
+        .arg(&socket)
+        .arg("--log-path")
+        .arg(dir.join("squib.log"))
+        .args(["--id", "bench-net"]);
+    if std::env::var_os("SQUIB_ACCEL").is_none() {
+        command.env("SQUIB_ACCEL", "tcg");
+    }
+    let mut squib = Proc::spawn(command)?;
+    process::wait_answering(&socket, Duration::from_secs(10))?;
+    let put =
+        |path: &str, body: String| process::api_expect(&socket, "PUT", path, Some(&body), 204);
+    put(
+        "/boot-source",
+        json!({"kernel_image_path": guest.kernel, "initrd_path": guest.initrd, "boot_args": boot_args("/dev/vda")})
+            .to_string(),
+    )?;
+    put(
+        "/drives/script",
+        json!({"drive_id":"script","path_on_host":script,"is_root_device":false,"is_read_only":true})
+            .to_string(),
+    )?;
+    put(
+        "/machine-config",
+        r#"{"vcpu_count":1,"mem_size_mib":256}"#.to_string(),
+    )?;
+    put(
+        "/network-interfaces/eth0",
+        json!({"iface_id":"eth0","host_dev_name":TAP,"guest_mac":"06:00:0a:00:00:02"}).to_string(),
+    )?;
+    ns.ip(&["link", "set", TAP, "up"])?;
+    put("/actions", r#"{"action_type":"InstanceStart"}"#.to_string())?;
+    let qemu = match process::children(squib.pid()).as_slice() {
+        [pid] => *pid,
+        other => bail!("expected one QEMU child of squib, found {other:?}"),
+    };
+    let argv = process::cmdline(qemu)?;
+    let result = throughputs(&squib, transfers, bytes);
+    squib.stop(Duration::from_secs(5));
+    Ok((result?, argv))
+}
+
+/// squib's argv with its stream netdev swapped for QEMU's own tap backend.
+fn tap_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
+    let mut argv = argv.to_vec();
+    let netdev = argv
+        .iter_mut()
+        .find(|a| a.starts_with("stream,id=net0,"))
+        .context("squib's QEMU argv has no stream netdev net0")?;
+    *netdev = format!("tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off");
+    scenarios::raw_argv(&argv, qmp)
+}
+
+fn raw_run(
+    argv: &[String],
+    dir: &Path,
+    transfers: usize,
+    bytes: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let ns = Netns::new("raw")?;
+    ns.sink(transfers)?;
+    let argv = tap_argv(argv, &dir.join("raw-qmp.sock"))?;
+    ns.ip(&["link", "set", TAP, "up"])?;
+    let mut command = ns.exec();
+    command.args(&argv);
+    let mut qemu = Proc::spawn(command)?;
+    let result = throughputs(&qemu, transfers, bytes);
+    qemu.stop(Duration::from_secs(5));
+    result
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().checked_sub(1)? / 2).copied()
+}
+
+pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
+        bail!("the net section needs root and /dev/net/tun");
+    }
+    let transfers = if config.quick { 2 } else { 5 };
+    let bytes: usize = if config.quick { 4 << 20 } else { 16 << 20 };
+    let guest = scenarios::guest()?;
+    let dir = tempfile::Builder::new()
+        .prefix("squib-bench-net-")
+        .tempdir()?;
+    let script = dir.path().join("script.img");
+    let mut text = String::new();
+    for i in 0..transfers {
+        text.push_str(&format!(
+            "squib-agent tcp-send t{i} {HOST_IP}:{PORT} {bytes}\n"
+        ));
+    }
+    let mut raw = text.into_bytes();
+    raw.resize(raw.len().div_ceil(4096) * 4096, 0);
+    std::fs::write(&script, raw)?;
+
+    let (squib, argv) = squib_run(config, &guest, dir.path(), &script, transfers, bytes)?;
+    let qemu = raw_run(&argv, dir.path(), transfers, bytes)?;
+    eprintln!("net: squib MB/s {squib:.1?}; raw QEMU tap MB/s {qemu:.1?}");
+    Ok(vec![
+        Figure::new(
+            "net_tx_throughput",
+            "guest→host TCP throughput, median (higher is better)",
+            "MB/s",
+            median(&squib),
+            median(&qemu),
+            RAW_TAP,
+        )
+        .with_extra(json!({
+            "bytes_per_transfer": bytes,
+            "transfers": transfers,
+            "squib_mb_s": squib,
+            "raw_tap_mb_s": qemu,
+        })),
+    ])
+}
