@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use squib_vmm::VmResources;
+use squib_vmm::config::balloon::BalloonDeviceConfig;
 use squib_vmm::config::boot_source::MAX_CMDLINE_LEN;
-use squib_vmm::config::drive::{CacheType, Drive, DriveBackend};
+use squib_vmm::config::drive::{CacheType, Drive, DriveBackend, IoEngine};
+use squib_vmm::config::entropy::EntropyDeviceConfig;
 use squib_vmm::config::net::NetworkInterfaceConfig;
 
 use crate::accel::Accel;
@@ -147,7 +149,10 @@ pub fn build_args(
     {
         return Err(CmdlineError::VhostUserDrive(drive.id.clone()));
     }
-    let devices = resources.drives.len() + resources.net.len();
+    let devices = resources.drives.len()
+        + resources.net.len()
+        + usize::from(resources.balloon.is_some())
+        + usize::from(resources.entropy.is_some());
     if devices > MAX_VIRTIO_MMIO_DEVICES {
         return Err(CmdlineError::TooManyDevices { count: devices });
     }
@@ -210,6 +215,12 @@ pub fn build_args(
             utf8(&socket, "netdev socket")?,
         );
     }
+    if let Some(balloon) = &resources.balloon {
+        push_balloon(&mut args, balloon);
+    }
+    if let Some(entropy) = &resources.entropy {
+        push_entropy(&mut args, entropy);
+    }
     args.extend([
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", escape_option_value(qmp)),
@@ -232,11 +243,12 @@ fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
     args.push("-blockdev".to_string());
     args.push(format!(
         "driver=raw,node-name={node},read-only={ro},cache.direct=off,cache.no-flush={nf},\
-         file.driver=file,file.filename={file},file.aio=threads",
+         file.driver=file,file.filename={file},file.aio={aio}",
         node = names.node,
         ro = on_off(*read_only),
         nf = on_off(no_flush),
         file = escape_option_value(path),
+        aio = qemu_aio(drive),
     ));
     args.push("-device".to_string());
     args.push(format!(
@@ -276,6 +288,72 @@ fn push_net(args: &mut Vec<String>, index: usize, config: &NetworkInterfaceConfi
     args.push(device);
 }
 
+/// QEMU's `aio=` for a drive: `Sync` is a thread pool, `Async` is io_uring (the engine turns
+/// `Async` into `Sync`, with a warning, where the host refuses io_uring).
+pub fn qemu_aio(drive: &Drive) -> &'static str {
+    match drive.backend {
+        DriveBackend::File {
+            io_engine: IoEngine::Async,
+            ..
+        } => "io_uring",
+        _ => "threads",
+    }
+}
+
+/// QOM id of the balloon device (its QOM path is `/machine/peripheral/<id>`).
+pub const BALLOON_ID: &str = "balloon0";
+/// The I/O thread free page hinting needs in QEMU.
+const BALLOON_IOTHREAD: &str = "balloon-iothread";
+
+/// `virtio-balloon-device` with Firecracker's options. Free page hinting needs an I/O thread.
+fn push_balloon(args: &mut Vec<String>, balloon: &BalloonDeviceConfig) {
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    let mut device = format!(
+        "virtio-balloon-device,id={BALLOON_ID},deflate-on-oom={},free-page-reporting={}",
+        on_off(balloon.deflate_on_oom),
+        on_off(balloon.free_page_reporting),
+    );
+    if balloon.free_page_hinting {
+        args.push("-object".to_string());
+        args.push(format!("iothread,id={BALLOON_IOTHREAD}"));
+        device.push_str(&format!(",free-page-hint=on,iothread={BALLOON_IOTHREAD}"));
+    }
+    args.push("-device".to_string());
+    args.push(device);
+}
+
+/// `virtio-rng-device` fed by the host's /dev/urandom. The bandwidth bucket becomes QEMU's
+/// quota: at most `size` bytes per `refill_time` ms (`max-bytes`/`period`).
+fn push_entropy(args: &mut Vec<String>, entropy: &EntropyDeviceConfig) {
+    args.push("-object".to_string());
+    args.push("rng-random,id=rng0,filename=/dev/urandom".to_string());
+    let mut device = "virtio-rng-device,rng=rng0,id=entropy0".to_string();
+    if let Some(bucket) = entropy
+        .to_config()
+        .rate_limiter
+        .and_then(|limiter| limiter.bandwidth)
+    {
+        device.push_str(&format!(
+            ",max-bytes={},period={}",
+            bucket.size, bucket.refill_time
+        ));
+    }
+    args.push("-device".to_string());
+    args.push(device);
+}
+
+/// Where the serial console goes: `serial_out_path` from `PUT /serial` wins over squib's default.
+pub fn console_target(resources: &VmResources, default: &ConsoleTarget) -> ConsoleTarget {
+    match resources
+        .serial
+        .as_ref()
+        .and_then(|s| s.serial_out_path.as_ref())
+    {
+        Some(path) => ConsoleTarget::File(PathBuf::from(path)),
+        None => default.clone(),
+    }
+}
+
 fn utf8<'p>(path: &'p Path, what: &'static str) -> Result<&'p str, CmdlineError> {
     path.to_str().ok_or_else(|| CmdlineError::NonUtf8Path {
         what,
@@ -287,7 +365,6 @@ fn utf8<'p>(path: &'p Path, what: &'static str) -> Result<&'p str, CmdlineError>
 mod tests {
     use super::*;
     use squib_vmm::config::boot_source::{BootSource, BootSourceConfig, DEFAULT_KERNEL_CMDLINE};
-    use squib_vmm::config::drive::IoEngine;
     use squib_vmm::config::machine_config::MachineConfig;
 
     fn boot(args: Option<&str>, initrd: Option<&str>) -> BootSource {
@@ -722,6 +799,103 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, CmdlineError::TooManyDevices { count: 25 });
+    }
+
+    #[test]
+    fn io_engine_async_is_io_uring() {
+        let mut d = file_drive("data", false, "/d", false);
+        assert_eq!(qemu_aio(&d), "threads");
+        if let DriveBackend::File { io_engine, .. } = &mut d.backend {
+            *io_engine = IoEngine::Async;
+        }
+        assert_eq!(qemu_aio(&d), "io_uring");
+        let a = args(&resources(vec![d]));
+        assert!(values(&a, "-blockdev")[0].ends_with(",file.aio=io_uring"));
+    }
+
+    #[test]
+    fn balloon_and_entropy_devices() {
+        let mut res = resources(vec![file_drive("root", true, "/r", false)]);
+        res.balloon = Some(BalloonDeviceConfig {
+            amount_mib: 16,
+            deflate_on_oom: true,
+            stats_polling_interval_s: 1,
+            free_page_hinting: false,
+            free_page_reporting: true,
+        });
+        res.entropy = Some(EntropyDeviceConfig::default());
+        let a = args(&res);
+        let devices = values(&a, "-device");
+        assert_eq!(
+            &devices[devices.len() - 2..],
+            [
+                "virtio-balloon-device,id=balloon0,deflate-on-oom=on,free-page-reporting=on",
+                "virtio-rng-device,rng=rng0,id=entropy0",
+            ]
+        );
+        assert_eq!(
+            values(&a, "-object")[1..],
+            ["rng-random,id=rng0,filename=/dev/urandom"]
+        );
+
+        res.balloon = Some(BalloonDeviceConfig {
+            free_page_hinting: true,
+            ..BalloonDeviceConfig::default()
+        });
+        res.entropy = Some(
+            serde_json::from_str(
+                r#"{"rate_limiter":{"bandwidth":{"size":1000,"refill_time":100},"ops":{"size":5,"refill_time":10}}}"#,
+            )
+            .unwrap(),
+        );
+        let a = args(&res);
+        assert!(values(&a, "-object").contains(&"iothread,id=balloon-iothread"));
+        let devices = values(&a, "-device");
+        assert_eq!(
+            &devices[devices.len() - 2..],
+            [
+                "virtio-balloon-device,id=balloon0,deflate-on-oom=off,free-page-reporting=off,free-page-hint=on,iothread=balloon-iothread",
+                "virtio-rng-device,rng=rng0,id=entropy0,max-bytes=1000,period=100",
+            ]
+        );
+    }
+
+    #[test]
+    fn balloon_and_entropy_count_as_virtio_devices() {
+        let drives = (0..23)
+            .map(|i| file_drive(&format!("d{i}"), false, &format!("/d{i}"), true))
+            .collect();
+        let mut res = resources(drives);
+        res.balloon = Some(BalloonDeviceConfig::default());
+        let spec = LaunchSpec {
+            accel: Accel::Tcg,
+            qmp_socket: Path::new("/q"),
+            console: &ConsoleTarget::Stdio,
+            tsc_khz: None,
+        };
+        assert!(build_args(&res, &spec).is_ok());
+        res.entropy = Some(EntropyDeviceConfig::default());
+        assert_eq!(
+            build_args(&res, &spec).unwrap_err(),
+            CmdlineError::TooManyDevices { count: 25 }
+        );
+    }
+
+    #[test]
+    fn serial_out_path_becomes_the_console_file() {
+        let mut res = resources(vec![]);
+        assert_eq!(
+            console_target(&res, &ConsoleTarget::Stdio),
+            ConsoleTarget::Stdio
+        );
+        res.serial = Some(squib_vmm::config::serial::SerialConfig {
+            serial_out_path: Some("/tmp/serial.log".into()),
+            rate_limiter: None,
+        });
+        assert_eq!(
+            console_target(&res, &ConsoleTarget::Stdio),
+            ConsoleTarget::File("/tmp/serial.log".into())
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use squib_vmm::config::drive::{DriveBackend, IoEngine};
+use squib_vmm::config::balloon::BalloonStats;
+use squib_vmm::config::drive::{Drive, DriveBackend, IoEngine};
 use squib_vmm::config::machine_config::HugePages;
 use squib_vmm::{Engine, EngineError, ExitWatch, RunningVm, VmExit, VmResources};
 use tempfile::TempDir;
@@ -15,6 +16,7 @@ use squib_vmm::config::rate_limiter::RateLimiterConfig;
 
 use crate::accel::{Accel, AccelChoice};
 use crate::cmdline::{self, ConsoleTarget, DriveNames, LaunchSpec};
+use crate::devices::DeviceState;
 use crate::net;
 use crate::process::{ProcessExit, QemuProcess};
 use crate::qmp::{QmpClient, QmpError, ShutdownEvent};
@@ -78,6 +80,7 @@ pub struct QemuVm {
     drives: Vec<(String, DriveNames)>,
     // One frame relay per network interface; dropped (stopped) after QEMU is killed.
     relays: Vec<Relay>,
+    devices: DeviceState,
     _runtime_dir: TempDir,
 }
 
@@ -107,6 +110,13 @@ impl QemuVm {
 }
 
 impl RunningVm for QemuVm {
+    async fn block_stats(
+        &mut self,
+    ) -> Result<Vec<(String, squib_vmm::metrics::BlockCounters)>, EngineError> {
+        let stats = self.qmp.query_blockstats().await.map_err(engine_error)?;
+        Ok(crate::block_stats::by_drive(&self.drives, &stats))
+    }
+
     async fn pause(&mut self) -> Result<(), EngineError> {
         self.qmp.stop().await.map_err(engine_error)
     }
@@ -117,6 +127,41 @@ impl RunningVm for QemuVm {
 
     async fn send_ctrl_alt_del(&mut self) -> Result<(), EngineError> {
         self.qmp.send_ctrl_alt_del().await.map_err(engine_error)
+    }
+
+    async fn swap_drive(&mut self, drive: &Drive) -> Result<(), EngineError> {
+        let names = self
+            .drive_names(&drive.id)
+            .cloned()
+            .ok_or_else(squib_vmm::action::device_not_found)?;
+        self.devices.swap_drive(&self.qmp, &names, drive).await
+    }
+
+    async fn set_drive_rate_limiter(
+        &mut self,
+        drive_id: &str,
+        limiter: Option<RateLimiterConfig>,
+    ) -> Result<(), EngineError> {
+        let names = self
+            .drive_names(drive_id)
+            .ok_or_else(squib_vmm::action::device_not_found)?;
+        self.devices
+            .set_drive_rate_limiter(&self.qmp, names, limiter.as_ref())
+            .await
+    }
+
+    async fn set_balloon_target(&mut self, amount_mib: u32) -> Result<(), EngineError> {
+        self.devices.set_balloon_target(&self.qmp, amount_mib).await
+    }
+
+    async fn set_balloon_stats_interval(&mut self, seconds: u16) -> Result<(), EngineError> {
+        self.devices
+            .set_balloon_stats_interval(&self.qmp, seconds)
+            .await
+    }
+
+    async fn balloon_stats(&mut self) -> Result<BalloonStats, EngineError> {
+        self.devices.balloon_stats(&self.qmp).await
     }
 
     fn update_net_rate_limiters(
@@ -142,6 +187,9 @@ impl Engine for QemuEngine {
 
     async fn start(&mut self, resources: &VmResources) -> Result<(QemuVm, ExitWatch), EngineError> {
         warn_unhonoured(resources);
+        let io_uring_fallback = io_uring_fallback(resources);
+        let resources = io_uring_fallback.as_ref().unwrap_or(resources);
+        let console = cmdline::console_target(resources, &self.config.console);
         let accel = self.config.accel.resolve();
         tracing::info!(%accel, requested = %self.config.accel, "accelerator chosen");
         let runtime_dir = tempfile::Builder::new()
@@ -154,7 +202,7 @@ impl Engine for QemuEngine {
             &LaunchSpec {
                 accel,
                 qmp_socket: &qmp_socket,
-                console: &self.config.console,
+                console: &console,
                 tsc_khz: match accel {
                     Accel::Tcg => crate::host_tsc::host_tsc_khz(),
                     Accel::Kvm => None,
@@ -175,6 +223,11 @@ impl Engine for QemuEngine {
             .map_err(|e| EngineError(e.to_string()))?;
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
+        let devices = DeviceState::new(resources);
+        devices
+            .apply_initial(&qmp, resources)
+            .await
+            .map_err(|e| startup_error(&process, e))?;
         // QEMU started paused (-S): let the vCPUs go and check they do.
         qmp.cont().await.map_err(|e| startup_error(&process, e))?;
         if !qmp
@@ -212,6 +265,7 @@ impl Engine for QemuEngine {
                 accel,
                 drives,
                 relays,
+                devices,
                 _runtime_dir: runtime_dir,
             },
             exit_rx,
@@ -318,21 +372,71 @@ fn warn_unhonoured(resources: &VmResources) {
     if machine.track_dirty_pages {
         tracing::warn!("dirty page tracking is not honoured yet");
     }
-    for drive in resources.drives.iter() {
-        if let DriveBackend::File {
-            io_engine,
-            rate_limiter,
-            ..
-        } = &drive.backend
+    if let Some(limiter) = resources.entropy.and_then(|e| e.to_config().rate_limiter) {
+        if limiter.ops.is_some() {
+            tracing::warn!(
+                "the entropy device's ops bucket is not honoured: QEMU limits bytes only"
+            );
+        }
+        if limiter
+            .bandwidth
+            .is_some_and(|b| b.one_time_burst.is_some())
         {
-            if rate_limiter.is_some() {
-                tracing::warn!(drive = %drive.id, "drive rate limiters are not applied yet");
-            }
-            if *io_engine == IoEngine::Async {
-                tracing::warn!(drive = %drive.id, "io_engine Async is served with a thread pool");
-            }
+            tracing::warn!("the entropy device's one_time_burst is not honoured");
         }
     }
+    if let Some(serial) = &resources.serial
+        && serial.rate_limiter.is_some_and(|b| b.is_enabled())
+    {
+        tracing::warn!("the serial rate limiter is not honoured: QEMU's serial console has none");
+    }
+}
+
+/// True unless the host kernel has io_uring switched off (`kernel.io_uring_disabled` = 2, or
+/// 1 for an unprivileged process). QEMU 7.2 itself is built with io_uring here.
+fn io_uring_usable() -> bool {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse::<u8>().ok())
+        .unwrap_or(0);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    disabled == 0 || (disabled == 1 && root)
+}
+
+/// `io_engine: Async` is io_uring; where the host refuses io_uring, the drives fall back to
+/// the thread pool (`Sync`), with one warning. `None`: nothing to change.
+fn io_uring_fallback(resources: &VmResources) -> Option<VmResources> {
+    let any_async = resources.drives.iter().any(|d| {
+        matches!(
+            d.backend,
+            DriveBackend::File {
+                io_engine: IoEngine::Async,
+                ..
+            }
+        )
+    });
+    if !any_async || io_uring_usable() {
+        return None;
+    }
+    tracing::warn!("io_uring is disabled on this host: Async drives use a thread pool");
+    let mut fallback = resources.clone();
+    let drives: Vec<_> = fallback
+        .drives
+        .iter()
+        .cloned()
+        .map(|mut d| {
+            if let DriveBackend::File { io_engine, .. } = &mut d.backend {
+                *io_engine = IoEngine::Sync;
+            }
+            d
+        })
+        .collect();
+    for drive in drives {
+        // Same ids, same root rule: replacing cannot fail.
+        let _ = fallback.drives.insert(drive);
+    }
+    Some(fallback)
 }
 
 #[cfg(test)]

@@ -3,12 +3,15 @@
 //! [`squib_vmm::Engine`] so the VMM loop never deals with QEMU directly.
 
 pub mod accel;
+pub mod block_stats;
 pub mod cmdline;
+pub mod devices;
 pub mod engine;
 pub mod host_tsc;
 pub mod net;
 pub mod process;
 pub mod qmp;
+pub mod throttle;
 
 pub use accel::{Accel, AccelChoice, AccelParseError, HostFacts};
 pub use cmdline::{ConsoleTarget, LaunchSpec, MAX_VIRTIO_MMIO_DEVICES, build_args};

@@ -166,6 +166,101 @@ impl QmpClient {
     }
 }
 
+/// QMP commands sent with JSON arguments built by squib: the generated `qapi` types of the
+/// block and QOM commands are unwieldy for the few fields squib sets.
+macro_rules! json_command {
+    ($ty:ident, $name:literal) => {
+        #[derive(serde::Serialize)]
+        #[serde(transparent)]
+        struct $ty(serde_json::Value);
+        impl Command for $ty {
+            type Ok = serde_json::Value;
+            const NAME: &'static str = $name;
+            const ALLOW_OOB: bool = false;
+        }
+        impl qmp::QmpCommand for $ty {}
+    };
+}
+
+json_command!(BlockdevAdd, "blockdev-add");
+json_command!(BlockdevReopen, "blockdev-reopen");
+json_command!(BlockdevDel, "blockdev-del");
+json_command!(BlockResize, "block_resize");
+json_command!(BlockSetIoThrottle, "block_set_io_throttle");
+json_command!(Balloon, "balloon");
+json_command!(QueryBalloon, "query-balloon");
+json_command!(QomGet, "qom-get");
+json_command!(QomSet, "qom-set");
+
+/// Block and balloon commands (arguments as QMP's JSON).
+impl QmpClient {
+    pub async fn blockdev_add(&self, options: serde_json::Value) -> Result<(), QmpError> {
+        self.execute(BlockdevAdd(options)).await.map(drop)
+    }
+
+    /// `blockdev-reopen` of one node with its complete new options.
+    pub async fn blockdev_reopen(&self, options: serde_json::Value) -> Result<(), QmpError> {
+        self.execute(BlockdevReopen(serde_json::json!({ "options": [options] })))
+            .await
+            .map(drop)
+    }
+
+    pub async fn blockdev_del(&self, node_name: &str) -> Result<(), QmpError> {
+        self.execute(BlockdevDel(serde_json::json!({ "node-name": node_name })))
+            .await
+            .map(drop)
+    }
+
+    pub async fn block_resize(&self, node_name: &str, size: u64) -> Result<(), QmpError> {
+        self.execute(BlockResize(
+            serde_json::json!({ "node-name": node_name, "size": size }),
+        ))
+        .await
+        .map(drop)
+    }
+
+    /// `block_set_io_throttle` with every limit given (0 = unlimited).
+    pub async fn block_set_io_throttle(&self, args: serde_json::Value) -> Result<(), QmpError> {
+        self.execute(BlockSetIoThrottle(args)).await.map(drop)
+    }
+
+    /// Sets the balloon's target: the guest's memory size in bytes once inflated.
+    pub async fn balloon(&self, target_bytes: u64) -> Result<(), QmpError> {
+        self.execute(Balloon(serde_json::json!({ "value": target_bytes })))
+            .await
+            .map(drop)
+    }
+
+    /// The guest's memory size as the balloon leaves it, in bytes (`query-balloon`).
+    pub async fn query_balloon(&self) -> Result<u64, QmpError> {
+        let reply = self.execute(QueryBalloon(serde_json::json!({}))).await?;
+        reply["actual"].as_u64().ok_or(QmpError::Command {
+            command: "query-balloon",
+            message: format!("unexpected reply {reply}"),
+        })
+    }
+
+    pub async fn qom_get(&self, path: &str, property: &str) -> Result<serde_json::Value, QmpError> {
+        self.execute(QomGet(
+            serde_json::json!({ "path": path, "property": property }),
+        ))
+        .await
+    }
+
+    pub async fn qom_set(
+        &self,
+        path: &str,
+        property: &str,
+        value: serde_json::Value,
+    ) -> Result<(), QmpError> {
+        self.execute(QomSet(
+            serde_json::json!({ "path": path, "property": property, "value": value }),
+        ))
+        .await
+        .map(drop)
+    }
+}
+
 impl Drop for QmpClient {
     fn drop(&mut self) {
         self.events.abort();
@@ -179,5 +274,23 @@ fn describe(err: &ExecuteError) -> String {
             "QEMU closed the QMP connection".to_string()
         }
         ExecuteError::Io(e) => e.to_string(),
+    }
+}
+
+// The generated `BlockDeviceStats` wants fields QEMU 7.2 does not send: read raw JSON.
+json_command!(QueryBlockstats, "query-blockstats");
+
+/// Drive statistics, for the metrics.
+impl QmpClient {
+    /// `query-blockstats`: I/O counters of every block backend QEMU has, as QMP's JSON.
+    pub async fn query_blockstats(&self) -> Result<Vec<serde_json::Value>, QmpError> {
+        let reply = self.execute(QueryBlockstats(serde_json::json!({}))).await?;
+        match reply {
+            serde_json::Value::Array(entries) => Ok(entries),
+            other => Err(QmpError::Command {
+                command: "query-blockstats",
+                message: format!("unexpected reply {other}"),
+            }),
+        }
     }
 }

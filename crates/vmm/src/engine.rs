@@ -4,6 +4,8 @@ use std::future::Future;
 
 use tokio::sync::oneshot;
 
+use crate::config::balloon::BalloonStats;
+use crate::config::drive::Drive;
 use crate::config::rate_limiter::RateLimiterConfig;
 use crate::resources::VmResources;
 
@@ -48,4 +50,34 @@ pub trait RunningVm: Send + 'static {
         rx: Option<RateLimiterConfig>,
         tx: Option<RateLimiterConfig>,
     ) -> Result<(), EngineError>;
+    /// `PATCH /drives/{id}` with `path_on_host`: serves the drive from `drive`'s (already
+    /// opened and checked) file; the guest sees the new content and size.
+    fn swap_drive(&mut self, drive: &Drive)
+    -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Applies a drive's rate limiter (`None` lifts every limit).
+    fn set_drive_rate_limiter(
+        &mut self,
+        drive_id: &str,
+        limiter: Option<RateLimiterConfig>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// `PATCH /balloon`: the balloon's new target size.
+    fn set_balloon_target(
+        &mut self,
+        amount_mib: u32,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// `PATCH /balloon/statistics`: how often the guest reports its statistics.
+    fn set_balloon_stats_interval(
+        &mut self,
+        seconds: u16,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The balloon's actual size and the guest's last statistics (`target_*` left at 0).
+    fn balloon_stats(&mut self) -> impl Future<Output = Result<BalloonStats, EngineError>> + Send;
+    /// I/O statistics of every drive, by Firecracker drive id (for the metrics). Engines
+    /// that count nothing report none.
+    fn block_stats(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<(String, crate::metrics::BlockCounters)>, EngineError>> + Send
+    {
+        async { Ok(Vec::new()) }
+    }
 }

@@ -86,6 +86,37 @@ impl RunningVm for FakeVm {
         self.engine.record("update-net");
         Ok(())
     }
+
+    async fn swap_drive(
+        &mut self,
+        _drive: &crate::config::drive::Drive,
+    ) -> Result<(), EngineError> {
+        self.engine.record("swap-drive");
+        Ok(())
+    }
+
+    async fn set_drive_rate_limiter(
+        &mut self,
+        _drive_id: &str,
+        _limiter: Option<crate::config::rate_limiter::RateLimiterConfig>,
+    ) -> Result<(), EngineError> {
+        self.engine.record("drive-rate-limiter");
+        Ok(())
+    }
+
+    async fn set_balloon_target(&mut self, _amount_mib: u32) -> Result<(), EngineError> {
+        self.engine.record("balloon-target");
+        Ok(())
+    }
+
+    async fn set_balloon_stats_interval(&mut self, _seconds: u16) -> Result<(), EngineError> {
+        self.engine.record("balloon-stats-interval");
+        Ok(())
+    }
+
+    async fn balloon_stats(&mut self) -> Result<crate::config::balloon::BalloonStats, EngineError> {
+        Ok(crate::config::balloon::BalloonStats::default())
+    }
 }
 
 /// Opens no TAP: names starting with `tap` succeed, any other name fails as the kernel would

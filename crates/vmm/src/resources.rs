@@ -134,22 +134,8 @@ impl VmResources {
         if self.vsock.is_some() {
             out.push("vsock");
         }
-        if self.balloon.is_some() {
-            out.push("the balloon device");
-        }
-        if self.entropy.is_some() {
-            out.push("the entropy device");
-        }
         if !self.pmem.is_empty() {
             out.push("pmem");
-        }
-        if let Some(serial) = &self.serial {
-            if serial.serial_out_path.is_some() {
-                out.push("the serial output path");
-            }
-            if serial.rate_limiter.is_some_and(|b| b.is_enabled()) {
-                out.push("the serial rate limiter");
-            }
         }
         if self.memory_hotplug.is_some() {
             out.push("memory hotplug");
@@ -159,9 +145,6 @@ impl VmResources {
         }
         if self.machine_config.cpu_template.is_some() {
             out.push("static CPU templates");
-        }
-        if self.metrics.is_some() {
-            out.push("metrics");
         }
         out
     }
@@ -195,9 +178,6 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(
-            resources.unsupported_by_engine(),
-            ["the balloon device", "memory hotplug"]
-        );
+        assert_eq!(resources.unsupported_by_engine(), ["memory hotplug"]);
     }
 }

@@ -44,6 +44,8 @@ pub struct VmmSnapshot {
     pub instance_id: String,
     pub state: VmState,
     pub resources: VmResources,
+    /// The balloon's last statistics, refreshed by the VMM loop while stats are enabled.
+    pub balloon_stats: Option<BalloonStats>,
 }
 
 impl VmmSnapshot {
@@ -52,6 +54,7 @@ impl VmmSnapshot {
             instance_id,
             state: VmState::NotStarted,
             resources: VmResources::default(),
+            balloon_stats: None,
         }
     }
 
@@ -90,7 +93,10 @@ impl VmmSnapshot {
                 "Balloon: Received stats query when stats are disabled.".into(),
             )));
         }
-        Err(VmmActionError::NotSupportedBySquib("The balloon device"))
+        let mut stats = self.balloon_stats.clone().unwrap_or_default();
+        stats.target_mib = cfg.amount_mib;
+        stats.target_pages = cfg.amount_mib.saturating_mul(256);
+        Ok(stats)
     }
 
     /// `GET /balloon/hinting/status` (post-boot).
@@ -105,7 +111,10 @@ impl VmmSnapshot {
         if !cfg.free_page_hinting {
             return Err(BalloonUpdateError::HintingNotEnabled.into());
         }
-        Err(VmmActionError::NotSupportedBySquib("The balloon device"))
+        // QEMU runs free page hinting only during migration: no host command drives it.
+        Err(VmmActionError::NotSupportedBySquib(
+            "Driving free page hinting",
+        ))
     }
 
     /// `GET /hotplug/memory` (post-boot).

@@ -12,9 +12,9 @@ use crate::action::{
     ActionRequest, ActionResult, CreateSnapshotError, LoadSnapshotError, StartMicroVmError,
     VmmAction, VmmActionError, VmmData,
 };
-use crate::config::balloon::{BalloonUpdateError, BalloonUpdateStatsConfig};
+use crate::config::balloon::{BalloonStats, BalloonUpdateError, BalloonUpdateStatsConfig};
 use crate::config::boot_source::BootSource;
-use crate::config::drive::{Drive, DriveError};
+use crate::config::drive::{BlockDeviceUpdateConfig, Drive, DriveBackend, DriveError};
 use crate::config::logger::{LoggerConfig, LoggerConfigError, LoggerControl, NoopLoggerControl};
 use crate::config::machine_config::{MachineConfigError, MachineConfigUpdate};
 use crate::config::metrics::{Metrics, MetricsConfig, MetricsConfigError};
@@ -23,7 +23,8 @@ use crate::config::pmem::PmemConfigError;
 use crate::config::rate_limiter::RateLimiterConfig;
 use crate::config::snapshot::LoadSnapshotParams;
 use crate::config::vsock::Vsock;
-use crate::engine::{Engine, ExitWatch, RunningVm, VmExit};
+use crate::engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
+use crate::metrics::{DeviceClass, MetricsRegistry};
 use crate::resources::VmResources;
 use crate::state::{VmState, VmmSnapshot};
 use crate::tap::{TapOpener, host_tap_opener};
@@ -48,6 +49,8 @@ pub enum VmmExit {
 pub struct VmmHandle {
     pub actions: mpsc::Sender<ActionRequest>,
     pub snapshot: Arc<ArcSwap<VmmSnapshot>>,
+    /// The metrics registry, for the API's request counters.
+    pub metrics: Arc<MetricsRegistry>,
 }
 
 pub struct Vmm<E: Engine> {
@@ -65,12 +68,23 @@ pub struct Vmm<E: Engine> {
     fatal: Option<String>,
     logger: Arc<dyn LoggerControl>,
     open_tap: TapOpener,
+    /// Last balloon statistics read from the engine, published for `GET /balloon/statistics`.
+    balloon_stats: Option<BalloonStats>,
+    /// Ticks at the balloon's statistics polling interval while the guest runs.
+    stats_timer: Option<tokio::time::Interval>,
+    metrics: Arc<MetricsRegistry>,
+    /// Ticks every [`METRICS_PERIOD`] while a guest runs and metrics are configured.
+    metrics_timer: Option<tokio::time::Interval>,
 }
+
+/// How often metrics are written while the guest runs (contract §10.2).
+pub const METRICS_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl<E: Engine> Vmm<E> {
     pub fn new(instance_id: String, engine: E) -> (Self, VmmHandle) {
         let (tx, rx) = mpsc::channel(ACTION_QUEUE_DEPTH);
         let published = Arc::new(ArcSwap::from_pointee(VmmSnapshot::new(instance_id.clone())));
+        let metrics = MetricsRegistry::new();
         let vmm = Self {
             instance_id,
             state: VmState::NotStarted,
@@ -84,12 +98,17 @@ impl<E: Engine> Vmm<E> {
             fatal: None,
             logger: Arc::new(NoopLoggerControl),
             open_tap: host_tap_opener(),
+            balloon_stats: None,
+            stats_timer: None,
+            metrics: metrics.clone(),
+            metrics_timer: None,
         };
         (
             vmm,
             VmmHandle {
                 actions: tx,
                 snapshot: published,
+                metrics,
             },
         )
     }
@@ -117,6 +136,11 @@ impl<E: Engine> Vmm<E> {
         Ok(())
     }
 
+    /// The metrics registry (the binary stores start-up times and signals there).
+    pub fn metrics(&self) -> Arc<MetricsRegistry> {
+        self.metrics.clone()
+    }
+
     /// `--metrics-path`: configures metrics before the API starts, so `PUT /metrics` then
     /// fails as a reinitialisation, as upstream does.
     pub fn configure_metrics(&mut self, config: MetricsConfig) -> Result<(), VmmActionError> {
@@ -141,14 +165,28 @@ impl<E: Engine> Vmm<E> {
                         // The client may have given up (time-out, closed socket); that is fine.
                         let _ = reply.send(result);
                         if let Some(reason) = self.fatal.take() {
+                            self.final_metrics();
                             return VmmExit::FatalError(reason);
                         }
                     }
-                    None if self.exit.is_none() => return VmmExit::NoMoreActions,
+                    None if self.exit.is_none() => {
+                        self.final_metrics();
+                        return VmmExit::NoMoreActions;
+                    }
                     None => accepting = false,
                 },
+                () = next_tick(&mut self.stats_timer) => {
+                    self.refresh_balloon_stats().await;
+                    self.publish();
+                }
+                () = next_tick(&mut self.metrics_timer), if self.state == VmState::Running => {
+                    if let Err(e) = self.flush_metrics().await {
+                        tracing::warn!("{e}");
+                    }
+                }
                 exit = wait_for_exit(&mut self.exit) => {
                     self.vm = None;
+                    self.final_metrics();
                     return VmmExit::Vm(exit);
                 }
             }
@@ -160,6 +198,7 @@ impl<E: Engine> Vmm<E> {
             instance_id: self.instance_id.clone(),
             state: self.state,
             resources: self.resources.clone(),
+            balloon_stats: self.balloon_stats.clone(),
         }));
     }
 
@@ -203,14 +242,7 @@ impl<E: Engine> Vmm<E> {
                 self.resources.drives.insert(drive)?;
                 Ok(VmmData::Empty)
             }
-            UpdateBlockDevice(update) => {
-                if self.resources.drives.get(&update.drive_id).is_none() {
-                    return Err(DriveError::PatchDeviceNotFound.into());
-                }
-                Err(VmmActionError::NotSupportedBySquib(
-                    "Updating a drive of a running microVM",
-                ))
-            }
+            UpdateBlockDevice(update) => self.update_drive(update).await,
             InsertNetworkDevice(cfg) => {
                 self.resources.net.insert(cfg, &self.open_tap)?;
                 Ok(VmmData::Empty)
@@ -253,10 +285,27 @@ impl<E: Engine> Vmm<E> {
                 self.resources.balloon = Some(cfg);
                 Ok(VmmData::Empty)
             }
-            UpdateBalloon(_) | StartFreePageHinting(_) | StopFreePageHinting => {
-                Err(self.balloon_runtime_error(None))
+            UpdateBalloon(update) => {
+                let mem = self.resources.machine_config.mem_size_mib;
+                let Some(balloon) = self.resources.balloon.as_mut() else {
+                    return Err(BalloonUpdateError::DeviceNotFound.into());
+                };
+                if update.amount_mib as usize > mem {
+                    return Err(
+                        BalloonUpdateError::TooMuchMemoryRequested(update.amount_mib).into(),
+                    );
+                }
+                self.vm
+                    .as_mut()
+                    .ok_or(VmmActionError::OperationNotSupportedPreBoot)?
+                    .set_balloon_target(update.amount_mib)
+                    .await
+                    .map_err(VmmActionError::InternalVmm)?;
+                balloon.amount_mib = update.amount_mib;
+                Ok(VmmData::Empty)
             }
-            UpdateBalloonStatistics(update) => Err(self.balloon_runtime_error(Some(update))),
+            StartFreePageHinting(_) | StopFreePageHinting => Err(self.balloon_runtime_error(None)),
+            UpdateBalloonStatistics(update) => self.update_balloon_stats_interval(update).await,
             SetEntropyDevice(cfg) => {
                 self.resources.entropy = Some(cfg);
                 Ok(VmmData::Empty)
@@ -313,9 +362,13 @@ impl<E: Engine> Vmm<E> {
                 Err(error)
             }
             StartMicroVm => self.start().await,
-            // Metrics output arrives with the metrics system; until then a configured metrics
-            // target keeps the VM from booting, so a running VM has none and a flush is a no-op.
-            FlushMetrics => Ok(VmmData::Empty),
+            // Without a metrics target this is a no-op, as upstream.
+            FlushMetrics => {
+                self.flush_metrics()
+                    .await
+                    .map_err(VmmActionError::InternalVmm)?;
+                Ok(VmmData::Empty)
+            }
             SendCtrlAltDel => {
                 self.running_vm()?
                     .send_ctrl_alt_del()
@@ -328,7 +381,8 @@ impl<E: Engine> Vmm<E> {
         }
     }
 
-    /// Runtime balloon requests: no running VM can have a balloon yet (boot refuses one).
+    /// Free page hinting commands: QEMU runs hinting only during migration, so no host
+    /// command can start or stop it.
     fn balloon_runtime_error(&self, stats: Option<BalloonUpdateStatsConfig>) -> VmmActionError {
         match (self.resources.balloon, stats) {
             (None, _) => BalloonUpdateError::DeviceNotFound.into(),
@@ -338,8 +392,109 @@ impl<E: Engine> Vmm<E> {
             {
                 BalloonUpdateError::StatisticsStateChange.into()
             }
-            (Some(_), _) => VmmActionError::NotSupportedBySquib("The balloon device"),
+            (Some(cfg), None) if !cfg.free_page_hinting => {
+                BalloonUpdateError::HintingNotEnabled.into()
+            }
+            (Some(_), _) => VmmActionError::NotSupportedBySquib("Driving free page hinting"),
         }
+    }
+
+    /// `PATCH /balloon/statistics`: same on/off state only; the new interval goes to the
+    /// engine and to the poll timer.
+    async fn update_balloon_stats_interval(
+        &mut self,
+        update: BalloonUpdateStatsConfig,
+    ) -> ActionResult {
+        let Some(cfg) = self.resources.balloon else {
+            return Err(BalloonUpdateError::DeviceNotFound.into());
+        };
+        if (cfg.stats_polling_interval_s == 0) != (update.stats_polling_interval_s == 0) {
+            return Err(BalloonUpdateError::StatisticsStateChange.into());
+        }
+        if cfg.stats_polling_interval_s != update.stats_polling_interval_s {
+            self.running_vm()?
+                .set_balloon_stats_interval(update.stats_polling_interval_s)
+                .await
+                .map_err(VmmActionError::InternalVmm)?;
+            if let Some(balloon) = self.resources.balloon.as_mut() {
+                balloon.stats_polling_interval_s = update.stats_polling_interval_s;
+            }
+            self.arm_stats_timer();
+        }
+        Ok(VmmData::Empty)
+    }
+
+    /// Polls the balloon's statistics at its interval while a guest runs with stats on.
+    fn arm_stats_timer(&mut self) {
+        self.stats_timer = match self.resources.balloon {
+            Some(cfg) if cfg.stats_polling_interval_s > 0 && self.vm.is_some() => {
+                let period = std::time::Duration::from_secs(cfg.stats_polling_interval_s.into());
+                let mut timer = tokio::time::interval(period);
+                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some(timer)
+            }
+            _ => None,
+        };
+    }
+
+    async fn refresh_balloon_stats(&mut self) {
+        let Some(vm) = self.vm.as_mut() else {
+            return;
+        };
+        match vm.balloon_stats().await {
+            Ok(stats) => self.balloon_stats = Some(stats),
+            Err(e) => tracing::debug!(error = %e, "cannot read the balloon statistics"),
+        }
+    }
+
+    /// `PATCH /drives/{id}`: a new backing file and/or new rate limits on the running guest.
+    async fn update_drive(&mut self, update: BlockDeviceUpdateConfig) -> ActionResult {
+        let Some(mut drive) = self.resources.drives.get(&update.drive_id).cloned() else {
+            return Err(DriveError::PatchDeviceNotFound.into());
+        };
+        let DriveBackend::File {
+            path,
+            read_only,
+            rate_limiter,
+            ..
+        } = &mut drive.backend
+        else {
+            return Err(DriveError::PatchDifferentBackend.into());
+        };
+        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+            // Upstream's vhost-user config refresh, on a virtio drive.
+            return Err(DriveError::PatchDifferentBackend.into());
+        }
+        if let Some(new_path) = &update.path_on_host {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!*read_only)
+                .open(new_path)
+                .map_err(|e| DriveError::PatchBackingFile(e, new_path.clone()))?;
+            *path = new_path.clone();
+        }
+        let limiter_update = update.rate_limiter.map(|update| {
+            merge_limiter(*rate_limiter, Some(update)).and_then(RateLimiterConfig::normalized)
+        });
+        if let Some(limiter) = limiter_update {
+            *rate_limiter = limiter;
+        }
+        let vm = self
+            .vm
+            .as_mut()
+            .ok_or(VmmActionError::OperationNotSupportedPreBoot)?;
+        if update.path_on_host.is_some() {
+            vm.swap_drive(&drive)
+                .await
+                .map_err(|e| DriveError::PatchEngine(e.0))?;
+        }
+        if let Some(limiter) = limiter_update {
+            vm.set_drive_rate_limiter(&drive.id, limiter)
+                .await
+                .map_err(|e| DriveError::PatchEngine(e.0))?;
+        }
+        self.resources.drives.insert(drive)?;
+        Ok(VmmData::Empty)
     }
 
     fn check_mmds_reachable(&self) -> Result<(), VmmActionError> {
@@ -361,8 +516,38 @@ impl<E: Engine> Vmm<E> {
         if self.resources.metrics.is_some() {
             return Err(MetricsConfigError::AlreadyInitialized.into());
         }
-        self.resources.metrics = Some(Metrics::open(config)?);
+        let metrics = Metrics::open(config)?;
+        self.metrics.install(
+            &self.instance_id,
+            metrics.config.clone(),
+            metrics.file.clone(),
+        );
+        self.resources.metrics = Some(metrics);
         Ok(())
+    }
+
+    /// Polls what the engine counts, then writes a metrics line (if metrics are configured).
+    async fn flush_metrics(&mut self) -> Result<(), EngineError> {
+        if !self.metrics.is_installed() {
+            return Ok(());
+        }
+        if let Some(vm) = self.vm.as_mut() {
+            match vm.block_stats().await {
+                Ok(stats) => self.metrics.set_block_stats(&stats),
+                Err(e) => tracing::debug!(error = %e, "cannot read the block statistics"),
+            }
+        }
+        self.metrics
+            .flush()
+            .map(drop)
+            .map_err(|e| EngineError(format!("Metrics error: {e}")))
+    }
+
+    /// The line written when the VMM exits (the engine can no longer be asked).
+    fn final_metrics(&self) {
+        if let Err(e) = self.metrics.flush_exit() {
+            tracing::warn!("Metrics error: {e}");
+        }
     }
 
     fn update_machine_config(&mut self, update: &MachineConfigUpdate) -> ActionResult {
@@ -392,6 +577,24 @@ impl<E: Engine> Vmm<E> {
         self.vm = Some(vm);
         self.exit = Some(exit);
         self.state = VmState::Running;
+        self.arm_stats_timer();
+        // Every drive has its `block_⟨id⟩` section from boot on; then the boot-time line.
+        self.metrics.clear_devices(DeviceClass::Block);
+        for drive in self.resources.drives.iter() {
+            self.metrics
+                .set_device_values(DeviceClass::Block, &drive.id, Vec::new());
+        }
+        if self.metrics.is_installed() {
+            if let Err(e) = self.flush_metrics().await {
+                tracing::warn!("{e}");
+            }
+            let mut timer = tokio::time::interval_at(
+                tokio::time::Instant::now() + METRICS_PERIOD,
+                METRICS_PERIOD,
+            );
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            self.metrics_timer = Some(timer);
+        }
         Ok(VmmData::Empty)
     }
 
@@ -403,13 +606,25 @@ impl<E: Engine> Vmm<E> {
         };
         if self.state != wanted {
             let vm = self.running_vm()?;
+            let started = std::time::Instant::now();
             let result = if paused {
                 vm.pause().await
             } else {
                 vm.resume().await
             };
             result.map_err(VmmActionError::InternalVmm)?;
+            let key = if paused {
+                "vmm_pause_vm"
+            } else {
+                "vmm_resume_vm"
+            };
+            self.metrics
+                .store("latencies_us", key, started.elapsed().as_micros() as u64);
             self.state = wanted;
+            if !paused && let Some(timer) = self.metrics_timer.as_mut() {
+                // Paused time does not count towards the next periodic line.
+                timer.reset();
+            }
         }
         Ok(VmmData::Empty)
     }
@@ -442,6 +657,16 @@ fn merge_limiter(
             bandwidth: update.bandwidth.or(current.bandwidth),
             ops: update.ops.or(current.ops),
         }),
+    }
+}
+
+/// The next tick of an armed timer; never, when none is armed.
+async fn next_tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

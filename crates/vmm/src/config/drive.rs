@@ -61,6 +61,16 @@ pub enum DriveError {
         "Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments."
     )]
     PatchDeviceNotFound,
+    #[error(
+        "Unable to patch the block device: Block: Running method expected different backend. Please verify the request arguments."
+    )]
+    PatchDifferentBackend,
+    #[error(
+        "Unable to patch the block device: Virtio backend error: Error manipulating the backing file: {0} {1} Please verify the request arguments."
+    )]
+    PatchBackingFile(io::Error, String),
+    #[error("Unable to patch the block device: {0} Please verify the request arguments.")]
+    PatchEngine(String),
     #[error("Unable to create the virtio block device: Invalid block config.")]
     InvalidBlockConfig,
     #[error(
