@@ -14,6 +14,7 @@ use anyhow::Context;
 use squib_api::Controller;
 use squib_vmm::config::logger::LogLevel;
 use squib_vmm::config::metrics::MetricsConfig;
+use squib_vmm::metrics::MetricsRegistry;
 use squib_vmm::{VmExit, Vmm, VmmExit};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -137,6 +138,8 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     }
     let engine = engine_from(&args)?;
     let (mut vmm, handle) = Vmm::new(args.id.clone(), engine);
+    let metrics = vmm.metrics();
+    install_panic_metrics(metrics.clone());
     vmm.set_logger_control(Arc::new(logger));
     // Upstream's default MMDS limit is the API payload limit.
     vmm.set_mmds_size_limit(
@@ -159,6 +162,8 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let controller = Controller::new(handle, action_timeout());
+    // Upstream reports the start-up times when its API server starts.
+    report_startup_times(&metrics, &args);
     let mut vmm_task = tokio::spawn(vmm.run());
 
     let api_task = if args.no_api {
@@ -197,6 +202,9 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
         _ = interrupt.recv() => Err(128 + libc::SIGINT as u8),
         _ = hangup.recv() => Err(156),
     };
+    if finished == Err(156) {
+        metrics.store("signals", "sighup", 1);
+    }
     if let Some(task) = api_task {
         task.abort();
     }
@@ -207,6 +215,10 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
             vmm_task.abort();
             // Let the aborted VMM task drop its VM (and kill QEMU) before the process exits.
             let _ = vmm_task.await;
+            // The VMM loop can no longer write the exit line; write it here.
+            if let Err(e) = metrics.flush_exit() {
+                tracing::warn!("Metrics error: {e}");
+            }
             signal_code
         }
     };
@@ -231,6 +243,37 @@ async fn exit_code(outcome: VmmExit) -> u8 {
         }
         VmmExit::NoMoreActions => 0,
     }
+}
+
+/// `api_server.process_startup_time_us` and `_cpu_us` from the start-time flags, as upstream
+/// computes them (monotonic and process CPU clocks, in microseconds).
+fn report_startup_times(metrics: &MetricsRegistry, args: &RunArgs) {
+    if let Some(start) = args.start_time_us {
+        let now = squib_vmm::metrics::clock_us(libc::CLOCK_MONOTONIC);
+        metrics.store(
+            "api_server",
+            "process_startup_time_us",
+            now.saturating_sub(start),
+        );
+    }
+    if let Some(start) = args.start_time_cpu_us {
+        let now = squib_vmm::metrics::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
+        metrics.store(
+            "api_server",
+            "process_startup_time_cpu_us",
+            now.saturating_sub(start) + args.parent_cpu_time_us.unwrap_or(0),
+        );
+    }
+}
+
+/// A panic sets `vmm.panic_count` and writes a last metrics line, as upstream does.
+fn install_panic_metrics(metrics: Arc<MetricsRegistry>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        metrics.store("vmm", "panic_count", 1);
+        let _ = metrics.try_flush();
+        previous(info);
+    }));
 }
 
 fn read_config_file(path: &Path) -> anyhow::Result<String> {

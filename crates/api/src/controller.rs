@@ -38,6 +38,11 @@ impl Controller {
         }
     }
 
+    /// The metrics registry the API's request counters go to.
+    pub fn metrics(&self) -> &Arc<squib_vmm::metrics::MetricsRegistry> {
+        &self.handle.metrics
+    }
+
     pub fn snapshot(&self) -> Arc<VmmSnapshot> {
         self.handle.snapshot.load_full()
     }

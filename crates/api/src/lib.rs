@@ -7,6 +7,7 @@ pub mod config_file;
 pub mod controller;
 pub mod endpoints;
 pub mod request_error;
+pub mod request_metrics;
 pub mod response;
 pub mod routing;
 pub mod server;

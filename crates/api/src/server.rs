@@ -16,7 +16,8 @@ use tokio::net::UnixListener;
 
 use crate::controller::Controller;
 use crate::response::ApiResponse;
-use crate::routing::parse_request;
+use crate::routing::{ParsedRequest, parse_request};
+use squib_vmm::VmmAction;
 
 /// Upstream's default for `--http-api-max-payload-size`.
 pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
@@ -117,8 +118,34 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
     };
 
     log_request(&method, &path, &body);
-    let reply = match parse_request(&method, &path, &body) {
-        Ok(parsed) => state.controller.respond(parsed).await,
+    let parsed = parse_request(&method, &path, &body);
+    let metrics = state.controller.metrics();
+    crate::request_metrics::record(metrics, &method, &path, !body.is_empty(), parsed.is_ok());
+    let reply = match parsed {
+        Ok(parsed) => {
+            // Pause and resume latencies at the API level (contract §10.2 `latencies_us`).
+            let latency = match &parsed {
+                ParsedRequest::Action { deprecated, action } => {
+                    if *deprecated {
+                        metrics.inc("deprecated_api", "deprecated_http_api_calls");
+                    }
+                    match action {
+                        VmmAction::Pause => Some("pause_vm"),
+                        VmmAction::Resume => Some("resume_vm"),
+                        _ => None,
+                    }
+                }
+                ParsedRequest::Get(_) => None,
+            };
+            let started = std::time::Instant::now();
+            let reply = state.controller.respond(parsed).await;
+            if let Some(key) = latency
+                && reply.status.is_success()
+            {
+                metrics.store("latencies_us", key, started.elapsed().as_micros() as u64);
+            }
+            reply
+        }
         Err(e) => ApiResponse::fault(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     log_reply(&reply);

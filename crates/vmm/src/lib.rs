@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 #[cfg(feature = "fake-engine")]
 pub mod fake_engine;
+pub mod metrics;
 pub mod mmds_store;
 pub mod os_error;
 pub mod resources;
