@@ -1,153 +1,23 @@
 //! The walking-skeleton endpoints over a real Unix socket with raw HTTP/1.1 bytes, against
 //! the VMM loop with a guest-less engine (the real engine is exercised by the e2e tests).
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use squib_api::{Controller, serve};
-use squib_vmm::Vmm;
+use common::{Options, Server, read_reply, start, start_with_options};
 use squib_vmm::fake_engine::FakeEngine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-struct Server {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    kernel: tempfile::NamedTempFile,
-    disk: tempfile::NamedTempFile,
-}
-
 async fn start_with(engine: FakeEngine, action_timeout: Duration, max_payload: usize) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("api.sock");
-    let (vmm, handle) = Vmm::new("test-vm".to_string(), engine);
-    tokio::spawn(vmm.run());
-    let listener = squib_api::bind(&socket).unwrap();
-    tokio::spawn(serve(
-        listener,
-        Controller::new(handle, action_timeout),
+    start_with_options(Options {
+        engine,
+        action_timeout,
         max_payload,
-    ));
-    Server {
-        _dir: dir,
-        socket,
-        kernel: tempfile::NamedTempFile::new().unwrap(),
-        disk: tempfile::NamedTempFile::new().unwrap(),
-    }
-}
-
-async fn start() -> Server {
-    start_with(FakeEngine::default(), Duration::from_secs(10), 51_200).await
-}
-
-#[derive(Debug)]
-struct Reply {
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn status(&self) -> u16 {
-        self.head[9..12].parse().unwrap()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-    fn header_names(&self) -> Vec<String> {
-        self.head
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_string()))
-            .collect()
-    }
-    fn fault(&self) -> String {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body));
-        v["fault_message"].as_str().unwrap().to_string()
-    }
-}
-
-/// Reads one response from the stream; `buffer` keeps bytes of the following responses.
-async fn read_reply(stream: &mut UnixStream, buffer: &mut Vec<u8>) -> Reply {
-    loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(buffer[..end].to_vec()).unwrap();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            while buffer.len() < end + 4 + length {
-                read_more(stream, buffer).await;
-            }
-            let body = String::from_utf8(buffer[end + 4..end + 4 + length].to_vec()).unwrap();
-            buffer.drain(..end + 4 + length);
-            return Reply { head, body };
-        }
-        read_more(stream, buffer).await;
-    }
-}
-
-async fn read_more(stream: &mut UnixStream, buffer: &mut Vec<u8>) {
-    let mut chunk = [0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-        .await
-        .expect("reply within 10 s")
-        .unwrap();
-    assert!(n > 0, "connection closed before a full reply");
-    buffer.extend_from_slice(&chunk[..n]);
-}
-
-impl Server {
-    async fn raw(&self, bytes: &[u8]) -> Reply {
-        let mut stream = UnixStream::connect(&self.socket).await.unwrap();
-        stream.write_all(bytes).await.unwrap();
-        read_reply(&mut stream, &mut Vec::new()).await
-    }
-
-    async fn send(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let request = match body {
-            Some(body) => format!(
-                "{method} {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ),
-            None => format!("{method} {path} HTTP/1.1\r\n\r\n"),
-        };
-        self.raw(request.as_bytes()).await
-    }
-
-    fn kernel_path(&self) -> &str {
-        self.kernel.path().to_str().unwrap()
-    }
-
-    async fn configure_bootable(&self) {
-        let body = format!(
-            r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#,
-            self.kernel_path()
-        );
-        assert_eq!(
-            self.send("PUT", "/boot-source", Some(&body)).await.status(),
-            204
-        );
-    }
-
-    async fn boot(&self) {
-        self.configure_bootable().await;
-        let reply = self
-            .send(
-                "PUT",
-                "/actions",
-                Some(r#"{"action_type":"InstanceStart"}"#),
-            )
-            .await;
-        assert_eq!(reply.status(), 204, "{reply:?}");
-    }
+        mmds_limit: None,
+    })
+    .await
 }
 
 #[tokio::test]
@@ -293,14 +163,21 @@ async fn boot_source_rules() {
         unknown.fault(),
         "An error occurred when deserializing the json body of a request: unknown field `foo`, expected one of `kernel_image_path`, `initrd_path`, `boot_args` at line 1 column 30."
     );
-    server.configure_bootable().await;
-    let config: serde_json::Value =
-        serde_json::from_str(&server.send("GET", "/vm/config", None).await.body).unwrap();
+    let body = format!(
+        r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#,
+        server.kernel_path()
+    );
+    assert_eq!(server.put("/boot-source", &body).await.status(), 204);
+    let config = server.vm_config().await;
     assert_eq!(
         config["boot-source"]["kernel_image_path"],
         server.kernel_path()
     );
     assert_eq!(config["boot-source"]["boot_args"], "console=ttyS0");
+    assert_eq!(
+        config["boot-source"]["initrd_path"],
+        serde_json::Value::Null
+    );
 }
 
 #[tokio::test]

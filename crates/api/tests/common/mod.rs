@@ -20,20 +20,39 @@ pub struct Server {
     pub vmm: JoinHandle<VmmExit>,
 }
 
-pub async fn start_with(mmds_limit: Option<usize>) -> Server {
+/// How a test server differs from the default one.
+pub struct Options {
+    pub engine: FakeEngine,
+    pub action_timeout: Duration,
+    pub max_payload: usize,
+    pub mmds_limit: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            engine: FakeEngine::default(),
+            action_timeout: Duration::from_secs(10),
+            max_payload: 51_200,
+            mmds_limit: None,
+        }
+    }
+}
+
+pub async fn start_with_options(options: Options) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");
-    let (mut vmm, handle) = Vmm::new("test-vm".to_string(), FakeEngine::default());
+    let (mut vmm, handle) = Vmm::new("test-vm".to_string(), options.engine);
     vmm.set_tap_opener(fake_tap_opener());
-    if let Some(limit) = mmds_limit {
+    if let Some(limit) = options.mmds_limit {
         vmm.set_mmds_size_limit(limit);
     }
     let vmm = tokio::spawn(vmm.run());
     let listener = squib_api::bind(&socket).unwrap();
     tokio::spawn(serve(
         listener,
-        Controller::new(handle, Duration::from_secs(10)),
-        51_200,
+        Controller::new(handle, options.action_timeout),
+        options.max_payload,
     ));
     Server {
         dir,
@@ -44,8 +63,16 @@ pub async fn start_with(mmds_limit: Option<usize>) -> Server {
     }
 }
 
+pub async fn start_with(mmds_limit: Option<usize>) -> Server {
+    start_with_options(Options {
+        mmds_limit,
+        ..Options::default()
+    })
+    .await
+}
+
 pub async fn start() -> Server {
-    start_with(None).await
+    start_with_options(Options::default()).await
 }
 
 #[derive(Debug)]
@@ -69,13 +96,20 @@ impl Reply {
             serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body));
         v["fault_message"].as_str().unwrap_or_default().to_string()
     }
+    pub fn header_names(&self) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k.to_string()))
+            .collect()
+    }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
 }
 
-async fn read_reply(stream: &mut UnixStream) -> Reply {
-    let mut buffer = Vec::new();
+/// Reads one response; `buffer` keeps the bytes of the responses that follow (pipelining).
+pub async fn read_reply(stream: &mut UnixStream, buffer: &mut Vec<u8>) -> Reply {
     loop {
         if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8(buffer[..end].to_vec()).unwrap();
@@ -88,12 +122,13 @@ async fn read_reply(stream: &mut UnixStream) -> Reply {
                 })
                 .unwrap_or(0);
             while buffer.len() < end + 4 + length {
-                read_more(stream, &mut buffer).await;
+                read_more(stream, buffer).await;
             }
             let body = String::from_utf8(buffer[end + 4..end + 4 + length].to_vec()).unwrap();
+            buffer.drain(..end + 4 + length);
             return Reply { head, body };
         }
-        read_more(stream, &mut buffer).await;
+        read_more(stream, buffer).await;
     }
 }
 
@@ -116,9 +151,14 @@ impl Server {
             ),
             None => format!("{method} {path} HTTP/1.1\r\n\r\n"),
         };
+        self.raw(request.as_bytes()).await
+    }
+
+    /// Sends raw bytes on a new connection and reads one response.
+    pub async fn raw(&self, bytes: &[u8]) -> Reply {
         let mut stream = UnixStream::connect(&self.socket).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        read_reply(&mut stream).await
+        stream.write_all(bytes).await.unwrap();
+        read_reply(&mut stream, &mut Vec::new()).await
     }
 
     pub async fn put(&self, path: &str, body: &str) -> Reply {
