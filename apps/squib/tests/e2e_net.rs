@@ -219,6 +219,83 @@ fn http_result(squib: &Squib, tag: &str) -> (u16, String, String) {
     )
 }
 
+/// Every frame seen on the host side of `tap` (AF_PACKET, both directions) until `stop`.
+fn capture(
+    ns: &Netns,
+    tap: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> JoinHandle<Vec<Vec<u8>>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.thread(move || {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call; the result is checked and owned right away.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(
+            raw >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let name = std::ffi::CString::new(tap).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(index > 0, "no interface {tap}");
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = index as i32;
+        // SAFETY: `addr` is a valid sockaddr_ll and the length matches it.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: SO_RCVTIMEO takes a timeval; pointer and length describe `timeout`.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        ready_tx.send(()).unwrap();
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: `buf` is valid for writes of its length for the whole call.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                frames.push(buf[..n as usize].to_vec());
+            }
+        }
+        frames
+    });
+    ready_rx.recv_timeout(STEP_TIMEOUT).unwrap();
+    handle
+}
+
+/// True for an ARP frame about, or an IPv4 packet to or from, `ip`.
+fn mentions(frame: &[u8], ip: [u8; 4]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x06]) => frame.get(38..42) == Some(&ip) || frame.get(28..32) == Some(&ip),
+        Some([0x08, 0x00]) => frame.get(26..30) == Some(&ip) || frame.get(30..34) == Some(&ip),
+        _ => false,
+    }
+}
+
 fn pattern_sum(len: usize) -> u32 {
     (0..len).fold(0u32, |s, i| s.wrapping_add(((i % 65536) % 251) as u32))
 }
@@ -322,7 +399,8 @@ fn mmds_v1_from_inside_the_guest() {
         &squib,
         &ns,
         &format!(
-            "ip route add {m} dev eth0\n\
+            "ping -c 1 -W 5 {HOST_IP}\n\
+             ip route add {m} dev eth0\n\
              squib-agent http imds GET {m} /latest/meta-data/\n\
              squib-agent http json GET {m} /latest/meta-data/ 'Accept: application/json'\n\
              squib-agent http leaf GET {m} /latest/meta-data/ami-id\n\
@@ -336,6 +414,8 @@ fn mmds_v1_from_inside_the_guest() {
         "",
     );
     configure_mmds(&squib, "V1");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let frames = capture(&ns, TAP, stop.clone());
     start(&squib);
 
     assert_eq!(
@@ -367,6 +447,23 @@ fn mmds_v1_from_inside_the_guest() {
         r#"{"latest":{"meta-data":{"ami-id":"ami-456"}}}"#,
     );
     squib.wait_for_line("GUEST-SAW-PATCH", STEP_TIMEOUT);
+
+    // Nothing for the MMDS reached the TAP, while the guest's other traffic did.
+    stop.store(true, Ordering::Relaxed);
+    let frames = frames.join().unwrap();
+    assert!(
+        frames.iter().any(|f| mentions(f, [10, 0, 0, 2])),
+        "the capture saw none of the guest's traffic ({} frames)",
+        frames.len()
+    );
+    let leaked: Vec<_> = frames
+        .iter()
+        .filter(|f| mentions(f, [169, 254, 169, 254]))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "MMDS frames reached the TAP: {leaked:x?}"
+    );
 }
 
 #[test]
