@@ -1,6 +1,7 @@
 //! [`QemuEngine`]: squib's [`Engine`] on QEMU, and [`QemuVm`], the handle of one running guest.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use squib_vmm::config::balloon::BalloonStats;
@@ -11,7 +12,8 @@ use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use squib_net::Relay;
+use squib_mmds::Mmds;
+use squib_net::{Relay, RelayHandle};
 use squib_vmm::config::rate_limiter::RateLimiterConfig;
 
 use crate::accel::{Accel, AccelChoice};
@@ -80,6 +82,7 @@ pub struct QemuVm {
     drives: Vec<(String, DriveNames)>,
     // One frame relay per network interface; dropped (stopped) after QEMU is killed.
     relays: Vec<Relay>,
+    mmds: Option<Arc<Mmds>>,
     devices: DeviceState,
     _runtime_dir: TempDir,
 }
@@ -101,6 +104,17 @@ impl QemuVm {
             .iter()
             .find(|(id, _)| id == drive_id)
             .map(|(_, names)| names)
+    }
+
+    /// The network interfaces' relays, in configuration order: their counters are the
+    /// `net_⟨iface_id⟩` metrics.
+    pub fn net_relays(&self) -> impl Iterator<Item = RelayHandle> + '_ {
+        self.relays.iter().map(Relay::handle)
+    }
+
+    /// The guest-facing MMDS (its counters are the `mmds` metrics), when an interface has it.
+    pub fn mmds(&self) -> Option<&Arc<Mmds>> {
+        self.mmds.as_ref()
     }
 
     /// True when QEMU says the vCPUs run (QMP `query-status`).
@@ -211,7 +225,8 @@ impl Engine for QemuEngine {
         )
         .map_err(|e| EngineError(e.to_string()))?;
         // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.
-        let relays = net::spawn_relays(resources, &qmp_socket, &self.config.instance_id)?;
+        let mmds = net::mmds_service(resources, &self.config.instance_id);
+        let relays = net::spawn_relays(resources, &qmp_socket, mmds.as_ref())?;
         let drives = resources
             .drives
             .iter()
@@ -265,6 +280,7 @@ impl Engine for QemuEngine {
                 accel,
                 drives,
                 relays,
+                mmds,
                 devices,
                 _runtime_dir: runtime_dir,
             },

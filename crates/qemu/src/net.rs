@@ -27,7 +27,7 @@ pub fn limiter_config(config: RateLimiterConfig) -> LimiterConfig {
 }
 
 /// The guest-facing MMDS of the VM, when `/mmds/config` bound it to some interface.
-fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mmds>> {
+pub fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mmds>> {
     let config = resources.effective_mmds_config()?;
     let version = match config.version {
         ApiMmdsVersion::V1 => MmdsVersion::V1,
@@ -45,13 +45,13 @@ fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mmds>>
 }
 
 /// Binds each interface's socket (at [`cmdline::net_socket`], which QEMU's argv names) and
-/// starts its relay. Must run on a tokio runtime, before QEMU is spawned.
+/// starts its relay, with `mmds` ([`mmds_service`]) on the MMDS-bound interfaces. Must run on a
+/// tokio runtime, before QEMU is spawned.
 pub fn spawn_relays(
     resources: &VmResources,
     qmp_socket: &Path,
-    instance_id: &str,
+    mmds: Option<&Arc<Mmds>>,
 ) -> Result<Vec<Relay>, EngineError> {
-    let mmds = mmds_service(resources, instance_id);
     let mut relays = Vec::with_capacity(resources.net.len());
     for (index, iface) in resources.net.iter().enumerate() {
         let id = &iface.config.iface_id;
@@ -65,7 +65,7 @@ pub fn spawn_relays(
         let path = cmdline::net_socket(qmp_socket, index);
         let guest = tokio::net::UnixListener::bind(&path)
             .map_err(|e| fail(format!("cannot listen on {}: {e}", path.display())))?;
-        let detour = match &mmds {
+        let detour = match mmds {
             Some(mmds) if iface.mmds => {
                 let ip = mmds.config().ipv4_address;
                 let ends = squib_mmds::spawn_stack(mmds.clone(), ip)
