@@ -113,24 +113,10 @@ fn config_file_without_api_boots_the_same_guest() {
 
 #[test]
 fn qemu_dying_on_its_own_ends_squib_with_an_error() {
-    let guest = guest();
-    let mut squib = Squib::start(&[]);
-    let rootfs = rootfs_copy(&guest, squib.dir.path());
-    configure(
-        &squib,
-        &guest,
-        &rootfs,
-        "console=ttyS0 reboot=k panic=1 squib.action=wait",
-    );
-    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
-    let children = squib.children();
-    assert_eq!(
-        children.len(),
-        1,
-        "expected one QEMU child, got {children:?}"
-    );
+    let mut squib = boot_idle_guest(&guest());
+    let qemu = qemu_pid(&squib);
     let status = std::process::Command::new("kill")
-        .args(["-9", &children[0].to_string()])
+        .args(["-9", &qemu.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -141,42 +127,28 @@ fn qemu_dying_on_its_own_ends_squib_with_an_error() {
         "a crashed engine must not look like a clean shutdown"
     );
     assert!(
-        squib.console().contains("stopped unexpectedly"),
+        squib.log().contains("stopped unexpectedly"),
         "{}",
-        squib.console()
+        squib.transcript()
     );
 }
 
 #[test]
 fn terminating_squib_never_leaves_qemu_behind() {
-    let guest = guest();
-    let mut squib = Squib::start(&[]);
-    let rootfs = rootfs_copy(&guest, squib.dir.path());
-    configure(
-        &squib,
-        &guest,
-        &rootfs,
-        "console=ttyS0 reboot=k panic=1 squib.action=wait",
-    );
-    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
-    let children = squib.children();
-    assert_eq!(
-        children.len(),
-        1,
-        "expected one QEMU child, got {children:?}"
-    );
-    assert!(process_alive(children[0]));
+    let mut squib = boot_idle_guest(&guest());
+    let qemu = qemu_pid(&squib);
+    assert!(process_alive(qemu));
     std::process::Command::new("kill")
         .args(["-TERM", &squib.child.id().to_string()])
         .status()
         .unwrap();
     squib.wait_exit(Duration::from_secs(20));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while process_alive(children[0]) {
+    while process_alive(qemu) {
         assert!(
             std::time::Instant::now() < deadline,
             "QEMU {} outlived squib",
-            children[0]
+            qemu
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -371,16 +371,7 @@ fn serial_out_path_holds_the_console() {
 
 #[test]
 fn ctrl_alt_del_ends_the_vm() {
-    let guest = guest();
-    let mut squib = Squib::start(&[]);
-    let rootfs = rootfs_copy(&guest, squib.dir.path());
-    configure(
-        &squib,
-        &guest,
-        &rootfs,
-        "console=ttyS0 reboot=k panic=1 squib.action=wait",
-    );
-    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    let mut squib = boot_idle_guest(&guest());
     squib.wait_for_line("SQUIB-ACTION wait", BOOT_TIMEOUT);
     squib.ok("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
     let status = squib.wait_exit(Duration::from_secs(60));

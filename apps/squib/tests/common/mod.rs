@@ -82,6 +82,9 @@ pub struct Squib {
     pub child: Child,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// squib's own log, kept apart from the guest console: on a shared stdout a log line can
+    /// land in the middle of a console line and hide a marker.
+    pub log_path: Option<PathBuf>,
     output: Arc<(Mutex<Output>, Condvar)>,
 }
 
@@ -117,6 +120,12 @@ impl Squib {
         socket: PathBuf,
         args: &[String],
     ) -> Squib {
+        let mut args = args.to_vec();
+        let log_path =
+            (!args.iter().any(|a| a == "--log-path")).then(|| dir.path().join("squib.log"));
+        if let Some(path) = &log_path {
+            args.extend(["--log-path".to_string(), path.to_str().unwrap().to_string()]);
+        }
         let squib = env!("CARGO_BIN_EXE_squib");
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -127,7 +136,7 @@ impl Squib {
             None => Command::new(squib),
         };
         command
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -144,6 +153,7 @@ impl Squib {
             child,
             dir,
             socket,
+            log_path,
             output,
         };
         if !args.iter().any(|a| a == "--no-api") {
@@ -158,15 +168,33 @@ impl Squib {
             assert!(
                 Instant::now() < deadline,
                 "API socket never came up:\n{}",
-                self.console()
+                self.transcript()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Everything squib (and the guest console) printed so far.
+    /// Everything printed on squib's stdout and stderr so far: the guest console, and squib's
+    /// log when the test chose to keep it there.
     pub fn console(&self) -> String {
         self.output.0.lock().unwrap().lines.join("\n")
+    }
+
+    /// squib's log file (empty when the test sent the log elsewhere).
+    pub fn log(&self) -> String {
+        self.log_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Console and log, for failure messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- console ---\n{}\n--- squib log ---\n{}",
+            self.console(),
+            self.log()
+        )
     }
 
     pub fn count_lines(&self, needle: &str) -> usize {
@@ -191,9 +219,11 @@ impl Squib {
             }
             let now = Instant::now();
             if now >= deadline || out.closed {
-                let text = out.lines.join("\n");
                 drop(out);
-                panic!("no line with {needle:?} within {timeout:?}; output:\n{text}");
+                panic!(
+                    "no line with {needle:?} within {timeout:?}:\n{}",
+                    self.transcript()
+                );
             }
             out = ready.wait_timeout(out, deadline - now).unwrap().0;
         }
@@ -260,7 +290,7 @@ impl Squib {
             assert!(
                 Instant::now() < deadline,
                 "squib did not exit within {timeout:?}:\n{}",
-                self.console()
+                self.transcript()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -363,6 +393,31 @@ pub fn configure(squib: &Squib, guest: &Guest, rootfs: &Path, boot_args: &str) {
         "/machine-config",
         r#"{"vcpu_count":1,"mem_size_mib":256}"#,
     );
+}
+
+/// Starts squib and boots a guest that idles until told otherwise (Ctrl-Alt-Del reboots it).
+pub fn boot_idle_guest(guest: &Guest) -> Squib {
+    let squib = Squib::start(&[]);
+    let rootfs = rootfs_copy(guest, squib.dir.path());
+    configure(
+        &squib,
+        guest,
+        &rootfs,
+        "console=ttyS0 reboot=k panic=1 squib.action=wait",
+    );
+    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    squib
+}
+
+/// The one QEMU process squib runs.
+pub fn qemu_pid(squib: &Squib) -> u32 {
+    let children = squib.children();
+    assert_eq!(
+        children.len(),
+        1,
+        "expected one QEMU child, got {children:?}"
+    );
+    children[0]
 }
 
 pub const GUEST_MARKER: &str = "SQUIB-GUEST-INIT-OK";
