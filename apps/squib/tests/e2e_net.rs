@@ -352,6 +352,12 @@ fn ping_and_tcp_both_ways_through_the_relay() {
         ),
         "",
     );
+    let metrics_path = squib.dir.path().join("metrics.json");
+    squib.ok(
+        "PUT",
+        "/metrics",
+        &serde_json::json!({ "metrics_path": metrics_path }).to_string(),
+    );
     start(&squib);
 
     squib.wait_for_line("GUEST-PING-OK", STEP_TIMEOUT);
@@ -372,6 +378,20 @@ fn ping_and_tcp_both_ways_through_the_relay() {
     assert_eq!(got, UP);
     assert_eq!(sum, pattern_sum(UP));
     squib.wait_for_line(&format!("{SCRIPT_DONE} rc=0"), STEP_TIMEOUT);
+
+    // The relay's counters reach the metrics: every line carries deltas, so they add up to at
+    // least what crossed (frames carry headers on top of the payload).
+    squib.ok("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
+    let text = std::fs::read_to_string(&metrics_path).unwrap();
+    let total = |section: &str, key: &str| -> u64 {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| v[section][key].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(total("net_eth0", "tx_bytes_count") >= UP as u64, "{text}");
+    assert!(total("net_eth0", "rx_bytes_count") >= DOWN as u64, "{text}");
+    assert!(total("net", "tx_packets_count") > 0, "{text}");
     drop(squib);
 }
 

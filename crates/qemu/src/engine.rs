@@ -7,6 +7,7 @@ use std::time::Duration;
 use squib_vmm::config::balloon::BalloonStats;
 use squib_vmm::config::drive::{Drive, DriveBackend, IoEngine};
 use squib_vmm::config::machine_config::HugePages;
+use squib_vmm::metrics::{DeviceClass, MetricsRegistry};
 use squib_vmm::{Engine, EngineError, ExitWatch, RunningVm, VmExit, VmResources};
 use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
@@ -61,11 +62,16 @@ impl Default for EngineConfig {
 #[derive(Clone, Debug, Default)]
 pub struct QemuEngine {
     config: EngineConfig,
+    /// Set while [`Engine::restore`] runs `start`: what the guest is restored from.
+    restore_from: Option<crate::snapshot::PendingRestore>,
 }
 
 impl QemuEngine {
     pub fn new(config: EngineConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            restore_from: None,
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -84,6 +90,8 @@ pub struct QemuVm {
     relays: Vec<Relay>,
     mmds: Option<Arc<Mmds>>,
     devices: DeviceState,
+    /// The guest's RAM (QEMU maps it; squib reads it for snapshots).
+    ram: crate::snapshot::GuestRam,
     _runtime_dir: TempDir,
 }
 
@@ -124,11 +132,36 @@ impl QemuVm {
 }
 
 impl RunningVm for QemuVm {
+    fn register_metrics(&self, metrics: &MetricsRegistry) {
+        for relay in self.net_relays() {
+            let id = relay.iface_id().to_string();
+            metrics.register_device(
+                DeviceClass::Net,
+                &id,
+                Arc::new(move || relay.metrics().snapshot()),
+            );
+        }
+        if let Some(mmds) = self.mmds().cloned() {
+            metrics.set_section_source("mmds", Arc::new(move || mmds.metrics().snapshot()));
+        }
+    }
+
     async fn block_stats(
         &mut self,
     ) -> Result<Vec<(String, squib_vmm::metrics::BlockCounters)>, EngineError> {
         let stats = self.qmp.query_blockstats().await.map_err(engine_error)?;
         Ok(crate::block_stats::by_drive(&self.drives, &stats))
+    }
+
+    async fn save_snapshot(
+        &mut self,
+        device_state: &std::path::Path,
+        memory: &std::fs::File,
+    ) -> Result<(), EngineError> {
+        crate::snapshot::save_device_state(&self.qmp, device_state).await?;
+        self.ram
+            .copy_to(memory)
+            .map_err(|e| EngineError(format!("Cannot write memory file: {e}")))
     }
 
     async fn pause(&mut self) -> Result<(), EngineError> {
@@ -199,8 +232,28 @@ impl RunningVm for QemuVm {
 impl Engine for QemuEngine {
     type Vm = QemuVm;
 
+    async fn restore(
+        &mut self,
+        resources: &VmResources,
+        source: squib_vmm::RestoreSource<'_>,
+    ) -> Result<(QemuVm, ExitWatch), EngineError> {
+        self.restore_from = Some(crate::snapshot::PendingRestore {
+            device_state: source.device_state.to_vec(),
+            memory_file: source.memory_file.to_path_buf(),
+        });
+        let result = self.start(resources).await;
+        self.restore_from = None;
+        result
+    }
+
     async fn start(&mut self, resources: &VmResources) -> Result<(QemuVm, ExitWatch), EngineError> {
+        // A restore (see `restore`) starts the same device set, from a snapshot.
+        let restoring = self.restore_from.take();
         warn_unhonoured(resources);
+        let cpu_model = crate::cpu_model::CpuModel::for_resources(resources);
+        if let Some(model) = &cpu_model {
+            crate::cpu_model::applied::warn_unexpressible(model);
+        }
         let io_uring_fallback = io_uring_fallback(resources);
         let resources = io_uring_fallback.as_ref().unwrap_or(resources);
         let console = cmdline::console_target(resources, &self.config.console);
@@ -211,8 +264,11 @@ impl Engine for QemuEngine {
             .tempdir()
             .map_err(|e| EngineError(format!("cannot create QEMU's runtime directory: {e}")))?;
         let qmp_socket = runtime_dir.path().join("qmp.sock");
-        let args = cmdline::build_args(
-            resources,
+        let argv_resources = restoring
+            .as_ref()
+            .map(|_| crate::snapshot::argv_resources(resources));
+        let mut args = cmdline::build_args(
+            argv_resources.as_ref().unwrap_or(resources),
             &LaunchSpec {
                 accel,
                 qmp_socket: &qmp_socket,
@@ -224,6 +280,15 @@ impl Engine for QemuEngine {
             },
         )
         .map_err(|e| EngineError(e.to_string()))?;
+        let mem_bytes = resources.machine_config.mem_size_mib as u64 * 1024 * 1024;
+        let ram = match &restoring {
+            Some(r) => crate::snapshot::GuestRam::from_file(&r.memory_file, mem_bytes)?,
+            None => crate::snapshot::GuestRam::new(mem_bytes)?,
+        };
+        crate::snapshot::use_ram_file(&mut args, &ram.qemu_path());
+        if restoring.is_some() {
+            args = crate::snapshot::restore_args(args);
+        }
         // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
         let relays = net::spawn_relays(resources, &qmp_socket, mmds.as_ref())?;
@@ -238,23 +303,43 @@ impl Engine for QemuEngine {
             .map_err(|e| EngineError(e.to_string()))?;
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
+        if let Some(r) = &restoring {
+            let stream = runtime_dir.path().join("device-state");
+            std::fs::write(&stream, &r.device_state)
+                .map_err(|e| EngineError(format!("cannot stage the device state: {e}")))?;
+            crate::snapshot::load_device_state(&qmp, &stream)
+                .await
+                .map_err(|e| match process.try_exit() {
+                    Some(exit) => EngineError(format!("{e}; QEMU ended: {}", exit.describe())),
+                    None => e,
+                })?;
+            let _ = std::fs::remove_file(&stream);
+        }
         let devices = DeviceState::new(resources);
         devices
             .apply_initial(&qmp, resources)
             .await
             .map_err(|e| startup_error(&process, e))?;
-        // QEMU started paused (-S): let the vCPUs go and check they do.
-        qmp.cont().await.map_err(|e| startup_error(&process, e))?;
-        if !qmp
-            .is_running()
-            .await
-            .map_err(|e| startup_error(&process, e))?
-        {
-            return Err(EngineError(
-                "QEMU did not report the guest running after `cont`".to_string(),
-            ));
+        if let Some(model) = &cpu_model {
+            crate::cpu_model::applied::warn_unapplied(&qmp, model, accel).await;
         }
-        tracing::info!(pid = process.pid(), "guest running");
+        if restoring.is_some() {
+            // A restored guest stays paused until the VMM resumes it.
+            tracing::info!(pid = process.pid(), "guest restored, paused");
+        } else {
+            // QEMU started paused (-S): let the vCPUs go and check they do.
+            qmp.cont().await.map_err(|e| startup_error(&process, e))?;
+            if !qmp
+                .is_running()
+                .await
+                .map_err(|e| startup_error(&process, e))?
+            {
+                return Err(EngineError(
+                    "QEMU did not report the guest running after `cont`".to_string(),
+                ));
+            }
+            tracing::info!(pid = process.pid(), "guest running");
+        }
 
         let (exit_tx, exit_rx) = oneshot::channel();
         let exited = process.exit_watch();
@@ -282,6 +367,7 @@ impl Engine for QemuEngine {
                 relays,
                 mmds,
                 devices,
+                ram,
                 _runtime_dir: runtime_dir,
             },
             exit_rx,
@@ -381,9 +467,6 @@ fn warn_unhonoured(resources: &VmResources) {
     }
     if machine.smt {
         tracing::warn!("SMT is not honoured yet: every vCPU is a separate core");
-    }
-    if let Some(template) = machine.cpu_template {
-        tracing::warn!(?template, "CPU templates are not honoured yet");
     }
     if machine.track_dirty_pages {
         tracing::warn!("dirty page tracking is not honoured yet");

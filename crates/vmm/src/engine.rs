@@ -35,6 +35,26 @@ pub trait Engine: Send + 'static {
         &mut self,
         resources: &VmResources,
     ) -> impl Future<Output = Result<(Self::Vm, ExitWatch), EngineError>> + Send;
+
+    /// Restores a guest saved by [`RunningVm::save_snapshot`]: `resources` rebuild the same
+    /// device set, `source` gives the device state and the memory file (never modified).
+    /// Returns with the guest paused.
+    fn restore(
+        &mut self,
+        _resources: &VmResources,
+        _source: RestoreSource<'_>,
+    ) -> impl Future<Output = Result<(Self::Vm, ExitWatch), EngineError>> + Send {
+        async { Err(EngineError("this engine cannot restore snapshots".into())) }
+    }
+}
+
+/// What a snapshot restore starts from.
+#[derive(Clone, Copy, Debug)]
+pub struct RestoreSource<'a> {
+    /// The engine's device state, as [`RunningVm::save_snapshot`] wrote it.
+    pub device_state: &'a [u8],
+    /// The guest memory file; the engine copies it and never writes to it.
+    pub memory_file: &'a std::path::Path,
 }
 
 /// Controls one running guest.
@@ -80,4 +100,17 @@ pub trait RunningVm: Send + 'static {
     {
         async { Ok(Vec::new()) }
     }
+    /// Saves the paused guest: its device state into the new file `device_state`, its memory
+    /// into the new file `memory` (both created by the caller, empty). The guest stays
+    /// paused and can be resumed afterwards.
+    fn save_snapshot(
+        &mut self,
+        _device_state: &std::path::Path,
+        _memory: &std::fs::File,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError("this engine cannot save snapshots".into())) }
+    }
+    /// Hands the registry the counters the engine keeps live (network relays, MMDS), read
+    /// at every flush. Engines that keep none register nothing.
+    fn register_metrics(&self, _metrics: &crate::metrics::MetricsRegistry) {}
 }

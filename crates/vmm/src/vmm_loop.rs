@@ -21,13 +21,14 @@ use crate::config::metrics::{Metrics, MetricsConfig, MetricsConfigError};
 use crate::config::net::NetworkInterfaceError;
 use crate::config::pmem::PmemConfigError;
 use crate::config::rate_limiter::RateLimiterConfig;
-use crate::config::snapshot::LoadSnapshotParams;
 use crate::config::vsock::Vsock;
 use crate::engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
 use crate::metrics::{DeviceClass, MetricsRegistry};
 use crate::resources::VmResources;
 use crate::state::{VmState, VmmSnapshot};
 use crate::tap::{TapOpener, host_tap_opener};
+
+mod snapshot;
 
 /// Depth of the action queue; senders wait when it is full.
 pub const ACTION_QUEUE_DEPTH: usize = 64;
@@ -222,6 +223,9 @@ impl<E: Engine> Vmm<E> {
             PutMachineConfig(cfg) => self.update_machine_config(&MachineConfigUpdate::from(cfg)),
             PatchMachineConfig(update) => self.update_machine_config(&update),
             PutCpuConfiguration(template) => {
+                // A custom template replaces a static one, and the other way round (upstream
+                // keeps both in one field).
+                self.resources.machine_config.cpu_template = None;
                 self.resources.cpu_config = Some(template);
                 Ok(VmmData::Empty)
             }
@@ -346,20 +350,18 @@ impl<E: Engine> Vmm<E> {
             UpdateMemoryHotplugSize(_) => Err(VmmActionError::MemoryHotplugUpdate(
                 crate::action::device_not_found().0,
             )),
-            CreateSnapshot(_) => {
+            CreateSnapshot(params) => {
                 if self.state != VmState::Paused {
                     return Err(CreateSnapshotError::VmRunning.into());
                 }
-                Err(CreateSnapshotError::Unsupported.into())
+                self.create_snapshot(params).await
             }
             LoadSnapshot(params) => {
                 if self.boot_path {
                     return Err(LoadSnapshotError::LoadSnapshotNotAllowed.into());
                 }
-                let error = VmmActionError::from(load_snapshot(&params));
-                // Upstream exits after a failed load (contract §4.3).
-                self.fatal = Some(error.to_string());
-                Err(error)
+                // Upstream exits after a failed load (contract §4.3): set in there.
+                self.load_snapshot(params).await
             }
             StartMicroVm => self.start().await,
             // Without a metrics target this is a no-op, as upstream.
@@ -558,6 +560,9 @@ impl<E: Engine> Vmm<E> {
             return Err(MachineConfigError::IncompatibleBalloonSize.into());
         }
         self.resources.machine_config = updated;
+        if update.cpu_template.is_some() {
+            self.resources.cpu_config = None;
+        }
         Ok(VmmData::Empty)
     }
 
@@ -574,6 +579,8 @@ impl<E: Engine> Vmm<E> {
             .start(&self.resources)
             .await
             .map_err(StartMicroVmError::Engine)?;
+        self.metrics.clear_devices(DeviceClass::Net);
+        vm.register_metrics(&self.metrics);
         self.vm = Some(vm);
         self.exit = Some(exit);
         self.state = VmState::Running;
@@ -633,15 +640,6 @@ impl<E: Engine> Vmm<E> {
         self.vm
             .as_mut()
             .ok_or(VmmActionError::OperationNotSupportedPreBoot)
-    }
-}
-
-/// Squib cannot restore snapshots yet; the state file is still opened first so a wrong path
-/// gets upstream's answer.
-fn load_snapshot(params: &LoadSnapshotParams) -> LoadSnapshotError {
-    match std::fs::File::open(&params.snapshot_path) {
-        Err(e) => LoadSnapshotError::OpenStateFile(e.into()),
-        Ok(_) => LoadSnapshotError::Unsupported,
     }
 }
 
