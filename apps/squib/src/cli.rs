@@ -15,6 +15,10 @@ pub const EXIT_ARGUMENT_PARSING: u8 = 153;
 pub enum Invocation {
     Help(String),
     Version,
+    /// `--snapshot-version`: the version of squib's snapshot state-file format.
+    SnapshotVersion,
+    /// `--describe-snapshot PATH`: the format version of a state file.
+    DescribeSnapshot(PathBuf),
     Run(Box<RunArgs>),
 }
 
@@ -47,14 +51,6 @@ pub struct RunArgs {
 const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
     ("seccomp-filter", "squib runs no seccomp filters"),
     ("enable-pci", "PCI is not supported by squib yet"),
-    (
-        "snapshot-version",
-        "snapshots are not supported by squib yet",
-    ),
-    (
-        "describe-snapshot",
-        "snapshots are not supported by squib yet",
-    ),
 ];
 
 fn value(name: &'static str, help: &'static str) -> Arg {
@@ -183,6 +179,12 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation, St
     }
     if matches.get_flag("version") {
         return Ok(Invocation::Version);
+    }
+    if matches.get_flag("snapshot-version") {
+        return Ok(Invocation::SnapshotVersion);
+    }
+    if let Some(path) = matches.get_one::<String>("describe-snapshot") {
+        return Ok(Invocation::DescribeSnapshot(PathBuf::from(path)));
     }
     for (name, reason) in NOT_YET_SUPPORTED {
         let given = matches

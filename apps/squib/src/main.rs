@@ -42,6 +42,29 @@ fn main() -> ExitCode {
             println!("squib v{}\n", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        // squib's state files are squib's own format (not Firecracker's): the version
+        // printed is squib's format version.
+        Ok(Invocation::SnapshotVersion) => {
+            println!("v{}", squib_vmm::snapshot_file::SNAPSHOT_VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::DescribeSnapshot(path)) => {
+            let described = squib_vmm::snapshot_file::read_state_file(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    squib_vmm::snapshot_file::describe(&bytes).map_err(|e| e.to_string())
+                });
+            return match described {
+                Ok(version) => {
+                    println!("v{version}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("Failed to get snapshot data version: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Ok(Invocation::Run(args)) => args,
         Err(message) => {
             eprintln!("Arguments parsing error: {message}\n\nFor more information try --help.");

@@ -11,6 +11,7 @@ pub mod host_tsc;
 pub mod net;
 pub mod process;
 pub mod qmp;
+pub mod snapshot;
 pub mod throttle;
 
 pub use accel::{Accel, AccelChoice, AccelParseError, HostFacts};

@@ -294,3 +294,39 @@ impl QmpClient {
         }
     }
 }
+
+// Migration, for snapshots (arguments as QMP's JSON).
+json_command!(MigrateSetCapabilities, "migrate-set-capabilities");
+json_command!(Migrate, "migrate");
+json_command!(MigrateIncoming, "migrate-incoming");
+json_command!(QueryMigrate, "query-migrate");
+
+impl QmpClient {
+    /// Turns one migration capability on or off.
+    pub async fn migrate_set_capability(&self, name: &str, on: bool) -> Result<(), QmpError> {
+        self.execute(MigrateSetCapabilities(serde_json::json!({
+            "capabilities": [{ "capability": name, "state": on }]
+        })))
+        .await
+        .map(drop)
+    }
+
+    /// Starts an outgoing migration to `uri` (returns at once; see [`Self::query_migrate`]).
+    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
+        self.execute(Migrate(serde_json::json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// Starts an incoming migration from `uri` (QEMU was started with `-incoming defer`).
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+        self.execute(MigrateIncoming(serde_json::json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// `query-migrate`, as QMP's JSON (`status`, and `error-desc` when it failed).
+    pub async fn query_migrate(&self) -> Result<serde_json::Value, QmpError> {
+        self.execute(QueryMigrate(serde_json::json!({}))).await
+    }
+}

@@ -213,8 +213,14 @@ pub enum CreateSnapshotError {
         "Cannot save the microVM state: Operation not allowed: save/restore unavailable while running"
     )]
     VmRunning,
-    #[error("Snapshots are not supported by squib yet.")]
-    Unsupported,
+    #[error("Diff snapshots are not supported by squib: only Full snapshots can be created.")]
+    DiffUnsupported,
+    #[error("Cannot perform {0} on the snapshot backing file: {1}")]
+    SnapshotBackingFile(&'static str, crate::os_error::OsError),
+    #[error("Cannot perform {0} on the memory backing file: {1}")]
+    MemoryBackingFile(&'static str, crate::os_error::OsError),
+    #[error("Cannot save the microVM state: {0}")]
+    MicrovmState(EngineError),
 }
 
 /// Why `PUT /snapshot/load` failed.
@@ -226,8 +232,22 @@ pub enum LoadSnapshotError {
         "Failed to restore from snapshot: Failed to get snapshot state from file: Failed to open snapshot file: {0}"
     )]
     OpenStateFile(crate::os_error::OsError),
-    #[error("Snapshots are not supported by squib yet.")]
-    Unsupported,
+    #[error(
+        "Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: {0}"
+    )]
+    LoadStateFile(crate::snapshot_file::SnapshotFormatError),
+    #[error("Failed to restore from snapshot: Failed to get snapshot state from file: {0}")]
+    SnapshotState(String),
+    #[error(
+        "Failed to restore from snapshot: Failed to load guest memory: Error creating guest memory from file: {0}"
+    )]
+    GuestMemory(String),
+    #[error("Failed to restore from snapshot: {0}")]
+    Restore(String),
+    #[error("The Uffd memory backend is not supported by squib: use backend_type File.")]
+    UffdUnsupported,
+    #[error("Failed to resume microVM: {0}")]
+    Resume(EngineError),
 }
 
 /// A failed action; the display text is the client-visible fault message.

@@ -11,12 +11,13 @@ pub mod metrics;
 pub mod mmds_store;
 pub mod os_error;
 pub mod resources;
+pub mod snapshot_file;
 pub mod state;
 pub mod tap;
 pub mod vmm_loop;
 
 pub use action::{ActionRequest, ActionResult, VmmAction, VmmActionError, VmmData};
-pub use engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
+pub use engine::{Engine, EngineError, ExitWatch, RestoreSource, RunningVm, VmExit};
 pub use resources::VmResources;
 pub use state::{FIRECRACKER_API_VERSION, InstanceInfo, VmState, VmmSnapshot};
 pub use vmm_loop::{Vmm, VmmExit, VmmHandle};

@@ -1,0 +1,209 @@
+//! End-to-end snapshots: a guest printing `SQUIB-TICK n` every second is paused and
+//! snapshotted by one squib, then restored by new squib processes; its tick counter goes on
+//! from where it was. Error paths answer upstream's texts (and a failed load ends squib).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The highest `SQUIB-TICK n` printed so far.
+fn last_tick(squib: &Squib) -> u64 {
+    squib
+        .console()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SQUIB-TICK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The lowest tick printed (the first one after a restore).
+fn first_tick(squib: &Squib) -> u64 {
+    squib
+        .console()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SQUIB-TICK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .min()
+        .unwrap_or(0)
+}
+
+fn load_body(dir: &Path, resume: bool) -> String {
+    serde_json::json!({
+        "snapshot_path": dir.join("vm.state"),
+        "mem_backend": {"backend_type": "File", "backend_path": dir.join("vm.mem")},
+        "resume_vm": resume,
+    })
+    .to_string()
+}
+
+#[test]
+fn snapshot_create_then_restore_in_new_processes() {
+    let guest = guest();
+    let snap = tempfile::tempdir().unwrap();
+    let rootfs = rootfs_copy(&guest, snap.path());
+    let create_body = serde_json::json!({
+        "snapshot_path": snap.path().join("vm.state"),
+        "mem_file_path": snap.path().join("vm.mem"),
+    })
+    .to_string();
+
+    // Boot, then snapshot.
+    let ticks_at_snapshot;
+    {
+        let squib = Squib::start(&["--id", "e2e-snap"]);
+        configure(
+            &squib,
+            &guest,
+            &rootfs,
+            "console=ttyS0 reboot=k panic=1 squib.action=wait squib.tick=1",
+        );
+        squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+        squib.wait_for_line("SQUIB-TICK 3", BOOT_TIMEOUT);
+
+        let (status, body) = squib.api("PUT", "/snapshot/create", Some(&create_body));
+        assert_eq!(status, 400);
+        assert!(
+            body.contains("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running"),
+            "{body}"
+        );
+        let diff = create_body.replace('}', r#","snapshot_type":"Diff"}"#);
+        squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+        let (status, body) = squib.api("PUT", "/snapshot/create", Some(&diff));
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("Diff snapshots are not supported"), "{body}");
+
+        std::thread::sleep(Duration::from_millis(300));
+        ticks_at_snapshot = last_tick(&squib);
+        let started = Instant::now();
+        squib.ok("PUT", "/snapshot/create", &create_body);
+        eprintln!("create took {:?}", started.elapsed());
+        assert_eq!(squib.state(), "Paused");
+        let mem = std::fs::metadata(snap.path().join("vm.mem")).unwrap();
+        assert_eq!(mem.len(), 256 << 20);
+        let version = std::process::Command::new(env!("CARGO_BIN_EXE_squib"))
+            .arg("--describe-snapshot")
+            .arg(snap.path().join("vm.state"))
+            .output()
+            .unwrap();
+        assert!(version.status.success());
+        assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "v1.0.0");
+
+        // The snapshotted VM is still usable.
+        squib.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+        squib.wait_for_line(
+            &format!("SQUIB-TICK {}", ticks_at_snapshot + 1),
+            BOOT_TIMEOUT,
+        );
+        // Dropping squib kills it and its QEMU.
+    }
+    let mem_before = std::fs::read(snap.path().join("vm.mem")).unwrap();
+
+    // A new squib restores and resumes at once: the ticks go on from the snapshot's count.
+    {
+        let squib = Squib::start(&["--id", "e2e-snap-2"]);
+        let started = Instant::now();
+        squib.ok("PUT", "/snapshot/load", &load_body(snap.path(), true));
+        eprintln!("load took {:?}", started.elapsed());
+        assert_eq!(squib.state(), "Running");
+        let (_, config) = squib.api("GET", "/machine-config", None);
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(config["mem_size_mib"], 256);
+        assert_eq!(config["vcpu_count"], 1);
+        let (_, vm) = squib.api("GET", "/vm/config", None);
+        let vm: serde_json::Value = serde_json::from_str(&vm).unwrap();
+        assert_eq!(vm["boot-source"]["kernel_image_path"], "");
+        assert_eq!(vm["drives"][0]["drive_id"], "rootfs");
+        squib.wait_for_line(
+            &format!("SQUIB-TICK {}", ticks_at_snapshot + 3),
+            BOOT_TIMEOUT,
+        );
+        assert!(
+            first_tick(&squib) > ticks_at_snapshot,
+            "the restored guest restarted its count:\n{}",
+            squib.console()
+        );
+        assert!(
+            !squib.console().contains(GUEST_MARKER),
+            "the guest booted again"
+        );
+    }
+    // The restored guest ran, yet the user's memory file is untouched.
+    assert!(
+        std::fs::read(snap.path().join("vm.mem")).unwrap() == mem_before,
+        "the memory file was modified"
+    );
+
+    // Without resume_vm, the restored guest waits, paused, for PATCH /vm.
+    {
+        let squib = Squib::start(&[]);
+        squib.ok("PUT", "/snapshot/load", &load_body(snap.path(), false));
+        assert_eq!(squib.state(), "Paused");
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(last_tick(&squib), 0, "the guest ran while paused");
+        squib.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+        assert_eq!(squib.state(), "Running");
+        squib.wait_for_line(
+            &format!("SQUIB-TICK {}", ticks_at_snapshot + 2),
+            BOOT_TIMEOUT,
+        );
+        assert!(
+            first_tick(&squib) > ticks_at_snapshot,
+            "{}",
+            squib.console()
+        );
+    }
+}
+
+#[test]
+fn failed_loads_answer_upstream_texts_and_end_squib() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = dir.path().join("vm.mem");
+    std::fs::write(&mem, vec![0u8; 4096]).unwrap();
+
+    // A corrupt state file.
+    let state = dir.path().join("vm.state");
+    std::fs::write(&state, b"this is not a squib snapshot state file").unwrap();
+    let mut squib = Squib::start(&[]);
+    let (status, body) = squib.api("PUT", "/snapshot/load", Some(&load_body(dir.path(), false)));
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: CRC64 validation failed"),
+        "{body}"
+    );
+    assert_eq!(squib.wait_exit(Duration::from_secs(10)).code(), Some(1));
+
+    // A missing one.
+    std::fs::remove_file(&state).unwrap();
+    let mut squib = Squib::start(&[]);
+    let (status, body) = squib.api("PUT", "/snapshot/load", Some(&load_body(dir.path(), false)));
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("Failed to get snapshot state from file: Failed to open snapshot file: No such file or directory (os error 2)"),
+        "{body}"
+    );
+    assert_eq!(squib.wait_exit(Duration::from_secs(10)).code(), Some(1));
+
+    // The Uffd backend is refused plainly.
+    let mut squib = Squib::start(&[]);
+    let body = serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "Uffd", "backend_path": "/nonexistent.sock"},
+    })
+    .to_string();
+    let (status, body) = squib.api("PUT", "/snapshot/load", Some(&body));
+    assert_eq!(status, 400);
+    assert!(body.contains("Uffd"), "{body}");
+    assert_eq!(squib.wait_exit(Duration::from_secs(10)).code(), Some(1));
+
+    // --snapshot-version prints squib's own state-file format version.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_squib"))
+        .arg("--snapshot-version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1.0.0");
+}

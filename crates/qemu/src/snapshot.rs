@@ -1,0 +1,271 @@
+//! Snapshots on QEMU 7.2: guest RAM in shared memory that squib owns, plus migration with
+//! `x-ignore-shared`, so QEMU's migration stream holds the device state only.
+//!
+//! Guest RAM is a memfd created by squib and handed to QEMU as
+//! `memory-backend-file,share=on,mem-path=/proc/<squib>/fd/<n>`: shared (vhost-user and
+//! `x-ignore-shared` need that), never on a disk, gone with squib even on SIGKILL, and
+//! readable/writable by squib without asking QEMU.
+//!
+//! * Save: `migrate exec:cat > <file>` with `x-ignore-shared`, wait for `completed`, then copy
+//!   the memfd (sparse) to the memory file.
+//! * Restore: a fresh memfd is filled from the memory file (the file itself is never
+//!   written), QEMU starts with the same device set and `-incoming defer` (no kernel: the
+//!   guest's memory already holds it), then `migrate-incoming exec:cat <file>`.
+//!   QEMU 7.2 has no `file:` migration URI.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use squib_vmm::config::boot_source::{BootSource, BootSourceConfig};
+use squib_vmm::snapshot_file::{copy_sparse, file_len};
+use squib_vmm::{EngineError, VmResources};
+use tokio::time::Instant;
+
+use crate::qmp::{QmpClient, QmpError};
+
+/// The migration capability that leaves shared RAM out of the stream.
+const IGNORE_SHARED: &str = "x-ignore-shared";
+/// How long a save or a restore of the device state may take.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+const MIGRATION_POLL: Duration = Duration::from_millis(5);
+
+/// What the engine restores from (owned: it outlives the API request's borrow).
+#[derive(Clone, Debug)]
+pub struct PendingRestore {
+    pub device_state: Vec<u8>,
+    pub memory_file: PathBuf,
+}
+
+/// The guest's RAM: a memfd owned by squib.
+#[derive(Debug)]
+pub struct GuestRam {
+    file: File,
+    size: u64,
+}
+
+impl GuestRam {
+    /// A zeroed memfd of `size` bytes.
+    pub fn new(size: u64) -> Result<Self, EngineError> {
+        let name = c"squib-guest-ram";
+        // SAFETY: memfd_create with a valid NUL-terminated name and known flags; the new
+        // descriptor is owned by the `File` below.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(EngineError(format!(
+                "cannot create the guest memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size)
+            .map_err(|e| EngineError(format!("cannot size the guest memory: {e}")))?;
+        Ok(Self { file, size })
+    }
+
+    /// A memfd holding a copy of `memory_file`, which must be exactly `size` bytes.
+    pub fn from_file(memory_file: &Path, size: u64) -> Result<Self, EngineError> {
+        let mut source = File::open(memory_file).map_err(|e| {
+            EngineError(format!(
+                "Failed to load guest memory: cannot open the memory file {}: {e}",
+                memory_file.display()
+            ))
+        })?;
+        let len = file_len(&mut source).map_err(|e| EngineError(e.to_string()))?;
+        if len != size {
+            return Err(EngineError(format!(
+                "Failed to load guest memory: the memory file is {len} bytes, the snapshot's guest has {size}"
+            )));
+        }
+        let ram = Self::new(size)?;
+        copy_sparse(&source, &ram.file, size)
+            .map_err(|e| EngineError(format!("Failed to load guest memory: {e}")))?;
+        Ok(ram)
+    }
+
+    /// The path QEMU opens to map this memory.
+    pub fn qemu_path(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
+    }
+
+    /// Copies the guest memory into `out` (sparse), then fsyncs it.
+    pub fn copy_to(&self, out: &File) -> std::io::Result<()> {
+        copy_sparse(&self.file, out, self.size)?;
+        out.sync_all()
+    }
+}
+
+/// Swaps QEMU's guest RAM object for one mapping `mem_path` (shared).
+/// Returns false when the argv holds no guest RAM object to swap.
+pub fn use_ram_file(args: &mut [String], mem_path: &str) -> bool {
+    const MEMFD: &str = "memory-backend-memfd,id=ram,";
+    let Some(arg) = args.iter_mut().find(|a| a.starts_with(MEMFD)) else {
+        return false;
+    };
+    let rest = &arg[MEMFD.len()..];
+    *arg = format!(
+        "memory-backend-file,id=ram,{rest},mem-path={}",
+        crate::cmdline::escape_option_value(mem_path)
+    );
+    true
+}
+
+/// The argv of a restore: the boot's, without the kernel (the guest's memory holds it), and
+/// waiting for an incoming migration.
+pub fn restore_args(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        if matches!(arg.as_str(), "-kernel" | "-initrd" | "-append") {
+            iter.next();
+            continue;
+        }
+        out.push(arg);
+    }
+    out.push("-incoming".to_string());
+    out.push("defer".to_string());
+    out
+}
+
+/// The resources a restore builds its argv from: a placeholder boot source, which
+/// [`restore_args`] drops again (the restored VM has none).
+pub fn argv_resources(resources: &VmResources) -> VmResources {
+    let mut resources = resources.clone();
+    resources.boot_source = Some(BootSource {
+        config: BootSourceConfig::default(),
+    });
+    resources
+}
+
+/// A shell word for `exec:` migration URIs (QEMU runs them with `/bin/sh -c`).
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// Saves the paused guest's device state into `device_state` (an existing file).
+pub async fn save_device_state(qmp: &QmpClient, device_state: &Path) -> Result<(), EngineError> {
+    let err = |e: QmpError| EngineError(e.to_string());
+    qmp.migrate_set_capability(IGNORE_SHARED, true)
+        .await
+        .map_err(err)?;
+    qmp.migrate(&format!("exec:cat > {}", shell_quote(device_state)))
+        .await
+        .map_err(err)?;
+    wait_for_migration(qmp).await
+}
+
+/// Loads the device state of a restore (QEMU waits with `-incoming defer`); `stream` is a
+/// file in squib's private runtime directory.
+pub async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<(), EngineError> {
+    let err = |e: QmpError| EngineError(e.to_string());
+    qmp.migrate_set_capability(IGNORE_SHARED, true)
+        .await
+        .map_err(err)?;
+    qmp.migrate_incoming(&format!("exec:cat {}", shell_quote(stream)))
+        .await
+        .map_err(err)?;
+    wait_for_migration(qmp).await
+}
+
+async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
+    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    loop {
+        let info = qmp
+            .query_migrate()
+            .await
+            .map_err(|e| EngineError(e.to_string()))?;
+        match info["status"].as_str() {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = info["error-desc"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_string();
+                return Err(EngineError(format!("QEMU's migration failed: {why}")));
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(EngineError(format!(
+                "QEMU's migration did not complete within {MIGRATION_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(MIGRATION_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::Accel;
+    use crate::cmdline::{ConsoleTarget, LaunchSpec, build_args};
+
+    fn boot_args() -> Vec<String> {
+        let resources = VmResources {
+            boot_source: Some(BootSource {
+                config: BootSourceConfig {
+                    kernel_image_path: "/k".into(),
+                    initrd_path: Some("/i".into()),
+                    boot_args: Some("console=ttyS0".into()),
+                },
+            }),
+            ..VmResources::default()
+        };
+        build_args(
+            &resources,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/run/q/qmp.sock"),
+                console: &ConsoleTarget::Null,
+                tsc_khz: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn guest_ram_becomes_a_shared_file_mapping() {
+        let mut args = boot_args();
+        assert!(use_ram_file(&mut args, "/proc/1/fd/7"));
+        assert!(
+            args.contains(
+                &"memory-backend-file,id=ram,size=128M,share=on,mem-path=/proc/1/fd/7".to_string()
+            ),
+            "{args:?}"
+        );
+        assert!(!use_ram_file(&mut args, "/proc/1/fd/7"));
+    }
+
+    #[test]
+    fn restore_argv_has_no_kernel_and_waits_for_migration() {
+        let args = restore_args(boot_args());
+        for flag in ["-kernel", "-initrd", "-append", "/k", "/i"] {
+            assert!(!args.iter().any(|a| a == flag), "{flag} in {args:?}");
+        }
+        assert_eq!(args[args.len() - 2..], ["-incoming", "defer"]);
+        assert!(args.iter().any(|a| a == "-S"));
+    }
+
+    #[test]
+    fn exec_paths_are_shell_quoted() {
+        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn ram_copies_in_and_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        let mut content = vec![0u8; 1 << 20];
+        content[4096..4100].copy_from_slice(b"data");
+        std::fs::write(&path, &content).unwrap();
+        let ram = GuestRam::from_file(&path, 1 << 20).unwrap();
+        assert!(GuestRam::from_file(&path, 2 << 20).is_err());
+        let out_path = dir.path().join("out");
+        let out = File::create(&out_path).unwrap();
+        ram.copy_to(&out).unwrap();
+        assert_eq!(std::fs::read(&out_path).unwrap(), content);
+        assert_eq!(std::fs::read(ram.qemu_path()).unwrap().len(), content.len());
+    }
+}

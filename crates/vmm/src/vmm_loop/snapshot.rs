@@ -1,0 +1,237 @@
+//! `PUT /snapshot/create` and `PUT /snapshot/load` in the VMM loop.
+//!
+//! Create: the engine writes its device state into a temporary file next to `snapshot_path`
+//! and the guest memory into a temporary file next to `mem_file_path`; squib then writes its
+//! state file ([`crate::snapshot_file`]) to a temporary file, and both are fsynced and
+//! renamed into place (memory first). A user file at either path is replaced atomically,
+//! never half-written: a reader holding the old file keeps the old content.
+//!
+//! Load: the state file is read and checked, the resources are rebuilt from it (drives and
+//! interfaces re-validated like fresh configuration, network overrides applied), and the
+//! engine restores the guest from a private copy of the memory file.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::{METRICS_PERIOD, Vmm};
+use crate::action::{
+    ActionResult, CreateSnapshotError, LoadSnapshotError, VmmActionError, VmmData,
+};
+use crate::config::drive::Drive;
+use crate::config::machine_config::{HugePages, MachineConfig};
+use crate::config::snapshot::{
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
+};
+use crate::engine::{Engine, RestoreSource, RunningVm};
+use crate::metrics::DeviceClass;
+use crate::resources::VmResources;
+use crate::snapshot_file::{self, SnapshotResources, SnapshotState, TempFile};
+use crate::state::VmState;
+
+impl<E: Engine> Vmm<E> {
+    /// `PUT /snapshot/create` on a paused VM (checked by the caller).
+    pub(super) async fn create_snapshot(&mut self, params: CreateSnapshotParams) -> ActionResult {
+        let started = Instant::now();
+        if params.snapshot_type == SnapshotType::Diff {
+            return Err(CreateSnapshotError::DiffUnsupported.into());
+        }
+        let snapshot_path = Path::new(&params.snapshot_path);
+        let mem_path = Path::new(&params.mem_file_path);
+        let state_err = |op: &'static str| {
+            move |e: std::io::Error| CreateSnapshotError::SnapshotBackingFile(op, e.into())
+        };
+        let mem_err = |op: &'static str| {
+            move |e: std::io::Error| CreateSnapshotError::MemoryBackingFile(op, e.into())
+        };
+        let device_state = TempFile::create_for(snapshot_path).map_err(state_err("open"))?;
+        let memory = TempFile::create_for(mem_path).map_err(mem_err("open"))?;
+        let engine_started = Instant::now();
+        self.running_vm()?
+            .save_snapshot(&device_state.path, &memory.file)
+            .await
+            .map_err(CreateSnapshotError::MicrovmState)?;
+        let engine_us = engine_started.elapsed().as_micros() as u64;
+        let stream = std::fs::read(&device_state.path).map_err(state_err("read"))?;
+        drop(device_state);
+        let bytes =
+            snapshot_file::encode(&SnapshotResources::from_resources(&self.resources), &stream);
+        memory.persist(mem_path).map_err(mem_err("sync"))?;
+        snapshot_file::write_atomic(snapshot_path, &bytes).map_err(state_err("write"))?;
+        self.metrics
+            .store("latencies_us", "vmm_full_create_snapshot", engine_us);
+        self.metrics.store(
+            "latencies_us",
+            "full_create_snapshot",
+            started.elapsed().as_micros() as u64,
+        );
+        tracing::info!(
+            snapshot = %snapshot_path.display(),
+            memory = %mem_path.display(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot created"
+        );
+        Ok(VmmData::Empty)
+    }
+
+    /// `PUT /snapshot/load` (the boot-path rule is checked by the caller). Any failure is
+    /// fatal (contract §4.3).
+    pub(super) async fn load_snapshot(&mut self, params: LoadSnapshotParams) -> ActionResult {
+        let started = Instant::now();
+        match self.try_load_snapshot(params).await {
+            Ok(engine_us) => {
+                self.metrics
+                    .store("latencies_us", "vmm_load_snapshot", engine_us);
+                self.metrics.store(
+                    "latencies_us",
+                    "load_snapshot",
+                    started.elapsed().as_micros() as u64,
+                );
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    state = ?self.state,
+                    "snapshot loaded"
+                );
+                if self.metrics.is_installed() {
+                    if let Err(e) = self.flush_metrics().await {
+                        tracing::warn!("{e}");
+                    }
+                    let mut timer = tokio::time::interval_at(
+                        tokio::time::Instant::now() + METRICS_PERIOD,
+                        METRICS_PERIOD,
+                    );
+                    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    self.metrics_timer = Some(timer);
+                }
+                Ok(VmmData::Empty)
+            }
+            Err(error) => {
+                self.fatal = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Returns the engine's share of the time, in µs.
+    async fn try_load_snapshot(
+        &mut self,
+        params: LoadSnapshotParams,
+    ) -> Result<u64, VmmActionError> {
+        if params.mem_backend.backend_type == MemBackendType::Uffd {
+            return Err(LoadSnapshotError::UffdUnsupported.into());
+        }
+        let bytes = snapshot_file::read_state_file(Path::new(&params.snapshot_path))
+            .map_err(|e| LoadSnapshotError::OpenStateFile(e.into()))?;
+        let state = snapshot_file::decode(&bytes).map_err(LoadSnapshotError::LoadStateFile)?;
+        drop(bytes);
+        let resources = self.restored_resources(&state, &params)?;
+        let engine_started = Instant::now();
+        let (vm, exit) = self
+            .engine
+            .restore(
+                &resources,
+                RestoreSource {
+                    device_state: &state.device_state,
+                    memory_file: Path::new(&params.mem_backend.backend_path),
+                },
+            )
+            .await
+            .map_err(|e| LoadSnapshotError::Restore(e.0))?;
+        self.resources = resources;
+        self.metrics.clear_devices(DeviceClass::Net);
+        vm.register_metrics(&self.metrics);
+        self.vm = Some(vm);
+        self.exit = Some(exit);
+        self.state = VmState::Paused;
+        self.arm_stats_timer();
+        self.metrics.clear_devices(DeviceClass::Block);
+        for drive in self.resources.drives.iter() {
+            self.metrics
+                .set_device_values(DeviceClass::Block, &drive.id, Vec::new());
+        }
+        if params.resume_vm {
+            self.running_vm()?
+                .resume()
+                .await
+                .map_err(LoadSnapshotError::Resume)?;
+            self.state = VmState::Running;
+        }
+        Ok(engine_started.elapsed().as_micros() as u64)
+    }
+
+    /// The resources of the restored VM: the snapshot's device set (re-validated, overrides
+    /// applied), over what the client set before the load (logger, metrics, serial, MMDS
+    /// data). The boot source is empty, as upstream reports it after a restore.
+    fn restored_resources(
+        &self,
+        state: &SnapshotState,
+        params: &LoadSnapshotParams,
+    ) -> Result<VmResources, VmmActionError> {
+        let saved = &state.resources;
+        let huge_pages = match params.huge_pages {
+            SnapshotHugePages::Snapshot => saved.machine_config.huge_pages,
+            SnapshotHugePages::None => HugePages::None,
+            SnapshotHugePages::Transparent => HugePages::Transparent,
+            SnapshotHugePages::Hugetlbfs2M => HugePages::Hugetlbfs2M,
+        };
+        if huge_pages == HugePages::Hugetlbfs2M {
+            return Err(LoadSnapshotError::GuestMemory(
+                "Cannot restore hugetlbfs backed snapshot by mapping the memory file. Please use uffd."
+                    .into(),
+            )
+            .into());
+        }
+        if params.vsock_override.is_some() {
+            // squib's engine never runs a vsock device, so no snapshot carries one.
+            return Err(LoadSnapshotError::SnapshotState("Unknown Vsock Device.".into()).into());
+        }
+        let mut interfaces = saved.network_interfaces.clone();
+        for o in &params.network_overrides {
+            let iface = interfaces
+                .iter_mut()
+                .find(|i| i.iface_id == o.iface_id)
+                .ok_or_else(|| {
+                    LoadSnapshotError::SnapshotState("Unknown Network Device.".into())
+                })?;
+            iface.host_dev_name = o.host_dev_name.clone();
+        }
+
+        let mut resources = VmResources {
+            machine_config: MachineConfig {
+                vcpu_count: saved.machine_config.vcpu_count,
+                mem_size_mib: saved.machine_config.mem_size_mib,
+                track_dirty_pages: params.track_dirty_pages,
+                huge_pages,
+                ..MachineConfig::default()
+            },
+            boot_source: None,
+            balloon: saved.balloon,
+            entropy: saved.entropy,
+            ..self.resources.clone()
+        };
+        let restore = |what: String| VmmActionError::from(LoadSnapshotError::Restore(what));
+        for cfg in &saved.drives {
+            let id = cfg.drive_id.clone();
+            let drive =
+                Drive::try_from(cfg.clone()).map_err(|e| restore(format!("drive {id}: {e}")))?;
+            resources
+                .drives
+                .insert(drive)
+                .map_err(|e| restore(format!("drive {id}: {e}")))?;
+        }
+        for cfg in interfaces {
+            let id = cfg.iface_id.clone();
+            resources
+                .net
+                .insert(cfg, &self.open_tap)
+                .map_err(|e| restore(format!("network interface {id}: {e}")))?;
+        }
+        let unsupported = resources.unsupported_by_engine();
+        if !unsupported.is_empty() {
+            return Err(restore(format!(
+                "not supported by squib's engine: {}",
+                unsupported.join(", ")
+            )));
+        }
+        Ok(resources)
+    }
+}
