@@ -172,12 +172,12 @@ pub fn build_args(
         "-S",
     ]);
     push(&["-M", "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on"]);
-    push(&[
-        "-accel",
-        spec.accel.qemu_name(),
-        "-cpu",
-        spec.accel.cpu_model(),
-    ]);
+    // A CPU template adjusts the accelerator's base model (crate::cpu_model).
+    let cpu = crate::cpu_model::CpuModel::for_resources(resources).map_or_else(
+        || spec.accel.cpu_model().to_string(),
+        |model| model.qemu_cpu(spec.accel.cpu_model()),
+    );
+    push(&["-accel", spec.accel.qemu_name(), "-cpu", &cpu]);
     push(&["-smp", &machine.vcpu_count.to_string(), "-m", &mem]);
     // Shared guest RAM: needed later by vhost-user backends (vsock) and snapshots.
     push(&[

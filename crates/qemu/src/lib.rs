@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod block_stats;
 pub mod cmdline;
+pub mod cpu_model;
 pub mod devices;
 pub mod engine;
 pub mod host_tsc;

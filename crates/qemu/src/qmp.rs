@@ -295,6 +295,25 @@ impl QmpClient {
     }
 }
 
+json_command!(QueryCpusFast, "query-cpus-fast");
+
+/// vCPUs, for checking the CPU model QEMU realised.
+impl QmpClient {
+    /// `query-cpus-fast`: the QOM path of every vCPU, in CPU index order.
+    pub async fn cpu_qom_paths(&self) -> Result<Vec<String>, QmpError> {
+        let reply = self.execute(QueryCpusFast(serde_json::json!({}))).await?;
+        let paths = reply.as_array().map(|cpus| {
+            cpus.iter()
+                .filter_map(|cpu| cpu["qom-path"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        });
+        paths.ok_or(QmpError::Command {
+            command: "query-cpus-fast",
+            message: format!("unexpected reply {reply}"),
+        })
+    }
+}
+
 // Migration, for snapshots (arguments as QMP's JSON).
 json_command!(MigrateSetCapabilities, "migrate-set-capabilities");
 json_command!(Migrate, "migrate");

@@ -140,12 +140,6 @@ impl VmResources {
         if self.memory_hotplug.is_some() {
             out.push("memory hotplug");
         }
-        if self.cpu_config.is_some() {
-            out.push("custom CPU templates");
-        }
-        if self.machine_config.cpu_template.is_some() {
-            out.push("static CPU templates");
-        }
         out
     }
 }

@@ -1,5 +1,5 @@
-//! `/cpu-config`: a custom CPU template (x86_64 shape). Accepted and kept; squib's engine
-//! cannot apply one yet, so a configured template makes `InstanceStart` refuse.
+//! `/cpu-config`: a custom CPU template (x86_64 shape), applied by the engine through its
+//! CPU model (see the QEMU engine's `cpu_model`).
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
