@@ -286,6 +286,18 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_flags() {
+        assert!(matches!(
+            parse_str(&["--snapshot-version"]).unwrap(),
+            Invocation::SnapshotVersion
+        ));
+        assert!(matches!(
+            parse_str(&["--describe-snapshot", "/s"]).unwrap(),
+            Invocation::DescribeSnapshot(p) if p == std::path::Path::new("/s")
+        ));
+    }
+
+    #[test]
     fn unsupported_flags_are_refused_not_ignored() {
         let err = parse_str(&["--enable-pci"]).unwrap_err();
         assert!(err.contains("'enable-pci' is not supported"), "{err}");

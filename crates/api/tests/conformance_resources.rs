@@ -586,3 +586,67 @@ async fn boot_path_rule_and_fatal_load() {
         "{exit:?}"
     );
 }
+
+#[tokio::test]
+async fn corrupt_snapshot_state_files_fail_the_load_fatally() {
+    use squib_vmm::snapshot_file::{SnapshotResources, encode};
+    let resources = SnapshotResources::from_resources(&squib_vmm::VmResources::default());
+    let good = encode(&resources, b"device state");
+    let mut bad_magic = good.clone();
+    bad_magic[..8].copy_from_slice(&7u64.to_le_bytes());
+    let body = bad_magic.len() - 8;
+    let crc = squib_vmm::snapshot_file::crc64(&bad_magic[..body]);
+    bad_magic[body..].copy_from_slice(&crc.to_le_bytes());
+    let mut bad_crc = good.clone();
+    bad_crc[20] ^= 1;
+    let prefix = "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: ";
+    for (bytes, text) in [
+        (bad_crc, "CRC64 validation failed"),
+        (bad_magic, "Magic value does not match arch: 7"),
+        (
+            b"tiny".to_vec(),
+            "Snapshot file is smaller than CRC length.",
+        ),
+    ] {
+        let s = start().await;
+        let state = s.path("vm.state");
+        std::fs::write(&state, bytes).unwrap();
+        let body = serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": s.path("vm.mem")},
+        })
+        .to_string();
+        assert_fault(
+            &s.put("/snapshot/load", &body).await,
+            &format!("{prefix}{text}"),
+        );
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(5), s.vmm)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(exit, squib_vmm::VmmExit::FatalError(_)),
+            "{exit:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn diff_snapshots_are_refused_on_a_paused_vm() {
+    let s = start().await;
+    s.boot().await;
+    assert_eq!(s.patch("/vm", r#"{"state":"Paused"}"#).await.status(), 204);
+    let body = serde_json::json!({
+        "snapshot_path": s.path("vm.state"),
+        "mem_file_path": s.path("vm.mem"),
+        "snapshot_type": "Diff",
+    })
+    .to_string();
+    assert_fault(
+        &s.put("/snapshot/create", &body).await,
+        "Create snapshot error: Diff snapshots are not supported by squib: only Full snapshots can be created.",
+    );
+    // Nothing is left behind.
+    assert!(!std::path::Path::new(&s.path("vm.state")).exists());
+    assert!(!std::path::Path::new(&s.path("vm.mem")).exists());
+}
