@@ -13,6 +13,8 @@ PKGS=(
   xz-utils          # kernel payload extraction / .ko.xz modules
   iproute2          # tap devices for networking tests
   python3           # helper scripts / tests
+  make              # make bench, make bench-quick
+  curl              # scripts/demo.sh talks to the API socket with curl
   apt               # apt-get download / apt-cache for the guest kernel
   dpkg              # dpkg-deb -x
   grep

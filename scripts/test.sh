@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # squib's test command (README, .ci/run): installs what is missing (QEMU and friends, the test
-# guest), then runs the whole suite: unit tests, API conformance over a real Unix socket, and
-# end-to-end tests that boot real guests under QEMU.
+# guest), then runs the whole suite: the benchmark harness in quick mode, the Python clients
+# from PyPI, and last the Rust suite (unit tests, API conformance over a real Unix socket,
+# end-to-end tests that boot real guests under QEMU), whose summary closes the output.
+# Every part runs even when an earlier one failed; the script fails if any did.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 bash scripts/install-deps.sh
 bash guest/build.sh
+
+# The benchmark harness in quick mode (`make bench-quick`) keeps working: it prints the table
+# and writes target/bench/results.json, and fails only when a figure could not be measured
+# (figures are never asserted). The full run is `make bench`.
+bench_status=0
+make bench-quick || bench_status=$?
+
+# Real Firecracker clients from PyPI (firecracker-python, pyrecracker) drive squib.
+python_status=0
+bash tests/python/run.sh || python_status=$?
 
 # End-to-end tests boot guests under TCG: two at a time is what two cores carry well.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
@@ -18,19 +30,7 @@ else
   cargo test --workspace --no-fail-fast "$@" || cargo_status=$?
 fi
 
-# >>> python-clients: real Firecracker clients from PyPI (firecracker-python, pyrecracker) drive
-# squib; see tests/python/run.sh. Runs even when cargo failed; the script fails if either did.
-python_status=0
-bash tests/python/run.sh || python_status=$?
-if [[ $cargo_status -ne 0 || $python_status -ne 0 ]]; then
-  echo "scripts/test.sh: cargo tests exit $cargo_status, Python client tests exit $python_status" >&2
-  exit $((cargo_status != 0 ? cargo_status : python_status))
+if [[ $cargo_status -ne 0 || $python_status -ne 0 || $bench_status -ne 0 ]]; then
+  echo "scripts/test.sh: cargo tests exit $cargo_status, Python client tests exit $python_status, bench-quick exit $bench_status" >&2
+  exit 1
 fi
-# <<< python-clients
-
-# >>> bench-quick: the benchmark harness in quick mode (`make bench-quick`) keeps working: it
-# prints the table and writes target/bench/results.json, and fails only when a figure could not
-# be measured (figures are never asserted). The full run is `make bench`.
-cargo build --release -p squib -p squib-bench
-"${CARGO_TARGET_DIR:-target}/release/squib-bench" --quick
-# <<< bench-quick
