@@ -90,8 +90,8 @@ pub struct QemuVm {
     relays: Vec<Relay>,
     mmds: Option<Arc<Mmds>>,
     devices: DeviceState,
-    /// The guest's RAM (QEMU maps it; squib reads it for snapshots).
-    ram: crate::snapshot::GuestRam,
+    /// The guest's RAM (QEMU maps it; squib reads it for snapshots) and the CPU it runs.
+    snapshot: crate::snapshot::Snapshottable,
     _runtime_dir: TempDir,
 }
 
@@ -158,10 +158,7 @@ impl RunningVm for QemuVm {
         device_state: &std::path::Path,
         memory: &std::fs::File,
     ) -> Result<(), EngineError> {
-        crate::snapshot::save_device_state(&self.qmp, device_state).await?;
-        self.ram
-            .copy_to(memory)
-            .map_err(|e| EngineError(format!("Cannot write memory file: {e}")))
+        self.snapshot.save(&self.qmp, device_state, memory).await
     }
 
     async fn pause(&mut self) -> Result<(), EngineError> {
@@ -281,14 +278,8 @@ impl Engine for QemuEngine {
         )
         .map_err(|e| EngineError(e.to_string()))?;
         let mem_bytes = resources.machine_config.mem_size_mib as u64 * 1024 * 1024;
-        let ram = match &restoring {
-            Some(r) => crate::snapshot::GuestRam::from_file(&r.memory_file, mem_bytes)?,
-            None => crate::snapshot::GuestRam::new(mem_bytes)?,
-        };
-        crate::snapshot::use_ram_file(&mut args, &ram.qemu_path());
-        if restoring.is_some() {
-            args = crate::snapshot::restore_args(args);
-        }
+        let (snapshot, device_state) =
+            crate::snapshot::prepare(&mut args, accel, mem_bytes, restoring.as_ref())?;
         // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
         let relays = net::spawn_relays(resources, &qmp_socket, mmds.as_ref())?;
@@ -303,9 +294,9 @@ impl Engine for QemuEngine {
             .map_err(|e| EngineError(e.to_string()))?;
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
-        if let Some(r) = &restoring {
+        if let Some(device_state) = &device_state {
             let stream = runtime_dir.path().join("device-state");
-            std::fs::write(&stream, &r.device_state)
+            std::fs::write(&stream, device_state)
                 .map_err(|e| EngineError(format!("cannot stage the device state: {e}")))?;
             crate::snapshot::load_device_state(&qmp, &stream)
                 .await
@@ -367,7 +358,7 @@ impl Engine for QemuEngine {
                 relays,
                 mmds,
                 devices,
-                ram,
+                snapshot,
                 _runtime_dir: runtime_dir,
             },
             exit_rx,

@@ -97,6 +97,104 @@ impl GuestRam {
     }
 }
 
+/// What a QEMU guest needs to be snapshotted: its RAM, and the accelerator and `-cpu` it
+/// runs with (a restore must run the same CPU model, whatever the client configures).
+#[derive(Debug)]
+pub struct Snapshottable {
+    ram: GuestRam,
+    meta: EngineMeta,
+}
+
+/// The engine's header inside the device state: `u32` length, this as JSON, then QEMU's
+/// migration stream.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineMeta {
+    pub accel: String,
+    pub cpu: String,
+}
+
+/// Prefixes QEMU's migration stream with the engine's header.
+pub fn encode_device_state(meta: &EngineMeta, stream: &[u8]) -> Vec<u8> {
+    let header = serde_json::to_vec(meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + header.len() + stream.len());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(stream);
+    out
+}
+
+/// Splits the device state into the engine's header and QEMU's migration stream.
+pub fn decode_device_state(bytes: &[u8]) -> Result<(EngineMeta, &[u8]), EngineError> {
+    let bad = |why: String| EngineError(format!("the engine's device state is invalid: {why}"));
+    let len = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| bad("too short".into()))?;
+    let header = bytes
+        .get(4..4usize.saturating_add(len))
+        .ok_or_else(|| bad("truncated header".into()))?;
+    let meta = serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
+    Ok((meta, &bytes[4 + len..]))
+}
+
+impl Snapshottable {
+    /// Saves the paused guest: device state (engine header + migration stream) into
+    /// `device_state`, memory into `memory` (fsynced).
+    pub async fn save(
+        &self,
+        qmp: &QmpClient,
+        device_state: &Path,
+        memory: &File,
+    ) -> Result<(), EngineError> {
+        save_device_state(qmp, device_state).await?;
+        let stream = std::fs::read(device_state)
+            .map_err(|e| EngineError(format!("cannot read QEMU's device state: {e}")))?;
+        std::fs::write(device_state, encode_device_state(&self.meta, &stream))
+            .map_err(|e| EngineError(format!("cannot write the device state: {e}")))?;
+        self.ram
+            .copy_to(memory)
+            .map_err(|e| EngineError(format!("Cannot write memory file: {e}")))
+    }
+}
+
+/// Sets up guest RAM for a boot or a restore and adapts the argv; for a restore, also
+/// returns QEMU's migration stream to load.
+pub fn prepare(
+    args: &mut Vec<String>,
+    accel: crate::accel::Accel,
+    mem_bytes: u64,
+    restoring: Option<&PendingRestore>,
+) -> Result<(Snapshottable, Option<Vec<u8>>), EngineError> {
+    let cpu_at = args.iter().position(|a| a == "-cpu").map(|i| i + 1);
+    let Some(restore) = restoring else {
+        let ram = GuestRam::new(mem_bytes)?;
+        use_ram_file(args, &ram.qemu_path());
+        let meta = EngineMeta {
+            accel: accel.qemu_name().to_string(),
+            cpu: cpu_at
+                .and_then(|i| args.get(i))
+                .cloned()
+                .unwrap_or_default(),
+        };
+        return Ok((Snapshottable { ram, meta }, None));
+    };
+    let (meta, stream) = decode_device_state(&restore.device_state)?;
+    if meta.accel != accel.qemu_name() {
+        return Err(EngineError(format!(
+            "the snapshot was taken with the {} accelerator, this squib runs {}",
+            meta.accel,
+            accel.qemu_name()
+        )));
+    }
+    if let Some(slot) = cpu_at.and_then(|i| args.get_mut(i)) {
+        slot.clone_from(&meta.cpu);
+    }
+    let ram = GuestRam::from_file(&restore.memory_file, mem_bytes)?;
+    use_ram_file(args, &ram.qemu_path());
+    *args = restore_args(std::mem::take(args));
+    Ok((Snapshottable { ram, meta }, Some(stream.to_vec())))
+}
+
 /// Swaps QEMU's guest RAM object for one mapping `mem_path` (shared).
 /// Returns false when the argv holds no guest RAM object to swap.
 pub fn use_ram_file(args: &mut [String], mem_path: &str) -> bool {
@@ -246,6 +344,33 @@ mod tests {
         }
         assert_eq!(args[args.len() - 2..], ["-incoming", "defer"]);
         assert!(args.iter().any(|a| a == "-S"));
+    }
+
+    #[test]
+    fn device_state_carries_the_cpu_and_rejects_garbage() {
+        let meta = EngineMeta {
+            accel: "tcg".into(),
+            cpu: "max,-avx".into(),
+        };
+        let bytes = encode_device_state(&meta, b"QEVM");
+        let (back, stream) = decode_device_state(&bytes).unwrap();
+        assert_eq!((back, stream), (meta, &b"QEVM"[..]));
+        for bad in [&b""[..], b"\xff\xff\xff\x7f", b"\x02\0\0\0{x"] {
+            assert!(decode_device_state(bad).is_err());
+        }
+        let mut args = boot_args();
+        let restore = PendingRestore {
+            device_state: encode_device_state(
+                &EngineMeta {
+                    accel: "kvm".into(),
+                    cpu: "host".into(),
+                },
+                b"",
+            ),
+            memory_file: "/nonexistent".into(),
+        };
+        let err = prepare(&mut args, Accel::Tcg, 1 << 20, Some(&restore)).unwrap_err();
+        assert!(err.0.contains("kvm accelerator"), "{err}");
     }
 
     #[test]

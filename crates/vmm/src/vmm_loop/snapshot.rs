@@ -204,6 +204,9 @@ impl<E: Engine> Vmm<E> {
                 ..MachineConfig::default()
             },
             boot_source: None,
+            // The guest keeps the CPU it was saved with (the engine's device state records
+            // it); like upstream, the restored VM reports no template.
+            cpu_config: None,
             balloon: saved.balloon,
             entropy: saved.entropy,
             ..self.resources.clone()
