@@ -156,6 +156,22 @@ fn snapshot_create_then_restore_in_new_processes() {
             squib.console()
         );
     }
+
+    // An override for an interface the snapshot does not have fails the load, fatally.
+    {
+        let mut squib = Squib::start(&[]);
+        let mut body: serde_json::Value =
+            serde_json::from_str(&load_body(snap.path(), false)).unwrap();
+        body["network_overrides"] =
+            serde_json::json!([{"iface_id": "eth9", "host_dev_name": "tap9"}]);
+        let (status, reply) = squib.api("PUT", "/snapshot/load", Some(&body.to_string()));
+        assert_eq!(status, 400);
+        assert!(
+            reply.contains("Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Unknown Network Device."),
+            "{reply}"
+        );
+        assert_eq!(squib.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    }
 }
 
 #[test]
