@@ -234,7 +234,7 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     let code = match finished {
         Ok(outcome) => exit_code(outcome).await,
         Err(signal_code) => {
-            tracing::info!("Terminated by a signal; stopping the guest.");
+            tracing::info!("Terminated by a signal.");
             vmm_task.abort();
             // Let the aborted VMM task drop its VM (and kill QEMU) before the process exits.
             let _ = vmm_task.await;
