@@ -483,6 +483,10 @@ build_agent() {
 }
 
 # ------------------------------------------------------------------ main ----
+# Tests run in parallel and each asks for the guest: one build at a time, the others wait and
+# then find everything cached.
+exec 9>"$OUT/.build-lock"
+flock 9
 PKG="$(resolve_kernel_pkg)"
 if [ "$FORCE" = 1 ] || [ ! -f "$OUT/vmlinux" ] || [ ! -d "$OUT/modules" ] \
    || [ "$(sed -n 's/^pkg=//p' "$OUT/.kernel-stamp" 2>/dev/null)" != "$PKG" ]; then
@@ -504,15 +508,15 @@ else
   log "images cached"
 fi
 
-cat > "$OUT/guest.env" <<EOF
-KERNEL=$OUT/vmlinux
+ENV_TEXT="KERNEL=$OUT/vmlinux
 INITRD=$OUT/initrd.cpio.gz
 ROOTFS=$OUT/rootfs.ext4
-KERNEL_PKG=$PKG
-EOF
+KERNEL_PKG=$PKG"
+# Atomic, so a reader of guest.env never sees it half-written.
+printf '%s\n' "$ENV_TEXT" > "$OUT/guest.env.new" && mv "$OUT/guest.env.new" "$OUT/guest.env"
 
 if [ "$PRINT" = 1 ]; then
-  cat "$OUT/guest.env"
+  printf '%s\n' "$ENV_TEXT"
 else
   log "ready in $OUT"
 fi

@@ -550,7 +550,9 @@ fn boot_squib(config: &Config, guest: &GuestPaths, round: usize) -> anyhow::Resu
 }
 
 /// squib's QEMU argv made runnable by hand: `-S` dropped (nobody sends `cont`), the QMP
-/// socket moved to `qmp` (squib's runtime directory is gone).
+/// socket moved to `qmp` (squib's runtime directory is gone), and guest RAM that squib hands
+/// QEMU as its own memfd (`mem-path=/proc/<squib>/fd/<n>`) backed by a memfd of QEMU's own,
+/// same id and size, still shared.
 pub fn raw_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::with_capacity(argv.len());
     let mut old_qmp = None;
@@ -559,6 +561,11 @@ pub fn raw_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-S" => {}
+            "-object" if args.as_slice().first().is_some_and(|v| is_squib_ram(v)) => {
+                let value = args.next().context("-object without a value")?;
+                out.push("-object".to_string());
+                out.push(own_memfd(value)?);
+            }
             "-qmp" => {
                 let value = args.next().context("-qmp without a value")?;
                 let path = value
@@ -586,6 +593,25 @@ pub fn raw_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
         bail!("squib's QEMU argv refers to its runtime directory elsewhere: {stale:?}");
     }
     Ok(out)
+}
+
+fn is_squib_ram(object: &str) -> bool {
+    object.starts_with("memory-backend-file,") && object.contains("mem-path=/proc/")
+}
+
+/// `memory-backend-file,id=ram,size=256M,share=on,mem-path=/proc/…` → the same RAM as a memfd.
+fn own_memfd(object: &str) -> anyhow::Result<String> {
+    let field = |key: &str| {
+        object
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .with_context(|| format!("guest RAM object without {key}: {object:?}"))
+    };
+    Ok(format!(
+        "memory-backend-memfd,id={},size={},share=on",
+        field("id")?,
+        field("size")?
+    ))
 }
 
 struct RawBoot {
@@ -883,6 +909,21 @@ pub fn liveness(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Figure
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_argv_gives_qemu_its_own_ram() {
+        let argv: Vec<String> = [
+            "qemu-system-x86_64",
+            "-object",
+            "memory-backend-file,id=ram,size=256M,share=on,mem-path=/proc/42/fd/13",
+            "-qmp",
+            "unix:/run/squib-x/qmp.sock,server=on,wait=off",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = raw_argv(&argv, Path::new("/b/q.sock")).unwrap();
+        assert_eq!(out[2], "memory-backend-memfd,id=ram,size=256M,share=on");
+    }
 
     #[test]
     fn raw_argv_strips_s_and_moves_qmp() {
