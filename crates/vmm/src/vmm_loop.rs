@@ -579,18 +579,7 @@ impl<E: Engine> Vmm<E> {
             .start(&self.resources)
             .await
             .map_err(StartMicroVmError::Engine)?;
-        self.metrics.clear_devices(DeviceClass::Net);
-        vm.register_metrics(&self.metrics);
-        self.vm = Some(vm);
-        self.exit = Some(exit);
-        self.state = VmState::Running;
-        self.arm_stats_timer();
-        // Every drive has its `block_⟨id⟩` section from boot on; then the boot-time line.
-        self.metrics.clear_devices(DeviceClass::Block);
-        for drive in self.resources.drives.iter() {
-            self.metrics
-                .set_device_values(DeviceClass::Block, &drive.id, Vec::new());
-        }
+        self.adopt_vm(vm, exit, VmState::Running);
         if self.metrics.is_installed() {
             if let Err(e) = self.flush_metrics().await {
                 tracing::warn!("{e}");
@@ -603,6 +592,22 @@ impl<E: Engine> Vmm<E> {
             self.metrics_timer = Some(timer);
         }
         Ok(VmmData::Empty)
+    }
+
+    /// Takes over a guest the engine has just booted or restored: its exit watch, its live
+    /// counters, the balloon statistics timer, and a `block_⟨id⟩` metrics section per drive.
+    fn adopt_vm(&mut self, vm: E::Vm, exit: ExitWatch, state: VmState) {
+        self.metrics.clear_devices(DeviceClass::Net);
+        vm.register_metrics(&self.metrics);
+        self.vm = Some(vm);
+        self.exit = Some(exit);
+        self.state = state;
+        self.arm_stats_timer();
+        self.metrics.clear_devices(DeviceClass::Block);
+        for drive in self.resources.drives.iter() {
+            self.metrics
+                .set_device_values(DeviceClass::Block, &drive.id, Vec::new());
+        }
     }
 
     async fn set_paused(&mut self, paused: bool) -> ActionResult {

@@ -23,7 +23,6 @@ use crate::config::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
 };
 use crate::engine::{Engine, RestoreSource, RunningVm};
-use crate::metrics::DeviceClass;
 use crate::resources::VmResources;
 use crate::snapshot_file::{self, SnapshotResources, SnapshotState, TempFile};
 use crate::state::VmState;
@@ -137,17 +136,7 @@ impl<E: Engine> Vmm<E> {
             .await
             .map_err(|e| LoadSnapshotError::Restore(e.0))?;
         self.resources = resources;
-        self.metrics.clear_devices(DeviceClass::Net);
-        vm.register_metrics(&self.metrics);
-        self.vm = Some(vm);
-        self.exit = Some(exit);
-        self.state = VmState::Paused;
-        self.arm_stats_timer();
-        self.metrics.clear_devices(DeviceClass::Block);
-        for drive in self.resources.drives.iter() {
-            self.metrics
-                .set_device_values(DeviceClass::Block, &drive.id, Vec::new());
-        }
+        self.adopt_vm(vm, exit, VmState::Paused);
         if params.resume_vm {
             self.running_vm()?
                 .resume()
