@@ -27,6 +27,7 @@ const TAP: &str = "sqbbench0";
 const PORT: u16 = 5001;
 const TIMEOUT: Duration = Duration::from_secs(180);
 const RAW_TAP: &str = "raw QEMU with squib's argv, `-netdev stream` replaced by `-netdev tap,vhost=off` on the same kind of TAP, same guest and agent";
+const RAW_TAP_NO_OFFLOADS: &str = "the same raw QEMU with `vnet_hdr=off`: no checksum/segmentation offloads, as `-netdev stream` cannot offer them, so the ratio is the relay's own cost";
 
 struct Netns(String);
 
@@ -185,14 +186,17 @@ fn squib_run(
     Ok((result?, argv))
 }
 
-/// squib's argv with its stream netdev swapped for QEMU's own tap backend.
-fn tap_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
+/// squib's argv with its stream netdev swapped for QEMU's own tap backend, with or without
+/// the virtio-net header that carries offloads.
+fn tap_argv(argv: &[String], qmp: &Path, offloads: bool) -> anyhow::Result<Vec<String>> {
     let mut argv = argv.to_vec();
     let netdev = argv
         .iter_mut()
         .find(|a| a.starts_with("stream,id=net0,"))
         .context("squib's QEMU argv has no stream netdev net0")?;
-    *netdev = format!("tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off");
+    let vnet_hdr = if offloads { "on" } else { "off" };
+    *netdev =
+        format!("tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off,vnet_hdr={vnet_hdr}");
     scenarios::raw_argv(&argv, qmp)
 }
 
@@ -201,10 +205,11 @@ fn raw_run(
     dir: &Path,
     transfers: usize,
     bytes: usize,
+    offloads: bool,
 ) -> anyhow::Result<Vec<f64>> {
-    let ns = Netns::new("raw")?;
+    let ns = Netns::new(if offloads { "raw" } else { "rawnv" })?;
     ns.sink(transfers)?;
-    let argv = tap_argv(argv, &dir.join("raw-qmp.sock"))?;
+    let argv = tap_argv(argv, &dir.join("raw-qmp.sock"), offloads)?;
     ns.ip(&["link", "set", TAP, "up"])?;
     let mut command = ns.exec();
     command.args(&argv);
@@ -243,8 +248,11 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
     std::fs::write(&script, raw)?;
 
     let (squib, argv) = squib_run(config, &guest, dir.path(), &script, transfers, bytes)?;
-    let qemu = raw_run(&argv, dir.path(), transfers, bytes)?;
-    eprintln!("net: squib MB/s {squib:.1?}; raw QEMU tap MB/s {qemu:.1?}");
+    let qemu = raw_run(&argv, dir.path(), transfers, bytes, true)?;
+    let plain = raw_run(&argv, dir.path(), transfers, bytes, false)?;
+    eprintln!(
+        "net: squib MB/s {squib:.1?}; raw QEMU tap MB/s {qemu:.1?}; without offloads {plain:.1?}"
+    );
     Ok(vec![
         Figure::new(
             "net_tx_throughput",
@@ -260,5 +268,14 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "squib_mb_s": squib,
             "raw_tap_mb_s": qemu,
         })),
+        Figure::new(
+            "net_tx_throughput_no_offloads",
+            "guest→host TCP throughput vs tap without offloads, median",
+            "MB/s",
+            median(&squib),
+            median(&plain),
+            RAW_TAP_NO_OFFLOADS,
+        )
+        .with_extra(json!({ "raw_tap_no_offloads_mb_s": plain })),
     ])
 }
