@@ -5,7 +5,8 @@
 set -euo pipefail
 
 PKGS=(
-  qemu-system-x86   # qemu-system-x86_64 with the microvm machine
+  qemu-system-x86   # qemu-system-x86_64 with the microvm machine; pulls in
+                    # qemu-system-common (qemu-storage-daemon, the vhost-user-blk backend of the e2e tests)
   busybox-static    # guest userland (static, no libc needed in the guest)
   e2fsprogs         # mke2fs -d for the rootfs image
   cpio              # initramfs archive

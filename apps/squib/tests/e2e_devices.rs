@@ -125,6 +125,93 @@ echo "DATA-SIZE $(cat /sys/block/vdc/size)"
     assert_eq!(config["drives"][2]["io_engine"], "Async");
 }
 
+/// A `qemu-storage-daemon` exporting a raw image as a vhost-user-blk backend; killed on drop.
+struct VhostUserBlkDaemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl VhostUserBlkDaemon {
+    fn start(image: &Path, socket: &Path) -> Self {
+        let blockdev = format!(
+            "driver=file,node-name=f,filename={}",
+            image.to_str().unwrap().replace(',', ",,")
+        );
+        let export = format!(
+            "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
+            socket.to_str().unwrap().replace(',', ",,")
+        );
+        let child = std::process::Command::new("qemu-storage-daemon")
+            .args(["--blockdev", &blockdev, "--export", &export])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon (package qemu-system-common) must be installed");
+        let mut daemon = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon.socket.exists() {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("qemu-storage-daemon exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "no vhost-user socket after 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+impl Drop for VhostUserBlkDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn vhost_user_drive_is_served_by_an_external_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = data_disk(dir.path(), "vhost.img", "SQUIB-VHOST-USER-BLK", 2 * MIB);
+    let daemon = VhostUserBlkDaemon::start(&image, &dir.path().join("vub.sock"));
+    let script = r#"
+echo "VUB-CONTENT $(head -c 20 /dev/vdc)"
+echo "VUB-SIZE $(cat /sys/block/vdc/size)"
+"#;
+    let squib = boot_with_script(script, |s| {
+        put_drive(
+            s,
+            json!({"drive_id": "vub", "socket": daemon.socket, "is_root_device": false}),
+        );
+    });
+    squib.wait_for_line(SCRIPT_DONE, BOOT_TIMEOUT);
+    let console = squib.console();
+    assert!(
+        console.contains("VUB-CONTENT SQUIB-VHOST-USER-BLK"),
+        "{console}"
+    );
+    // 2 MiB in 512-byte sectors.
+    assert!(console.contains("VUB-SIZE 4096"), "{console}");
+    let config = get_json(&squib, "/vm/config");
+    assert_eq!(config["drives"][2]["socket"], json!(daemon.socket));
+    // Upstream's config refresh: QEMU's device handles the backend's config changes itself.
+    let (status, body) = squib.api("PATCH", "/drives/vub", Some(r#"{"drive_id":"vub"}"#));
+    assert_eq!(status, 204, "{body}");
+    squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let snapshot = json!({
+        "snapshot_path": dir.path().join("vm.state"),
+        "mem_file_path": dir.path().join("vm.mem"),
+    });
+    let (status, body) = squib.api("PUT", "/snapshot/create", Some(&snapshot.to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("Operation not allowed: Devices without snapshot support are present: vhost-user-block(id: vub)"),
+        "{body}"
+    );
+    drop(squib);
+    drop(daemon);
+}
+
 #[test]
 fn patched_drive_shows_new_content_and_size() {
     let dir = tempfile::tempdir().unwrap();

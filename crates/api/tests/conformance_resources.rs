@@ -650,3 +650,61 @@ async fn diff_snapshots_are_refused_on_a_paused_vm() {
     assert!(!std::path::Path::new(&s.path("vm.state")).exists());
     assert!(!std::path::Path::new(&s.path("vm.mem")).exists());
 }
+
+#[tokio::test]
+async fn vhost_user_drives_patch_and_snapshot_rules() {
+    let s = start().await;
+    let vhost = serde_json::json!({
+        "drive_id": "vub", "is_root_device": false, "socket": s.path("vhost.sock"),
+    });
+    assert_eq!(s.put("/drives/vub", &vhost.to_string()).await.status(), 204);
+    let file = serde_json::json!({
+        "drive_id": "file", "is_root_device": false, "path_on_host": s.disk.path(),
+    });
+    assert_eq!(s.put("/drives/file", &file.to_string()).await.status(), 204);
+    s.boot().await;
+
+    const DIFFERENT_BACKEND: &str = "Drive config error: Unable to patch the block device: Block: Running method expected different backend. Please verify the request arguments.";
+    // Neither path nor limiter: upstream's vhost-user config refresh (QEMU's device does it).
+    assert_eq!(
+        s.patch("/drives/vub", r#"{"drive_id":"vub"}"#)
+            .await
+            .status(),
+        204
+    );
+    let new_path = serde_json::json!({"drive_id": "vub", "path_on_host": s.disk.path()});
+    assert_fault(
+        &s.patch("/drives/vub", &new_path.to_string()).await,
+        DIFFERENT_BACKEND,
+    );
+    assert_fault(
+        &s.patch(
+            "/drives/vub",
+            r#"{"drive_id":"vub","rate_limiter":{"ops":{"size":10,"refill_time":100}}}"#,
+        )
+        .await,
+        DIFFERENT_BACKEND,
+    );
+    // The refresh is for vhost-user drives only.
+    assert_fault(
+        &s.patch("/drives/file", r#"{"drive_id":"file"}"#).await,
+        DIFFERENT_BACKEND,
+    );
+    assert_eq!(
+        s.vm_config().await["drives"][0]["socket"],
+        s.path("vhost.sock")
+    );
+
+    assert_eq!(s.patch("/vm", r#"{"state":"Paused"}"#).await.status(), 204);
+    let body = serde_json::json!({
+        "snapshot_path": s.path("vm.state"),
+        "mem_file_path": s.path("vm.mem"),
+    })
+    .to_string();
+    assert_fault(
+        &s.put("/snapshot/create", &body).await,
+        "Create snapshot error: Cannot save the microVM state: Operation not allowed: Devices without snapshot support are present: vhost-user-block(id: vub)",
+    );
+    assert!(!std::path::Path::new(&s.path("vm.state")).exists());
+    assert!(!std::path::Path::new(&s.path("vm.mem")).exists());
+}

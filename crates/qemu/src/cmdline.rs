@@ -48,8 +48,6 @@ pub struct LaunchSpec<'a> {
 pub enum CmdlineError {
     #[error("Cannot start microvm without kernel configuration.")]
     NoBootSource,
-    #[error("vhost-user drive `{0}` is not supported by squib yet")]
-    VhostUserDrive(String),
     #[error(
         "{count} virtio devices are configured, but QEMU's microvm machine offers at most {MAX_VIRTIO_MMIO_DEVICES}"
     )]
@@ -142,13 +140,6 @@ pub fn build_args(
         .boot_source
         .as_ref()
         .ok_or(CmdlineError::NoBootSource)?;
-    if let Some(drive) = resources
-        .drives
-        .iter()
-        .find(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
-    {
-        return Err(CmdlineError::VhostUserDrive(drive.id.clone()));
-    }
     let devices = resources.drives.len()
         + resources.net.len()
         + usize::from(resources.balloon.is_some())
@@ -172,6 +163,18 @@ pub fn build_args(
         "-S",
     ]);
     push(&["-M", "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on"]);
+    if resources
+        .drives
+        .iter()
+        .any(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
+    {
+        // microvm's virtio-mmio transports are legacy (version 1) by default, which
+        // libvhost-user backends refuse ("virtio legacy devices aren't supported"). Modern
+        // transports (version 2, as Firecracker's) only when a vhost-user drive needs them,
+        // so every other configuration keeps the device state its snapshots were taken with
+        // (and a VM with a vhost-user drive cannot be snapshotted).
+        push(&["-global", "virtio-mmio.force-legacy=false"]);
+    }
     // A CPU template adjusts the accelerator's base model (crate::cpu_model).
     let cpu = crate::cpu_model::CpuModel::for_resources(resources).map_or_else(
         || spec.accel.cpu_model().to_string(),
@@ -179,7 +182,7 @@ pub fn build_args(
     );
     push(&["-accel", spec.accel.qemu_name(), "-cpu", &cpu]);
     push(&["-smp", &machine.vcpu_count.to_string(), "-m", &mem]);
-    // Shared guest RAM: needed later by vhost-user backends (vsock) and snapshots.
+    // Shared guest RAM: vhost-user backends (block drives) map it, and snapshots need it.
     push(&[
         "-object",
         &format!("memory-backend-memfd,id=ram,size={mem},share=on"),
@@ -204,7 +207,12 @@ pub fn build_args(
     };
     push(&["-chardev", &console, "-serial", "chardev:console"]);
     for (index, drive) in resources.drives.iter().enumerate() {
-        push_drive(&mut args, index, drive);
+        match &drive.backend {
+            DriveBackend::File { .. } => push_drive(&mut args, index, drive),
+            DriveBackend::VhostUser { socket } => {
+                push_vhost_user_drive(&mut args, index, &drive.id, socket)
+            }
+        }
     }
     for (index, iface) in resources.net.iter().enumerate() {
         let socket = net_socket(spec.qmp_socket, index);
@@ -234,7 +242,6 @@ fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
         path, read_only, ..
     } = &drive.backend
     else {
-        // Refused by `build_args` before any drive is pushed.
         return;
     };
     let names = drive_names(index, &drive.id);
@@ -254,6 +261,30 @@ fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
     args.push(format!(
         "virtio-blk-device,drive={},id={}",
         names.node, names.device
+    ));
+}
+
+/// QEMU's chardev id for the vhost-user drive at `index` (in the resources' order).
+pub fn vhost_user_chardev_id(index: usize) -> String {
+    format!("vub_{index}")
+}
+
+/// A socket chardev connecting to the external vhost-user-blk backend, and the
+/// `vhost-user-blk` device over it (the bare virtio device, which plugs into one of microvm's
+/// virtio-mmio transports like `virtio-blk-device`). QEMU connects once, at start-up: the
+/// backend must already listen. The device has no block node in QEMU: the backend owns the
+/// data, its size and its read-only flag.
+fn push_vhost_user_drive(args: &mut Vec<String>, index: usize, id: &str, socket: &str) {
+    let chardev = vhost_user_chardev_id(index);
+    args.push("-chardev".to_string());
+    args.push(format!(
+        "socket,id={chardev},path={}",
+        escape_option_value(socket)
+    ));
+    args.push("-device".to_string());
+    args.push(format!(
+        "vhost-user-blk,chardev={chardev},id={}",
+        drive_names(index, id).device
     ));
 }
 
@@ -679,31 +710,104 @@ mod tests {
         assert_eq!(err, CmdlineError::NoBootSource);
     }
 
-    #[test]
-    fn vhost_user_drive_is_refused_by_name() {
-        let vhost = Drive {
-            id: "vhost0".into(),
-            is_root_device: false,
+    fn vhost_drive(id: &str, root: bool, socket: &str) -> Drive {
+        Drive {
+            id: id.into(),
+            is_root_device: root,
             partuuid: None,
             cache_type: CacheType::Unsafe,
             backend: DriveBackend::VhostUser {
-                socket: "/s".into(),
+                socket: socket.into(),
             },
-        };
-        let res = resources(vec![file_drive("root", true, "/r", false), vhost]);
-        let err = build_args(
-            &res,
-            &LaunchSpec {
-                accel: Accel::Tcg,
-                qmp_socket: Path::new("/q"),
-                console: &ConsoleTarget::Stdio,
-                tsc_khz: None,
-            },
-        )
-        .unwrap_err();
+        }
+    }
+
+    #[test]
+    fn vhost_user_drive_is_a_socket_chardev_and_a_vhost_user_blk_device() {
+        let res = resources(vec![
+            file_drive("root", true, "/r", false),
+            vhost_drive("vhost0", false, "/run/a,b/vhost.sock"),
+            file_drive("data", false, "/d", false),
+        ]);
+        let a = args(&res);
+        // No block node in QEMU for it: only the file drives get a -blockdev.
+        let blockdevs = values(&a, "-blockdev");
+        assert_eq!(blockdevs.len(), 2);
+        assert!(blockdevs[0].contains("node-name=drive_root,"));
+        assert!(blockdevs[1].contains("node-name=drive_data,"));
+        assert!(values(&a, "-chardev").contains(&"socket,id=vub_1,path=/run/a,,b/vhost.sock"));
+        let blk: Vec<_> = values(&a, "-device")
+            .into_iter()
+            .filter(|d| d.contains("blk"))
+            .collect();
+        // Device order is the guest's /dev/vdX order.
         assert_eq!(
-            err.to_string(),
-            "vhost-user drive `vhost0` is not supported by squib yet"
+            blk,
+            [
+                "virtio-blk-device,drive=drive_root,id=blk_root",
+                "vhost-user-blk,chardev=vub_1,id=blk_vhost0",
+                "virtio-blk-device,drive=drive_data,id=blk_data",
+            ]
+        );
+        assert_eq!(vhost_user_chardev_id(4), "vub_4");
+        assert_eq!(values(&a, "-global"), ["virtio-mmio.force-legacy=false"]);
+        // Without one, the transports stay legacy.
+        let a = args(&resources(vec![file_drive("root", true, "/r", false)]));
+        assert!(values(&a, "-global").is_empty());
+    }
+
+    #[test]
+    fn vhost_user_root_drive_is_vda_and_rw() {
+        let mut root = vhost_drive("root", true, "/s");
+        let res = resources(vec![file_drive("data", false, "/d", true), root.clone()]);
+        assert_eq!(
+            kernel_cmdline(&res, None).unwrap(),
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw"
+        );
+        let a = args(&res);
+        let devices: Vec<_> = values(&a, "-device")
+            .into_iter()
+            .filter(|d| d.contains("blk"))
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                "vhost-user-blk,chardev=vub_0,id=blk_root",
+                "virtio-blk-device,drive=drive_data,id=blk_data",
+            ]
+        );
+        root.partuuid = Some("0eaa91a0-01".into());
+        let res = resources(vec![root]);
+        assert_eq!(
+            kernel_cmdline(&res, None).unwrap(),
+            "console=ttyS0 reboot=k panic=1 root=PARTUUID=0eaa91a0-01 rw"
+        );
+    }
+
+    #[test]
+    fn vhost_user_drives_count_toward_the_24_transports() {
+        let spec = LaunchSpec {
+            accel: Accel::Tcg,
+            qmp_socket: Path::new("/q"),
+            console: &ConsoleTarget::Stdio,
+            tsc_khz: None,
+        };
+        let drives = |n: usize| {
+            (0..n)
+                .map(|i| vhost_drive(&format!("v{i}"), false, &format!("/s{i}")))
+                .collect::<Vec<_>>()
+        };
+        let a = build_args(&resources(drives(24)), &spec).unwrap();
+        assert_eq!(
+            values(&a, "-device")
+                .iter()
+                .filter(|d| d.starts_with("vhost-user-blk,"))
+                .count(),
+            24
+        );
+        assert_eq!(
+            build_args(&resources(drives(25)), &spec).unwrap_err(),
+            CmdlineError::TooManyDevices { count: 25 }
         );
     }
 

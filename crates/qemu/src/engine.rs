@@ -285,10 +285,13 @@ impl Engine for QemuEngine {
         // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
         let relays = net::spawn_relays(resources, &qmp_socket, mmds.as_ref())?;
+        // vhost-user drives have no block node in QEMU: their backend owns the I/O, and their
+        // metrics section is `vhost_user_block_⟨id⟩`, not `block_⟨id⟩`.
         let drives = resources
             .drives
             .iter()
             .enumerate()
+            .filter(|(_, d)| matches!(d.backend, DriveBackend::File { .. }))
             .map(|(i, d)| (d.id.clone(), cmdline::drive_names(i, &d.id)))
             .collect();
 

@@ -213,6 +213,11 @@ pub enum CreateSnapshotError {
         "Cannot save the microVM state: Operation not allowed: save/restore unavailable while running"
     )]
     VmRunning,
+    /// The listed devices are `vhost-user-block(id: ⟨drive id⟩)`, comma-separated.
+    #[error(
+        "Cannot save the microVM state: Operation not allowed: Devices without snapshot support are present: {0}"
+    )]
+    DevicesWithoutSnapshotSupport(String),
     #[error("Diff snapshots are not supported by squib: only Full snapshots can be created.")]
     DiffUnsupported,
     #[error("Cannot perform {0} on the snapshot backing file: {1}")]

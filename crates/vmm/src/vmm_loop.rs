@@ -454,6 +454,7 @@ impl<E: Engine> Vmm<E> {
         let Some(mut drive) = self.resources.drives.get(&update.drive_id).cloned() else {
             return Err(DriveError::PatchDeviceNotFound.into());
         };
+        let refresh = update.path_on_host.is_none() && update.rate_limiter.is_none();
         let DriveBackend::File {
             path,
             read_only,
@@ -461,9 +462,18 @@ impl<E: Engine> Vmm<E> {
             ..
         } = &mut drive.backend
         else {
-            return Err(DriveError::PatchDifferentBackend.into());
+            // A vhost-user drive: neither field is upstream's config refresh (re-read the
+            // backend's capacity and tell the guest). QEMU's vhost-user-blk already does that
+            // by itself whenever the backend signals a config change, so there is nothing
+            // left to do. A new path or rate limiter is for virtio drives only, as upstream.
+            self.running_vm()?;
+            return if refresh {
+                Ok(VmmData::Empty)
+            } else {
+                Err(DriveError::PatchDifferentBackend.into())
+            };
         };
-        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+        if refresh {
             // Upstream's vhost-user config refresh, on a virtio drive.
             return Err(DriveError::PatchDifferentBackend.into());
         }
@@ -595,7 +605,8 @@ impl<E: Engine> Vmm<E> {
     }
 
     /// Takes over a guest the engine has just booted or restored: its exit watch, its live
-    /// counters, the balloon statistics timer, and a `block_⟨id⟩` metrics section per drive.
+    /// counters, the balloon statistics timer, and a `block_⟨id⟩` (`vhost_user_block_⟨id⟩`) metrics
+    /// section per drive.
     fn adopt_vm(&mut self, vm: E::Vm, exit: ExitWatch, state: VmState) {
         self.metrics.clear_devices(DeviceClass::Net);
         vm.register_metrics(&self.metrics);
@@ -604,9 +615,13 @@ impl<E: Engine> Vmm<E> {
         self.state = state;
         self.arm_stats_timer();
         self.metrics.clear_devices(DeviceClass::Block);
+        self.metrics.clear_devices(DeviceClass::VhostUserBlock);
         for drive in self.resources.drives.iter() {
-            self.metrics
-                .set_device_values(DeviceClass::Block, &drive.id, Vec::new());
+            let class = match drive.backend {
+                DriveBackend::File { .. } => DeviceClass::Block,
+                DriveBackend::VhostUser { .. } => DeviceClass::VhostUserBlock,
+            };
+            self.metrics.set_device_values(class, &drive.id, Vec::new());
         }
     }
 

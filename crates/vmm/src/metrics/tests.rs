@@ -274,3 +274,18 @@ fn write_failure_is_counted() {
     );
     assert_eq!(registry.get("logger", "metrics_fails"), 1);
 }
+
+#[test]
+fn vhost_user_drives_get_their_own_section() {
+    let (registry, out) = installed(config());
+    registry.set_device_values(DeviceClass::Block, "rootfs", vec![]);
+    registry.set_device_values(DeviceClass::VhostUserBlock, "vub", vec![]);
+    assert!(registry.flush().unwrap());
+    let line = &out.lines()[0];
+    let keys = keys_in_order(line);
+    assert!(keys.contains(&"block_rootfs".to_string()), "{keys:?}");
+    assert!(!keys.contains(&"block_vub".to_string()), "{keys:?}");
+    let json: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(json["vhost_user_block_vub"]["cfg_fails"], 0);
+    assert_eq!(json["vhost_user_block_vub"]["activate_time_us"], 0);
+}

@@ -17,7 +17,7 @@ use super::{METRICS_PERIOD, Vmm};
 use crate::action::{
     ActionResult, CreateSnapshotError, LoadSnapshotError, VmmActionError, VmmData,
 };
-use crate::config::drive::Drive;
+use crate::config::drive::{Drive, DriveBackend};
 use crate::config::machine_config::{HugePages, MachineConfig};
 use crate::config::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
@@ -33,6 +33,20 @@ impl<E: Engine> Vmm<E> {
         let started = Instant::now();
         if params.snapshot_type == SnapshotType::Diff {
             return Err(CreateSnapshotError::DiffUnsupported.into());
+        }
+        // The guest state of a vhost-user device lives in its external backend: upstream
+        // refuses to save it, before any file is touched.
+        let unsupported: Vec<String> = self
+            .resources
+            .drives
+            .iter()
+            .filter(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
+            .map(|d| format!("vhost-user-block(id: {})", d.id))
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(
+                CreateSnapshotError::DevicesWithoutSnapshotSupport(unsupported.join(", ")).into(),
+            );
         }
         let snapshot_path = Path::new(&params.snapshot_path);
         let mem_path = Path::new(&params.mem_file_path);
