@@ -61,46 +61,51 @@ struct IfReq {
 /// `_IOW('T', 202, int)`: the value is the same on every Linux architecture squib targets.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
+/// Attaches a new `/dev/net/tun` descriptor to the TAP `name` (`TUNSETIFF` with
+/// `IFF_TAP | IFF_NO_PI`), blocking and without a runtime: the VMM opens TAPs this way when an
+/// interface is configured, and [`Tap::from_fd`] adopts the descriptor at boot. Only the length
+/// of the name is checked, as upstream does.
+pub fn attach(name: &str) -> Result<OwnedFd, TapError> {
+    let bytes = name.as_bytes();
+    if bytes.len() >= IFNAMSIZ {
+        return Err(TapError::InvalidName);
+    }
+    let file: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(TapError::OpenTun)?;
+
+    let mut req = IfReq {
+        name: [0; IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        _pad: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a properly initialised,
+    // NUL-terminated ifreq that outlives the call; TUNSETIFF only reads and writes within it.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(TapError::SetIff {
+            err: io::Error::last_os_error(),
+            name: name.to_owned(),
+        });
+    }
+    Ok(OwnedFd::from(file))
+}
+
 impl Tap {
     /// Attaches to the existing TAP `name`. Needs a tokio runtime (the fd is registered with it).
     pub fn open(name: &str) -> Result<Self, TapError> {
-        let bytes = name.as_bytes();
-        if bytes.len() >= IFNAMSIZ || bytes.contains(&0) {
+        if name.as_bytes().contains(&0) {
             return Err(TapError::InvalidName);
         }
-        let file: File = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(TapError::OpenTun)?;
-
-        let mut req = IfReq {
-            name: [0; IFNAMSIZ],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
-            _pad: [0; 22],
-        };
-        for (dst, src) in req.name.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a properly initialised,
-        // NUL-terminated ifreq that outlives the call; TUNSETIFF only reads and writes within it.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-        if rc < 0 {
-            return Err(TapError::SetIff {
-                err: io::Error::last_os_error(),
-                name: name.to_owned(),
-            });
-        }
-        // SAFETY: the `OwnedFd` is a valid, open descriptor that the `AsyncFd` owns from here on;
-        // nothing else can close or replace it while it is registered.
-        let fd = unsafe { AsyncFd::register(OwnedFd::from(file)) }
-            .map_err(|e| TapError::Register(e.into_parts().1))?;
+        let tap = Self::from_fd(attach(name)?, name)?;
         tracing::debug!(tap = name, "tap opened");
-        Ok(Self {
-            fd,
-            name: name.to_owned(),
-        })
+        Ok(tap)
     }
 
     /// Adopts a descriptor already attached to the TAP `name` (`TUNSETIFF` with

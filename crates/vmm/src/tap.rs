@@ -3,20 +3,11 @@
 //! alive while squib holds it.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use crate::os_error::OsError;
-
-/// `IFNAMSIZ`: interface names, NUL included.
-const IFNAMSIZ: usize = 16;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-/// `_IOW('T', 202, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// Why a TAP could not be opened; texts as upstream's `TapError`.
 #[derive(Debug, thiserror::Error)]
@@ -93,45 +84,20 @@ pub fn host_tap_opener() -> TapOpener {
     Arc::new(open_tap)
 }
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; IFNAMSIZ],
-    flags: libc::c_short,
-    // The kernel's ifreq is a 40-byte union; the rest is padding here.
-    _pad: [u8; 22],
-}
-
-/// Opens (or creates, with CAP_NET_ADMIN) the TAP named `name`.
+/// Opens (or creates, with CAP_NET_ADMIN) the TAP named `name`. No `IFF_VNET_HDR`: QEMU's stream
+/// netdev carries bare Ethernet frames, and the engine's relay adopts this very descriptor.
 pub fn open_tap(name: &str) -> Result<TapHandle, TapError> {
-    if name.len() >= IFNAMSIZ {
-        return Err(TapError::InvalidIfname);
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(|e| TapError::OpenTun(e.into()))?;
-    let mut request = IfReq {
-        name: [0; IFNAMSIZ],
-        // No IFF_VNET_HDR: QEMU's stream netdev carries bare Ethernet frames, and the engine's
-        // relay (`squib_net::Tap::from_fd`) adopts this very descriptor.
-        flags: IFF_TAP | IFF_NO_PI,
-        _pad: [0; 22],
-    };
-    request.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: `file` is an open descriptor of /dev/net/tun; `request` is a properly sized and
-    // initialised `struct ifreq` that outlives the call; TUNSETIFF only reads and writes it.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut request) };
-    if rc < 0 {
-        return Err(TapError::IfreqExecuteError(
-            io::Error::last_os_error().into(),
-            name.to_string(),
-        ));
-    }
+    use squib_net::TapError as NetError;
+    let fd = squib_net::tap::attach(name).map_err(|e| match e {
+        NetError::InvalidName => TapError::InvalidIfname,
+        NetError::OpenTun(e) => TapError::OpenTun(e.into()),
+        NetError::SetIff { err, name } => TapError::IfreqExecuteError(err.into(), name),
+        // Only adopting a descriptor into the event loop registers it; attaching never does.
+        NetError::Register(e) => TapError::OpenTun(e.into()),
+    })?;
     Ok(TapHandle {
         name: name.to_string(),
-        file: Some(Arc::new(file)),
+        file: Some(Arc::new(File::from(fd))),
     })
 }
 
