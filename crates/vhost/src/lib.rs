@@ -12,7 +12,9 @@
 //! 3. Call [`serve`] with a short device name (`vsock`, `net0`): it binds the vhost-user socket
 //!    at the given path (in squib's private runtime directory) and returns a [`BackendHandle`].
 //!    Start QEMU afterwards with `-chardev socket,id=…,path=…` (QEMU is the client) and the
-//!    device's `vhost-user-*` front-end on that chardev. Guest RAM must be shared
+//!    device's `vhost-user-*` front-end on that chardev. A device that also waits on descriptors
+//!    of its own (the vsock muxer's Unix sockets, a TAP) uses [`serve_with_workers`] to add them
+//!    to its vring worker's event loop. Guest RAM must be shared
 //!    (`memory-backend-file,share=on`, which squib always uses): QEMU passes its file
 //!    descriptors in `SET_MEM_TABLE` and the backend maps them as [`GuestMemory`].
 //! 4. Drop the handle (or call [`BackendHandle::stop`]) when the VM ends: the connection is shut,
@@ -38,7 +40,9 @@ mod counters;
 mod serve;
 mod thread;
 
-pub use serve::{BackendError, BackendHandle, BackendStatus, serve};
+pub use serve::{
+    BackendError, BackendHandle, BackendStatus, WorkerEpoll, serve, serve_with_workers,
+};
 pub use thread::{ThreadRole, set_thread_hook};
 pub use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 

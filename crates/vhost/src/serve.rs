@@ -106,6 +106,62 @@ pub fn serve<B>(device: &str, socket: &Path, backend: B) -> Result<BackendHandle
 where
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
 {
+    serve_with_workers(device, socket, backend, |_| {})
+}
+
+/// A vring worker's event loop, for a device that waits on descriptors of its own (sockets, a
+/// TAP, timers) on the same thread as its queues.
+#[derive(Clone)]
+pub struct WorkerEpoll(Arc<dyn EpollCtl>);
+
+impl std::fmt::Debug for WorkerEpoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerEpoll")
+    }
+}
+
+impl WorkerEpoll {
+    /// Watches `fd` for `events` (level-triggered): the worker then calls the backend's
+    /// `handle_event` with `device_event = id`. Ids up to the device's queue count are reserved
+    /// (the queues and the exit event): use `num_queues() + 1` and above.
+    pub fn add(&self, fd: std::os::fd::RawFd, events: EventSet, id: u64) -> std::io::Result<()> {
+        self.0.add(fd, events, id)
+    }
+
+    /// Stops watching `fd`.
+    pub fn remove(&self, fd: std::os::fd::RawFd, events: EventSet, id: u64) -> std::io::Result<()> {
+        self.0.remove(fd, events, id)
+    }
+}
+
+trait EpollCtl: Send + Sync {
+    fn add(&self, fd: std::os::fd::RawFd, events: EventSet, id: u64) -> std::io::Result<()>;
+    fn remove(&self, fd: std::os::fd::RawFd, events: EventSet, id: u64) -> std::io::Result<()>;
+}
+
+impl<T> EpollCtl for vhost_user_backend::VringEpollHandler<T>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = Vring> + 'static,
+{
+    fn add(&self, fd: std::os::fd::RawFd, events: EventSet, id: u64) -> std::io::Result<()> {
+        self.register_listener(fd, events, id)
+    }
+    fn remove(&self, fd: std::os::fd::RawFd, events: EventSet, id: u64) -> std::io::Result<()> {
+        self.unregister_listener(fd, events, id)
+    }
+}
+
+/// [`serve`], and `attach` is given each vring worker's event loop (index = worker thread) before
+/// QEMU can connect, to add the device's own descriptors to it.
+pub fn serve_with_workers<B>(
+    device: &str,
+    socket: &Path,
+    backend: B,
+    attach: impl FnOnce(Vec<WorkerEpoll>) + Send + 'static,
+) -> Result<BackendHandle, BackendError>
+where
+    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+{
     let listener = Listener::new(socket, true).map_err(|source| BackendError::Bind {
         path: socket.display().to_string(),
         source,
@@ -133,7 +189,15 @@ where
             .name(role.thread_name())
             .spawn(move || {
                 enter(|| role);
-                supervise(device, listener, backend, stop_consumer, shared, ready_tx)
+                supervise(
+                    device,
+                    listener,
+                    backend,
+                    attach,
+                    stop_consumer,
+                    shared,
+                    ready_tx,
+                )
             })
             .map_err(|e| start_error(e.to_string()))?
     };
@@ -160,6 +224,7 @@ fn supervise<B>(
     device: String,
     mut listener: Listener,
     backend: B,
+    attach: impl FnOnce(Vec<WorkerEpoll>),
     stop: EventConsumer,
     shared: Arc<Shared>,
     ready: mpsc::Sender<Result<(), String>>,
@@ -189,6 +254,13 @@ fn supervise<B>(
             return end(Some(e.to_string()));
         }
     };
+    attach(
+        daemon
+            .get_epoll_handlers()
+            .into_iter()
+            .map(|h| WorkerEpoll(h as Arc<dyn EpollCtl>))
+            .collect(),
+    );
     let _ = ready.send(Ok(()));
     if !wait_for_connection(&listener, &stop) || shared.stopping.load(Ordering::SeqCst) {
         return end(None);
@@ -380,6 +452,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct Probe {
         memory_updates: Arc<std::sync::atomic::AtomicUsize>,
+        events: Arc<Mutex<Vec<u16>>>,
     }
 
     impl VhostUserBackend for Probe {
@@ -403,7 +476,8 @@ mod tests {
             self.memory_updates.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        fn handle_event(&self, _: u16, _: EventSet, _: &[Vring], _: usize) -> std::io::Result<()> {
+        fn handle_event(&self, id: u16, _: EventSet, _: &[Vring], _: usize) -> std::io::Result<()> {
+            self.events.lock().unwrap().push(id);
             Ok(())
         }
     }
@@ -487,6 +561,30 @@ mod tests {
         let started = Instant::now();
         idle.stop();
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn device_descriptors_reach_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Probe::default();
+        let (event_consumer, event) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
+        let fd = event_consumer.as_raw_fd();
+        let handle =
+            serve_with_workers("own", &dir.path().join("c.sock"), probe.clone(), move |w| {
+                assert_eq!(w.len(), 1);
+                assert!(
+                    w[0].add(fd, EventSet::IN, 2).is_err(),
+                    "ids up to num_queues are reserved"
+                );
+                w[0].add(fd, EventSet::IN, 3).unwrap();
+            })
+            .unwrap();
+        event.notify().unwrap();
+        wait_for(|| probe.events.lock().unwrap().contains(&3));
+        let _ = event_consumer.consume();
+        let names = thread_names();
+        assert!(names.iter().any(|n| n == "squib-own-w0"), "{names:?}");
+        drop(handle);
     }
 
     #[test]
