@@ -288,6 +288,16 @@ if [ -n "$addr" ]; then
     say "SQUIB-NET-FAILED eth0 $addr"
   fi
 fi
+# What answers at each virtio-mmio device the command line announces
+# (virtio_mmio.device=SIZE@ADDR:IRQ): magic ("virt") and device id, read from the bus. The
+# kernel may not take these devices itself (Debian's has no VIRTIO_MMIO_CMDLINE_DEVICES).
+for w in $(cat /proc/cmdline); do
+  case "$w" in
+    virtio_mmio.device=*@*:*)
+      d="${w#*@}"; a="${d%%:*}"
+      say "SQUIB-VIRTIO-MMIO $a irq=${d#*:} magic=$(devmem "$a" 32) id=$(devmem "$(printf '0x%x' $((a + 8)))" 32)" ;;
+  esac
+done
 action="$(cmdline_get squib.action || true)"
 case "$action" in
   poweroff)
@@ -371,7 +381,14 @@ mount_basics
 mdir=/lib/modules/$(uname -r)
 if [ -f "$mdir/load-order" ]; then
   while read -r m; do
-    insmod "$mdir/$m.ko" 2>/dev/null || echo "squib-init: insmod $m failed" >&2
+    # Like modprobe, hand the module its `module.param=value` words of the kernel command line
+    # (`virtio_mmio.device=` is how a guest without ACPI learns of its devices).
+    params=""
+    for w in $(cat /proc/cmdline); do
+      case "$w" in "$m."*=*) params="$params ${w#"$m".}" ;; esac
+    done
+    # shellcheck disable=SC2086
+    insmod "$mdir/$m.ko" $params 2>/dev/null || echo "squib-init: insmod $m failed" >&2
   done < "$mdir/load-order"
 fi
 say "SQUIB-GUEST-INIT-OK"

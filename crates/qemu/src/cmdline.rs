@@ -16,6 +16,11 @@ use crate::accel::Accel;
 
 /// QEMU's `microvm` machine has this many virtio-mmio transports, and no hotplug.
 pub const MAX_VIRTIO_MMIO_DEVICES: usize = 24;
+/// Transports of the machine without ACPI (see [`legacy_interrupts`]): interrupts 5 to 12.
+pub const MAX_LEGACY_VIRTIO_MMIO_DEVICES: usize = 8;
+/// What QEMU appends to the guest command line per device without ACPI:
+/// ` virtio_mmio.device=512@0xfeb00e00:12` at most.
+const LEGACY_DEVICE_PARAM_LEN: usize = 37;
 
 /// QEMU limits block node names to 31 bytes.
 const MAX_NODE_NAME_LEN: usize = 31;
@@ -48,10 +53,9 @@ pub struct LaunchSpec<'a> {
 pub enum CmdlineError {
     #[error("Cannot start microvm without kernel configuration.")]
     NoBootSource,
-    #[error(
-        "{count} virtio devices are configured, but QEMU's microvm machine offers at most {MAX_VIRTIO_MMIO_DEVICES}"
-    )]
-    TooManyDevices { count: usize },
+    #[error("{count} virtio devices are configured, but QEMU's microvm machine offers at most {max}{}",
+        if *max == MAX_LEGACY_VIRTIO_MMIO_DEVICES { " when the kernel command line has `noapic` or `acpi=off`" } else { "" })]
+    TooManyDevices { count: usize, max: usize },
     #[error("the kernel command line with the root device parameters is too long ({len} bytes, at most {} allowed)", MAX_CMDLINE_LEN - 1)]
     CmdlineTooLong { len: usize },
     #[error("the {what} path is not valid UTF-8: {path:?}")]
@@ -123,10 +127,41 @@ pub fn kernel_cmdline(
         parts.push(format!("tsc_early_khz={khz}"));
     }
     let cmdline = parts.join(" ");
-    if cmdline.len() >= MAX_CMDLINE_LEN {
-        return Err(CmdlineError::CmdlineTooLong { len: cmdline.len() });
+    // Like Firecracker, the device parameters count against the limit.
+    let added = if legacy_interrupts(boot.cmdline()) {
+        device_count(resources) * LEGACY_DEVICE_PARAM_LEN
+    } else {
+        0
+    };
+    if cmdline.len() + added >= MAX_CMDLINE_LEN {
+        return Err(CmdlineError::CmdlineTooLong {
+            len: cmdline.len() + added,
+        });
     }
     Ok(cmdline)
+}
+
+/// Whether the guest kernel will route interrupts without ACPI's tables: `noapic` (the Go SDK's
+/// and firecracker-containerd's default arguments) leaves it the legacy PIC only, `acpi=off`
+/// (Kata's) the MP table only. microvm's ACPI machine puts the virtio-mmio transports on a
+/// second I/O APIC that only ACPI describes (interrupts 24 and up), and `noapic` beside its
+/// ACPI tables crashes the guest in `setup_local_APIC`. Such a guest gets microvm without ACPI
+/// instead: transports on interrupts 5 to 12, which the PIC and the MP table reach, and QEMU
+/// appends `virtio_mmio.device=512@⟨addr⟩:⟨irq⟩` for each device to the command line, as
+/// Firecracker does for every device. Its RTC (interrupt 8) is left out, as in Firecracker,
+/// since it would share a transport's interrupt.
+pub fn legacy_interrupts(boot_args: &str) -> bool {
+    boot_args
+        .split_ascii_whitespace()
+        .any(|w| w == "noapic" || w == "acpi=off")
+}
+
+/// The number of virtio-mmio devices `resources` configure.
+fn device_count(resources: &VmResources) -> usize {
+    resources.drives.len()
+        + resources.net.len()
+        + usize::from(resources.balloon.is_some())
+        + usize::from(resources.entropy.is_some())
 }
 
 /// QEMU's arguments (without the program name) for booting `resources`.
@@ -140,12 +175,18 @@ pub fn build_args(
         .boot_source
         .as_ref()
         .ok_or(CmdlineError::NoBootSource)?;
-    let devices = resources.drives.len()
-        + resources.net.len()
-        + usize::from(resources.balloon.is_some())
-        + usize::from(resources.entropy.is_some());
-    if devices > MAX_VIRTIO_MMIO_DEVICES {
-        return Err(CmdlineError::TooManyDevices { count: devices });
+    let legacy = legacy_interrupts(boot.cmdline());
+    let max = if legacy {
+        MAX_LEGACY_VIRTIO_MMIO_DEVICES
+    } else {
+        MAX_VIRTIO_MMIO_DEVICES
+    };
+    let devices = device_count(resources);
+    if devices > max {
+        return Err(CmdlineError::TooManyDevices {
+            count: devices,
+            max,
+        });
     }
     let cmdline = kernel_cmdline(resources, spec.tsc_khz)?;
     let qmp = utf8(spec.qmp_socket, "QMP socket")?;
@@ -162,7 +203,14 @@ pub fn build_args(
         "-no-reboot",
         "-S",
     ]);
-    push(&["-M", "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on"]);
+    push(&[
+        "-M",
+        if legacy {
+            "microvm,acpi=off,pit=on,pic=on,rtc=off,isa-serial=on,auto-kernel-cmdline=on"
+        } else {
+            "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on"
+        },
+    ]);
     if resources
         .drives
         .iter()
@@ -247,10 +295,12 @@ fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
     let names = drive_names(index, &drive.id);
     let on_off = |b: bool| if b { "on" } else { "off" };
     let no_flush = matches!(drive.cache_type, CacheType::Unsafe);
+    // No image locks, as Firecracker takes none: two microVMs may share a writable image, and a
+    // clone may be restored from a snapshot while its source still runs.
     args.push("-blockdev".to_string());
     args.push(format!(
         "driver=raw,node-name={node},read-only={ro},cache.direct=off,cache.no-flush={nf},\
-         file.driver=file,file.filename={file},file.aio={aio}",
+         file.driver=file,file.filename={file},file.aio={aio},file.locking=off",
         node = names.node,
         ro = on_off(*read_only),
         nf = on_off(no_flush),
@@ -502,11 +552,11 @@ mod tests {
             "-serial",
             "chardev:console",
             "-blockdev",
-            "driver=raw,node-name=drive_rootfs,read-only=on,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/img/rootfs.ext4,file.aio=threads",
+            "driver=raw,node-name=drive_rootfs,read-only=on,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/img/rootfs.ext4,file.aio=threads,file.locking=off",
             "-device",
             "virtio-blk-device,drive=drive_rootfs,id=blk_rootfs",
             "-blockdev",
-            "driver=raw,node-name=drive_data,read-only=off,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/img/data.ext4,file.aio=threads",
+            "driver=raw,node-name=drive_data,read-only=off,cache.direct=off,cache.no-flush=on,file.driver=file,file.filename=/img/data.ext4,file.aio=threads,file.locking=off",
             "-device",
             "virtio-blk-device,drive=drive_data,id=blk_data",
             "-qmp",
@@ -807,8 +857,72 @@ mod tests {
         );
         assert_eq!(
             build_args(&resources(drives(25)), &spec).unwrap_err(),
-            CmdlineError::TooManyDevices { count: 25 }
+            CmdlineError::TooManyDevices { count: 25, max: 24 }
         );
+    }
+
+    #[test]
+    fn noapic_or_acpi_off_boot_microvm_without_acpi() {
+        for args in [
+            "console=ttyS0 noapic reboot=k panic=1 pci=off nomodules",
+            "reboot=k panic=1 acpi=off",
+        ] {
+            let mut res = resources(vec![file_drive("root", true, "/r", false)]);
+            res.boot_source = Some(boot(Some(args), None));
+            let a = args_of(&res);
+            assert_eq!(
+                values(&a, "-M"),
+                ["microvm,acpi=off,pit=on,pic=on,rtc=off,isa-serial=on,auto-kernel-cmdline=on"]
+            );
+        }
+        // Only whole words count.
+        assert!(!legacy_interrupts("noapictimer acpi=offx xacpi=off"));
+        assert!(legacy_interrupts("a\tnoapic"));
+    }
+
+    #[test]
+    fn without_acpi_at_most_8_devices_and_their_parameters_count_against_the_limit() {
+        let drives = |n: usize| {
+            (0..n)
+                .map(|i| file_drive(&format!("d{i}"), false, &format!("/d{i}"), true))
+                .collect::<Vec<_>>()
+        };
+        let mut res = resources(drives(8));
+        res.boot_source = Some(boot(Some("noapic"), None));
+        assert_eq!(values(&args_of(&res), "-blockdev").len(), 8);
+        let mut res = resources(drives(9));
+        res.boot_source = Some(boot(Some("noapic"), None));
+        let err = build_args(&res, &spec()).unwrap_err();
+        assert_eq!(err, CmdlineError::TooManyDevices { count: 9, max: 8 });
+        assert_eq!(
+            err.to_string(),
+            "9 virtio devices are configured, but QEMU's microvm machine offers at most 8 \
+             when the kernel command line has `noapic` or `acpi=off`"
+        );
+        let mut res = resources(drives(2));
+        let args = |len: usize| format!("noapic {}", "x".repeat(len - "noapic ".len() - 2 * 37));
+        res.boot_source = Some(boot(Some(&args(MAX_CMDLINE_LEN - 1)), None));
+        assert!(kernel_cmdline(&res, None).is_ok());
+        res.boot_source = Some(boot(Some(&args(MAX_CMDLINE_LEN)), None));
+        assert_eq!(
+            kernel_cmdline(&res, None),
+            Err(CmdlineError::CmdlineTooLong {
+                len: MAX_CMDLINE_LEN
+            })
+        );
+    }
+
+    fn spec() -> LaunchSpec<'static> {
+        LaunchSpec {
+            accel: Accel::Tcg,
+            qmp_socket: Path::new("/q"),
+            console: &ConsoleTarget::Stdio,
+            tsc_khz: None,
+        }
+    }
+
+    fn args_of(res: &VmResources) -> Vec<String> {
+        build_args(res, &spec()).unwrap()
     }
 
     #[test]
@@ -827,7 +941,7 @@ mod tests {
         let a = build_args(&resources(drives(24)), &spec).unwrap();
         assert_eq!(values(&a, "-blockdev").len(), 24);
         let err = build_args(&resources(drives(25)), &spec).unwrap_err();
-        assert_eq!(err, CmdlineError::TooManyDevices { count: 25 });
+        assert_eq!(err, CmdlineError::TooManyDevices { count: 25, max: 24 });
         assert_eq!(
             err.to_string(),
             "25 virtio devices are configured, but QEMU's microvm machine offers at most 24"
@@ -902,7 +1016,7 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert_eq!(err, CmdlineError::TooManyDevices { count: 25 });
+        assert_eq!(err, CmdlineError::TooManyDevices { count: 25, max: 24 });
     }
 
     #[test]
@@ -914,7 +1028,7 @@ mod tests {
         }
         assert_eq!(qemu_aio(&d), "io_uring");
         let a = args(&resources(vec![d]));
-        assert!(values(&a, "-blockdev")[0].ends_with(",file.aio=io_uring"));
+        assert!(values(&a, "-blockdev")[0].ends_with(",file.aio=io_uring,file.locking=off"));
     }
 
     #[test]
@@ -981,7 +1095,7 @@ mod tests {
         res.entropy = Some(EntropyDeviceConfig::default());
         assert_eq!(
             build_args(&res, &spec).unwrap_err(),
-            CmdlineError::TooManyDevices { count: 25 }
+            CmdlineError::TooManyDevices { count: 25, max: 24 }
         );
     }
 

@@ -159,6 +159,8 @@ impl DeviceState {
             json!({
                 "driver": "file", "node-name": file_node, "filename": path,
                 "aio": cmdline::qemu_aio(drive), "read-only": ro, "cache": cache,
+                // Firecracker takes no image locks (see cmdline's drives).
+                "locking": "off",
             })
         };
         let raw_options = |ro: bool| -> Value {
