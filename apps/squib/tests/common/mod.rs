@@ -425,6 +425,22 @@ pub fn qemu_pid(squib: &Squib) -> u32 {
     children[0]
 }
 
+/// The accelerator the running QEMU was actually given (`-accel`), read from its command line:
+/// what squib chose, not what the test process's environment suggests.
+pub fn qemu_accel(squib: &Squib) -> String {
+    let pid = qemu_pid(squib);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("QEMU's command line");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| a == "-accel")
+        .unwrap_or_else(|| panic!("no -accel in {args:?}"));
+    args[at + 1].clone()
+}
+
 pub const GUEST_MARKER: &str = "SQUIB-GUEST-INIT-OK";
 pub const ROOTFS_MARKER: &str = "SQUIB-ROOTFS-OK";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);

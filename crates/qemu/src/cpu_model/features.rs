@@ -331,16 +331,27 @@ mod tests {
         }
     }
 
-    /// Every name must be one QEMU accepts: an unknown `-cpu` property is fatal.
+    /// Every name must be one QEMU accepts: an unknown `-cpu` property is fatal. Checks the QEMU
+    /// squib would run (`SQUIB_QEMU`, else the default binary); without one it skips, except
+    /// under `CI=true`, where a missing QEMU fails: CI must never pass by not testing.
     #[test]
     fn installed_qemu_knows_every_name() {
-        let Ok(out) = std::process::Command::new("qemu-system-x86_64")
+        let qemu = std::env::var_os("SQUIB_QEMU")
+            .unwrap_or_else(|| crate::engine::DEFAULT_QEMU_BINARY.into());
+        let out = match std::process::Command::new(&qemu)
             .args(["-cpu", "help"])
             .output()
-        else {
-            eprintln!("qemu-system-x86_64 not installed: skipped");
-            return;
+        {
+            Ok(out) => out,
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("{qemu:?} cannot run under CI: {e}")
+            }
+            Err(e) => {
+                eprintln!("{qemu:?} cannot run ({e}): skipped");
+                return;
+            }
         };
+        assert!(out.status.success(), "{qemu:?} -cpu help: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         let Some((_, flags)) = text.split_once("Recognized CPUID flags:") else {
             panic!("no flag list in `-cpu help`");
