@@ -35,6 +35,12 @@ const TX_BUFFER: usize = 64 * 1024;
 // Listening sockets kept ready, so simultaneous SYNs all find one.
 const SPARE_LISTENERS: usize = 2;
 const MTU: usize = 1514;
+/// A connection on which nothing moved for this long (no request byte in, no response byte
+/// out or acknowledged, no handshake or close progress) is reset, so a guest that leaks
+/// connections or stops reading cannot hold all [`MAX_CONNECTIONS`] for good.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+// Guest frames waiting for smoltcp; beyond this a burst is dropped, as a NIC drops on overrun.
+const MAX_QUEUED_FRAMES: usize = 64;
 
 const ETH_ARP: [u8; 2] = [0x08, 0x06];
 const ETH_IPV4: [u8; 2] = [0x08, 0x00];
@@ -122,12 +128,17 @@ impl phy::Device for QueueDevice {
     }
 }
 
-// One TCP socket and the HTTP state of the connection it carries.
+// One TCP socket and the HTTP state of the connection it carries. `inbuf` holds at most one
+// request head ([`MAX_REQUEST`]); `outbuf` at most one response: the next pipelined request is
+// only parsed once the previous answer went into the socket, so a guest that stops reading
+// (zero window) stalls its own requests in TCP instead of growing squib's memory.
 struct Conn {
     handle: SocketHandle,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     connected: bool,
+    last_activity: Instant,
+    send_queue: usize,
 }
 
 /// The MMDS endpoint of one interface. Synchronous and clock-driven, so tests can script it;
@@ -209,6 +220,10 @@ impl MmdsStack {
             return;
         }
         inc(&m.rx_accepted);
+        if self.device.rx.len() + 2 > MAX_QUEUED_FRAMES {
+            inc(&m.rx_accepted_err);
+            return;
+        }
         let mut frame = frame.to_vec();
         if frame[12..14] == ETH_IPV4 && frame.len() >= 34 {
             let src_mac: [u8; 6] = frame[6..12].try_into().unwrap_or_default();
@@ -238,12 +253,47 @@ impl MmdsStack {
         }
     }
 
-    /// How long until [`MmdsStack::poll`] has timer work, if at all.
+    /// How long until [`MmdsStack::poll`] has timer work (TCP's or an idle time-out), if at all.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         let ts = self.smol_now(now);
-        self.iface
+        let tcp = self
+            .iface
             .poll_delay(ts, &self.sockets)
-            .map(|d| Duration::from_micros(d.total_micros()))
+            .map(|d| Duration::from_micros(d.total_micros()));
+        let idle = self
+            .conns
+            .iter()
+            .filter(|c| c.connected)
+            .map(|c| (c.last_activity + IDLE_TIMEOUT).saturating_duration_since(now))
+            .min();
+        match (tcp, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes the stack holds on behalf of guests beyond its fixed socket buffers: request and
+    /// response buffers and queued frames. Bounded by [`MAX_CONNECTIONS`] × (one request head +
+    /// one response) plus a few frames, whatever the guest does.
+    pub fn held_bytes(&self) -> usize {
+        let conns: usize = self
+            .conns
+            .iter()
+            .map(|c| c.inbuf.capacity() + c.outbuf.capacity())
+            .sum();
+        let frames: usize = self
+            .device
+            .rx
+            .iter()
+            .chain(self.device.tx.iter())
+            .map(Vec::capacity)
+            .sum();
+        conns + frames
+    }
+
+    /// Connections currently open (handshake through close).
+    pub fn open_connections(&self) -> usize {
+        self.conns.iter().filter(|c| c.connected).count()
     }
 
     /// Frames for the guest produced so far.
@@ -266,57 +316,85 @@ impl MmdsStack {
             let sock = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             if sock.is_active() != conn.connected {
                 conn.connected = sock.is_active();
+                conn.last_activity = now;
+                conn.send_queue = 0;
                 if conn.connected {
                     inc(&m.connections_created);
                 } else {
                     inc(&m.connections_destroyed);
-                    conn.inbuf.clear();
-                    conn.outbuf.clear();
+                    release(&mut conn.inbuf);
+                    release(&mut conn.outbuf);
                 }
             }
             if sock.state() == tcp::State::Closed {
                 let _ = sock.listen(HTTP_PORT);
                 continue;
             }
-            while sock.can_recv() {
-                let room = MAX_REQUEST.saturating_sub(conn.inbuf.len());
-                let Ok(n) = sock.recv(|data| {
-                    let n = data.len().min(room.max(1));
-                    conn.inbuf.extend_from_slice(&data[..n]);
-                    (n, n)
-                }) else {
-                    break;
-                };
-                progressed |= n > 0;
-                if n == 0 {
+            if !conn.connected {
+                continue;
+            }
+            let mut moved = false;
+            loop {
+                // Flush the pending answer first; nothing more is read until it is out.
+                while !conn.outbuf.is_empty() && sock.can_send() {
+                    match sock.send_slice(&conn.outbuf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            conn.outbuf.drain(..n);
+                            moved = true;
+                        }
+                    }
+                }
+                if !conn.outbuf.is_empty() {
                     break;
                 }
-                // Answer everything complete so far (pipelining) before reading more.
-                while let Parsed::Complete { consumed, request } = parse(&conn.inbuf) {
+                release(&mut conn.outbuf);
+                if let Parsed::Complete { consumed, request } = parse(&conn.inbuf) {
                     let response = match request {
                         Ok(req) => self.mmds.respond(&req, now),
                         Err(err) => err.to_response(),
                     };
-                    conn.outbuf.extend_from_slice(&response.to_bytes());
+                    conn.outbuf = response.to_bytes();
                     conn.inbuf.drain(..consumed);
+                    moved = true;
+                    continue;
                 }
                 if conn.inbuf.len() >= MAX_REQUEST {
                     // A head that cannot fit the buffer resets the connection, as upstream.
                     inc(&m.rx_accepted_err);
                     sock.abort();
-                    conn.inbuf.clear();
-                    conn.outbuf.clear();
+                    release(&mut conn.inbuf);
                     break;
                 }
-            }
-            while !conn.outbuf.is_empty() && sock.can_send() {
-                match sock.send_slice(&conn.outbuf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        conn.outbuf.drain(..n);
-                        progressed = true;
-                    }
+                let room = MAX_REQUEST - conn.inbuf.len();
+                let Ok(n) = sock.recv(|data| {
+                    let n = data.len().min(room);
+                    conn.inbuf.extend_from_slice(&data[..n]);
+                    (n, n)
+                }) else {
+                    break;
+                };
+                if n == 0 {
+                    break;
                 }
+                moved = true;
+            }
+            // The guest acknowledging what was sent is progress too.
+            let queued = sock.send_queue();
+            if queued < conn.send_queue {
+                moved = true;
+            }
+            conn.send_queue = queued;
+            if moved {
+                conn.last_activity = now;
+                progressed = true;
+            } else if now.saturating_duration_since(conn.last_activity) >= IDLE_TIMEOUT {
+                tracing::debug!("MMDS: connection idle for {IDLE_TIMEOUT:?}, reset");
+                sock.abort();
+                release(&mut conn.inbuf);
+                release(&mut conn.outbuf);
+                progressed = true;
+                continue;
             }
             // The client finished sending and has everything it asked for: finish too.
             if !sock.may_recv() && sock.may_send() && conn.outbuf.is_empty() {
@@ -349,9 +427,17 @@ impl MmdsStack {
                 inbuf: Vec::new(),
                 outbuf: Vec::new(),
                 connected: false,
+                last_activity: self.epoch,
+                send_queue: 0,
             });
         }
     }
+}
+
+// Empties a buffer and gives its memory back, so an idle connection holds nothing.
+fn release(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.shrink_to(0);
 }
 
 // An ARP reply from the guest's (`ip`, `mac`) to the MMDS: it teaches smoltcp where to answer.

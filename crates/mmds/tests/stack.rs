@@ -392,3 +392,150 @@ fn v2_token_then_get_and_oversized_request_resets() {
     );
     assert!(resp.starts_with("HTTP/1.1 200 "));
 }
+
+fn mmds_with(value: serde_json::Value) -> Arc<Mmds> {
+    let data = new_data_handle();
+    data.store(Arc::new(value));
+    Arc::new(Mmds::new(data, MmdsConfig::default(), "vm"))
+}
+
+impl Guest {
+    // A connection whose receive buffer is `rx` bytes: with the guest never reading, its window
+    // closes once that much has arrived.
+    fn connect_with_window(&mut self, port: u16, rx: usize) -> SocketHandle {
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+        );
+        sock.connect(
+            self.iface.context(),
+            (IpAddress::Ipv4(DEFAULT_IPV4), 80),
+            port,
+        )
+        .unwrap();
+        self.sockets.add(sock)
+    }
+}
+
+#[test]
+fn a_guest_that_stops_reading_cannot_grow_the_stacks_memory() {
+    // 21 bytes of request, 8 KiB of answer: ~390× amplification per pipelined request.
+    let big = "x".repeat(8192);
+    let m = mmds_with(json!({"big": big}));
+    let t0 = Instant::now();
+    let stack = MmdsStack::new(m, DEFAULT_IPV4, t0).unwrap();
+    let mut g = Guest::new(stack, t0);
+    let h = g.connect_with_window(49160, 1024);
+    const REQUESTS: usize = 120;
+    let request = "GET /big HTTP/1.1\r\n\r\n".repeat(REQUESTS);
+    let mut sent = 0;
+    let mut peak = 0;
+    for _ in 0..3000 {
+        g.pump();
+        let sock = g.sockets.get_mut::<tcp::Socket>(h);
+        if sent < request.len() && sock.can_send() {
+            sent += sock.send_slice(&request.as_bytes()[sent..]).unwrap();
+        }
+        peak = peak.max(g.stack.held_bytes());
+    }
+    assert_eq!(
+        sent,
+        request.len(),
+        "the guest could queue all its requests"
+    );
+    // One request head and one answer at most, plus a few frames: nowhere near 120 × 8 KiB.
+    assert!(peak < 32 * 1024, "the stack held {peak} bytes");
+    assert_eq!(g.stack.open_connections(), 1);
+
+    // Once the guest reads again, every request gets its answer, in order.
+    let mut got = Vec::new();
+    for _ in 0..20_000 {
+        g.pump();
+        let sock = g.sockets.get_mut::<tcp::Socket>(h);
+        while sock.can_recv() {
+            sock.recv(|d| {
+                got.extend_from_slice(d);
+                (d.len(), ())
+            })
+            .unwrap();
+        }
+        peak = peak.max(g.stack.held_bytes());
+        if complete_responses(&String::from_utf8_lossy(&got)) == REQUESTS {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(complete_responses(&text), REQUESTS);
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), REQUESTS);
+    assert!(peak < 32 * 1024, "the stack held {peak} bytes");
+}
+
+#[test]
+fn idle_connections_are_reset_so_the_guest_gets_its_slots_back() {
+    use squib_mmds::stack::{IDLE_TIMEOUT, MAX_CONNECTIONS};
+    let m = mmds(MmdsVersion::V1);
+    let t0 = Instant::now();
+    let stack = MmdsStack::new(m.clone(), DEFAULT_IPV4, t0).unwrap();
+    let mut g = Guest::new(stack, t0);
+    // Every slot taken by a connection that never sends a byte, one with half a request.
+    let handles: Vec<SocketHandle> = (0..MAX_CONNECTIONS as u16)
+        .map(|i| g.connect(50000 + i))
+        .collect();
+    for _ in 0..50 {
+        g.pump();
+    }
+    g.sockets
+        .get_mut::<tcp::Socket>(handles[0])
+        .send_slice(b"GET /latest HTTP/1.1\r\n")
+        .unwrap();
+    for _ in 0..50 {
+        g.pump();
+    }
+    assert_eq!(g.stack.open_connections(), MAX_CONNECTIONS);
+    for &h in &handles {
+        assert_eq!(
+            g.sockets.get::<tcp::Socket>(h).state(),
+            tcp::State::Established
+        );
+    }
+    // The stack wants to wake up no later than the first idle deadline.
+    let delay = g.stack.poll_delay(g.now).expect("a pending idle deadline");
+    assert!(delay <= IDLE_TIMEOUT, "{delay:?}");
+
+    // Just short of the time-out nothing happens; past it every idle connection is reset.
+    g.now += IDLE_TIMEOUT - Duration::from_secs(1);
+    g.pump();
+    assert_eq!(g.stack.open_connections(), MAX_CONNECTIONS);
+    g.now += Duration::from_secs(2);
+    for _ in 0..20 {
+        g.pump();
+    }
+    assert_eq!(g.stack.open_connections(), 0);
+    for &h in &handles {
+        assert_eq!(g.sockets.get::<tcp::Socket>(h).state(), tcp::State::Closed);
+    }
+    assert_eq!(
+        m.metrics().connections_destroyed.load(Ordering::Relaxed),
+        MAX_CONNECTIONS as u64
+    );
+    // A fresh connection is served.
+    let h = g.connect(51000);
+    let resp = g.exchange(h, "GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\n", 1);
+    assert!(resp.ends_with("\r\n\r\nami-123"), "{resp}");
+}
+
+#[test]
+fn a_frame_flood_is_dropped_beyond_a_bounded_queue() {
+    let m = mmds(MmdsVersion::V1);
+    let t0 = Instant::now();
+    let mut stack = MmdsStack::new(m, DEFAULT_IPV4, t0).unwrap();
+    for i in 0..10_000u16 {
+        stack.handle_frame(
+            &tcp_syn(DEFAULT_IPV4, 80),
+            t0 + Duration::from_micros(i.into()),
+        );
+        stack.take_output();
+        assert!(stack.held_bytes() < 256 * 1024, "{}", stack.held_bytes());
+    }
+    assert!(stack.open_connections() <= squib_mmds::stack::MAX_CONNECTIONS);
+}
