@@ -132,6 +132,14 @@ impl<E: Engine> Vmm<E> {
         if params.mem_backend.backend_type == MemBackendType::Uffd {
             return Err(LoadSnapshotError::UffdUnsupported.into());
         }
+        if params.clock_realtime {
+            tracing::warn!(
+                "clock_realtime is not honoured: the guest's clock resumes where it was saved"
+            );
+        }
+        if params.track_dirty_pages {
+            tracing::warn!("track_dirty_pages is not honoured: squib takes Full snapshots only");
+        }
         let bytes = snapshot_file::read_state_file(Path::new(&params.snapshot_path))
             .map_err(|e| LoadSnapshotError::OpenStateFile(e.into()))?;
         let state = snapshot_file::decode(&bytes).map_err(LoadSnapshotError::LoadStateFile)?;
