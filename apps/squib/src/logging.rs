@@ -3,12 +3,11 @@
 //! `--level` & co. set it up at start; `PUT /logger` changes it later through [`LoggerControl`].
 
 use std::fmt::{self, Write as _};
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use squib_vmm::config::logger::{LogLevel, LoggerControl, LoggerUpdate};
+use squib_vmm::config::logger::{LogLevel, LoggerControl, LoggerUpdate, open_target};
 use tracing::field::{Field, Visit};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -80,16 +79,6 @@ pub struct LogOptions {
     pub show_level: bool,
     pub show_log_origin: bool,
     pub module: Option<String>,
-}
-
-/// Opens a log target the way upstream does (FIFO-friendly).
-pub fn open_target(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(path)
 }
 
 impl Logger {

@@ -3,6 +3,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Deserializer};
@@ -108,13 +110,16 @@ impl LoggerControl for RecordingLoggerControl {
 }
 
 /// Opens a log or metrics target like upstream: created if missing, read+write, neither
-/// truncated nor appended (writes start at offset 0), which suits FIFOs.
-pub fn open_target(path: &str) -> io::Result<File> {
+/// truncated nor appended (writes start at offset 0), which suits FIFOs, and `O_NONBLOCK`
+/// like upstream's, so a FIFO nobody reads (or whose reader stopped) makes writes fail with
+/// `EAGAIN` and lose the line instead of stalling the API, the VMM loop or signal handling.
+pub fn open_target(path: impl AsRef<Path>) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .read(true)
         .write(true)
         .truncate(false)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
 }
 
