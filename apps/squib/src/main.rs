@@ -189,7 +189,7 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     report_startup_times(&metrics, &args);
     let mut vmm_task = tokio::spawn(vmm.run());
 
-    let api_task = if args.no_api {
+    let mut api_task = if args.no_api {
         None
     } else {
         let listener = squib_api::bind(&args.api_sock).map_err(|e| {
@@ -199,12 +199,14 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
             );
             anyhow::anyhow!("{e}")
         })?;
-        let api_controller = controller.clone();
-        let max_payload = args.http_api_max_payload_size;
-        Some(tokio::spawn(squib_api::serve(
+        let limits = squib_api::ServerLimits {
+            max_payload: args.http_api_max_payload_size,
+            max_connections: connection_cap(),
+        };
+        Some(tokio::spawn(squib_api::serve_limited(
             listener,
-            api_controller,
-            max_payload,
+            controller.clone(),
+            limits,
         )))
     };
 
@@ -221,6 +223,16 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     let mut hangup = signal(SignalKind::hangup())?;
     let finished = tokio::select! {
         outcome = &mut vmm_task => Ok(outcome.context("the VMM loop panicked")?),
+        // The server never ends on its own; if it panics, say so and end with an error
+        // rather than as if the client had finished.
+        ended = async {
+            match api_task.as_mut() {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        } => {
+            anyhow::bail!("The API server stopped unexpectedly: {ended:?}");
+        }
         _ = terminate.recv() => Err(128 + libc::SIGTERM as u8),
         _ = interrupt.recv() => Err(128 + libc::SIGINT as u8),
         _ = hangup.recv() => Err(156),
@@ -297,6 +309,23 @@ fn install_panic_metrics(metrics: Arc<MetricsRegistry>) {
         let _ = metrics.try_flush();
         previous(info);
     }));
+}
+
+/// Open API connections allowed at once: [`squib_api::DEFAULT_MAX_CONNECTIONS`], fewer when
+/// the descriptor limit is low, so that the connections alone never use up the descriptors
+/// that QEMU's pipes, the QMP socket and snapshot files need (half of what is left after 64).
+fn connection_cap() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (soft.saturating_sub(64) / 2).clamp(4, squib_api::DEFAULT_MAX_CONNECTIONS)
 }
 
 fn read_config_file(path: &Path) -> anyhow::Result<String> {

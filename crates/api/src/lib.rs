@@ -13,4 +13,6 @@ pub mod routing;
 pub mod server;
 
 pub use controller::{Controller, DEFAULT_ACTION_TIMEOUT};
-pub use server::{DEFAULT_MAX_PAYLOAD, bind, serve};
+pub use server::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAYLOAD, ServerLimits, bind, serve, serve_limited,
+};

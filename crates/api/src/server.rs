@@ -3,16 +3,23 @@
 
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::UnixListener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::controller::Controller;
 use crate::response::ApiResponse;
@@ -21,6 +28,41 @@ use squib_vmm::VmmAction;
 
 /// Upstream's default for `--http-api-max-payload-size`.
 pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
+
+/// squib's default cap on open API connections (upstream's is 10; see docs/reliability.md).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// A request head (or the first one on a fresh connection) must be complete this long after
+/// the connection became idle; this is also how long an idle connection stays open.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body must be complete this long after its head.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection on which nothing moves (no byte read or written, no request being handled),
+/// e.g. a client that stopped reading its responses, is closed after this long.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after an `accept` error (`EMFILE` and friends) before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Upstream's exact answer to a connection over the cap, after which it closes it.
+const SERVER_FULL_REPLY: &[u8] = b"HTTP/1.1 503\r\nServer: Firecracker API\r\nConnection: close\r\nContent-Length: 40\r\n\r\n{ \"error\": \"Too many open connections\" }";
+
+/// The API server's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// `--http-api-max-payload-size`.
+    pub max_payload: usize,
+    /// Connections open at once; more get upstream's 503 and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
 
 struct ApiState {
     controller: Controller,
@@ -32,31 +74,211 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-/// Serves connections until the task is dropped. Connections are independent; requests on
+/// [`serve_limited`] with the default connection cap.
+pub async fn serve(listener: UnixListener, controller: Controller, max_payload: usize) {
+    serve_limited(
+        listener,
+        controller,
+        ServerLimits {
+            max_payload,
+            ..ServerLimits::default()
+        },
+    )
+    .await
+}
+
+/// Serves connections until the task is dropped; it never ends on its own (an `accept` error,
+/// e.g. out of descriptors, only pauses accepting). Connections are independent; requests on
 /// one connection are answered in order (pipelining included).
-pub async fn serve(
-    listener: UnixListener,
-    controller: Controller,
-    max_payload: usize,
-) -> io::Result<()> {
+pub async fn serve_limited(listener: UnixListener, controller: Controller, limits: ServerLimits) {
     let state = Arc::new(ApiState {
         controller,
-        max_payload,
+        max_payload: limits.max_payload,
     });
     let router = Router::new().fallback(handle).with_state(state);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut accept_errors = 0u64;
+    let mut refused = 0u64;
     loop {
-        let (stream, _) = listener.accept().await?;
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .auto_date_header(false)
-                .title_case_headers(true)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!("API connection ended: {e}");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors (or memory): the pending connection stays queued; accepting
+                // again at once would spin. Say so once per burst.
+                if accept_errors == 0 {
+                    tracing::warn!("The API server cannot accept a connection: {e}; retrying.");
+                }
+                accept_errors += 1;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
+        };
+        if accept_errors > 0 {
+            tracing::info!(
+                "The API server accepts connections again after {accept_errors} failed attempts."
+            );
+            accept_errors = 0;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // A fresh socket's send buffer is empty: the reply goes out without waiting.
+            let _ = stream.try_write(SERVER_FULL_REPLY);
+            if refused == 0 {
+                tracing::warn!(
+                    "The API server refuses connections: {} are open already.",
+                    limits.max_connections
+                );
+            }
+            refused += 1;
+            continue;
+        };
+        if refused > 0 {
+            tracing::info!("The API server refused {refused} connections while full.");
+            refused = 0;
+        }
+        let router = router.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, router).await;
+            drop(slot);
         });
+    }
+}
+
+/// One connection, closed when its head or body times out or when it stalls.
+async fn serve_connection(stream: UnixStream, router: Router) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service_activity = activity.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let activity = service_activity.clone();
+        let router = router.clone();
+        // Busy from the first poll: hyper creates the future of a pipelined request early
+        // but polls it only once it can write the answer, which a client that does not read
+        // prevents; such a connection must count as stalled, not busy.
+        async move {
+            let _busy = activity.busy();
+            router.oneshot(request.map(Body::new)).await
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .auto_date_header(false)
+        .title_case_headers(true)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    loop {
+        let deadline = activity.last_progress() + STALL_TIMEOUT;
+        tokio::select! {
+            outcome = connection.as_mut() => {
+                if let Err(e) = outcome {
+                    tracing::debug!("API connection ended: {e}");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if !activity.is_busy() && activity.last_progress() + STALL_TIMEOUT <= Instant::now() {
+                    tracing::debug!("API connection closed: nothing moved for {STALL_TIMEOUT:?}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, and how many of its requests are being handled.
+struct Activity {
+    epoch: Instant,
+    progress_ms: AtomicU64,
+    busy: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            progress_ms: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    fn stamp(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_progress(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.progress_ms.load(Ordering::Relaxed))
+    }
+
+    fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
+    }
+
+    fn busy(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        BusyGuard(self.clone())
+    }
+}
+
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.stamp();
+    }
+}
+
+/// The connection's stream, stamping [`Activity`] whenever bytes move.
+struct Watched {
+    inner: UnixStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.stamp();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.stamp();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -101,10 +323,19 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let body = match Limited::new(request.into_body(), state.max_payload)
-        .collect()
-        .await
-    {
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(request.into_body(), state.max_payload).collect(),
+    )
+    .await;
+    let Ok(collected) = collected else {
+        // squib-only: upstream waits for a body for ever. The connection is closed after this.
+        return ApiResponse::http_layer_error(&format!(
+            "Request body not received within {} seconds.",
+            BODY_TIMEOUT.as_secs()
+        ));
+    };
+    let body = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(&"unknown"),
         // Upstream answers a socket read error with a 500 whose body is the OS error text.

@@ -631,6 +631,61 @@ async fn corrupt_snapshot_state_files_fail_the_load_fatally() {
     }
 }
 
+/// A state file is as untrusted as an API body: crafted values behind a valid CRC are
+/// refused like the same values sent to the API, and the load fails fatally.
+#[tokio::test]
+async fn crafted_state_file_values_are_validated_like_api_input() {
+    use squib_vmm::snapshot_file::{SnapshotResources, encode};
+    let prefix = "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Invalid snapshot content: ";
+    let crafted = |edit: &dyn Fn(&mut SnapshotResources)| {
+        let mut resources = SnapshotResources::from_resources(&squib_vmm::VmResources::default());
+        edit(&mut resources);
+        encode(&resources, b"device state")
+    };
+    let cases: [(Vec<u8>, String); 3] = [
+        (
+            crafted(&|r| r.machine_config.vcpu_count = 0),
+            "machine configuration: The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled.".into(),
+        ),
+        (
+            crafted(&|r| r.machine_config.mem_size_mib = usize::MAX),
+            format!("a memory size of {} MiB", usize::MAX),
+        ),
+        (
+            crafted(&|r| {
+                r.balloon = serde_json::from_str(r#"{"amount_mib":4096,"deflate_on_oom":false}"#)
+                    .unwrap()
+            }),
+            "balloon: ".into(),
+        ),
+    ];
+    for (bytes, text) in cases {
+        let s = start().await;
+        let state = s.path("vm.state");
+        std::fs::write(&state, bytes).unwrap();
+        let body = serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": s.path("vm.mem")},
+        })
+        .to_string();
+        let reply = s.put("/snapshot/load", &body).await;
+        assert_eq!(reply.status(), 400);
+        assert!(
+            reply.body.contains(&format!("{prefix}{text}")),
+            "{}",
+            reply.body
+        );
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(5), s.vmm)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(exit, squib_vmm::VmmExit::FatalError(_)),
+            "{exit:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn diff_snapshots_are_refused_on_a_paused_vm() {
     let s = start().await;

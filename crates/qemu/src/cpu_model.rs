@@ -17,6 +17,27 @@ use squib_vmm::VmResources;
 use squib_vmm::config::cpu_config::{CpuidRegister, CustomCpuTemplate, KvmCapability};
 use squib_vmm::config::machine_config::StaticCpuTemplate;
 
+/// True when `cpu` is a `-cpu` argument squib itself writes for `base`: the base model, then
+/// `+name`/`-name` for features of squib's tables and numeric `family`/`model`/`stepping`.
+/// A state file's `-cpu` is checked with this before QEMU sees it.
+pub fn is_own_cpu_argument(cpu: &str, base: &str) -> bool {
+    let mut parts = cpu.split(',');
+    if parts.next() != Some(base) {
+        return false;
+    }
+    let known = |name: &str| {
+        features::CPUID_FEATURES.iter().any(|f| f.name == name)
+            || features::MSR_FEATURES.iter().any(|f| f.name == name)
+    };
+    parts.all(|part| {
+        if let Some((key, value)) = part.split_once('=') {
+            matches!(key, "family" | "model" | "stepping") && value.parse::<u32>().is_ok()
+        } else {
+            part.strip_prefix(['+', '-']).is_some_and(known)
+        }
+    })
+}
+
 /// Where the template came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TemplateSource {

@@ -2,7 +2,6 @@
 //! swaps, rate limits, balloon target and statistics.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 
 use serde_json::{Value, json};
 use squib_vmm::config::balloon::BalloonStats;
@@ -41,7 +40,7 @@ pub struct DeviceState {
 impl DeviceState {
     pub fn new(resources: &VmResources) -> Self {
         Self {
-            mem_bytes: resources.machine_config.mem_size_mib as u64 * MIB,
+            mem_bytes: resources.machine_config.mem_bytes().unwrap_or(u64::MAX),
             ..Self::default()
         }
     }
@@ -123,14 +122,13 @@ impl DeviceState {
         Ok(stats_from_qemu(inflated, &guest))
     }
 
-    /// Serves `drive` from its new backing file: a new file node, the drive's format node
-    /// re-opened on it, then a same-size `block_resize` so virtio-blk announces the new
-    /// capacity to the guest (a config-change interrupt; a re-open alone does not).
+    /// Serves `drive` from its new backing file: a new file node, opened read-only when the
+    /// client gave the drive read-only, and the drive's format node re-opened on it. The
+    /// guest reads the new content at once.
     ///
-    /// `block_resize` needs a writable node, so a read-only drive is briefly re-opened
-    /// writable (the guest device stays read-only) when the host lets squib write its
-    /// file; otherwise the guest sees the new content but keeps the old size until it
-    /// rescans, and squib logs a warning.
+    /// The file is never written, resized or re-opened writable for the swap: QEMU can only
+    /// announce a new capacity to the guest through `block_resize`, which truncates the file
+    /// (changing at least its mtime), so a new size is not announced (docs/deviations.md).
     pub async fn swap_drive(
         &mut self,
         qmp: &QmpClient,
@@ -145,51 +143,29 @@ impl DeviceState {
                 "Block: Running method expected different backend.".to_string(),
             ));
         };
-        let size = std::fs::metadata(path)
-            .map_err(|e| EngineError(format!("cannot read the size of {path}: {e}")))?
-            .len();
-        let writable = !*read_only || OpenOptions::new().write(true).open(path).is_ok();
         self.generation += 1;
         let file_node = format!("swap{}", self.generation);
         let cache = json!({
             "direct": false,
             "no-flush": matches!(drive.cache_type, CacheType::Unsafe),
         });
-        let file_options = |ro: bool| -> Value {
-            json!({
-                "driver": "file", "node-name": file_node, "filename": path,
-                "aio": cmdline::qemu_aio(drive), "read-only": ro, "cache": cache,
-                // Firecracker takes no image locks (see cmdline's drives).
-                "locking": "off",
-            })
-        };
-        let raw_options = |ro: bool| -> Value {
-            json!({
-                "driver": "raw", "node-name": names.node, "read-only": ro,
+        qmp.blockdev_add(json!({
+            "driver": "file", "node-name": file_node, "filename": path,
+            "aio": cmdline::qemu_aio(drive), "read-only": read_only, "cache": cache,
+            // Firecracker takes no image locks (see cmdline's drives).
+            "locking": "off",
+        }))
+        .await
+        .map_err(qmp_error)?;
+        if let Err(err) = qmp
+            .blockdev_reopen(json!({
+                "driver": "raw", "node-name": names.node, "read-only": read_only,
                 "cache": cache, "file": file_node,
-            })
-        };
-        qmp.blockdev_add(file_options(!writable))
+            }))
             .await
-            .map_err(qmp_error)?;
-        if let Err(err) = qmp.blockdev_reopen(raw_options(!writable)).await {
+        {
             let _ = qmp.blockdev_del(&file_node).await;
             return Err(qmp_error(err));
-        }
-        if writable {
-            qmp.block_resize(&names.node, size)
-                .await
-                .map_err(qmp_error)?;
-            if *read_only {
-                qmp.blockdev_reopen(raw_options(true))
-                    .await
-                    .map_err(qmp_error)?;
-                qmp.blockdev_reopen(file_options(true))
-                    .await
-                    .map_err(qmp_error)?;
-            }
-        } else {
-            tracing::warn!(drive = %drive.id, %path, "the new backing file is not writable by squib: the guest sees its content but is not told its size");
         }
         if let Some(old) = self.swapped.insert(drive.id.clone(), file_node)
             && let Err(err) = qmp.blockdev_del(&old).await

@@ -279,7 +279,12 @@ impl Engine for QemuEngine {
             },
         )
         .map_err(|e| EngineError(e.to_string()))?;
-        let mem_bytes = resources.machine_config.mem_size_mib as u64 * 1024 * 1024;
+        let mem_bytes = resources.machine_config.mem_bytes().ok_or_else(|| {
+            EngineError(format!(
+                "a memory size of {} MiB does not fit in 64 bits",
+                resources.machine_config.mem_size_mib
+            ))
+        })?;
         let (snapshot, device_state) =
             crate::snapshot::prepare(&mut args, accel, mem_bytes, restoring.as_ref())?;
         // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.

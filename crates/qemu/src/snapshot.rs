@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use squib_vmm::config::boot_source::{BootSource, BootSourceConfig};
+use squib_vmm::engine::MEMORY_WRITE_FAILED;
 use squib_vmm::snapshot_file::{copy_sparse, file_len};
 use squib_vmm::{EngineError, VmResources};
 use tokio::time::Instant;
@@ -147,13 +148,22 @@ impl Snapshottable {
         memory: &File,
     ) -> Result<(), EngineError> {
         save_device_state(qmp, device_state).await?;
-        let stream = std::fs::read(device_state)
-            .map_err(|e| EngineError(format!("cannot read QEMU's device state: {e}")))?;
-        std::fs::write(device_state, encode_device_state(&self.meta, &stream))
-            .map_err(|e| EngineError(format!("cannot write the device state: {e}")))?;
-        self.ram
-            .copy_to(memory)
-            .map_err(|e| EngineError(format!("Cannot write memory file: {e}")))
+        let clone = |f: &File| f.try_clone().map_err(|e| EngineError(e.to_string()));
+        let (ram, out) = (clone(&self.ram.file)?, clone(memory)?);
+        let size = self.ram.size;
+        let (meta, device_state) = (self.meta.clone(), device_state.to_path_buf());
+        // File work runs off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let stream = std::fs::read(&device_state)
+                .map_err(|e| EngineError(format!("cannot read QEMU's device state: {e}")))?;
+            std::fs::write(&device_state, encode_device_state(&meta, &stream))
+                .map_err(|e| EngineError(format!("cannot write the device state: {e}")))?;
+            copy_sparse(&ram, &out, size)
+                .and_then(|()| out.sync_all())
+                .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+        })
+        .await
+        .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))?
     }
 }
 
@@ -184,6 +194,12 @@ pub fn prepare(
             "the snapshot was taken with the {} accelerator, this squib runs {}",
             meta.accel,
             accel.qemu_name()
+        )));
+    }
+    if !crate::cpu_model::is_own_cpu_argument(&meta.cpu, accel.cpu_model()) {
+        return Err(EngineError(format!(
+            "the engine's device state is invalid: {:?} is not a CPU model squib writes",
+            meta.cpu
         )));
     }
     if let Some(slot) = cpu_at.and_then(|i| args.get_mut(i)) {

@@ -226,6 +226,8 @@ pub enum CreateSnapshotError {
     MemoryBackingFile(&'static str, crate::os_error::OsError),
     #[error("Cannot save the microVM state: {0}")]
     MicrovmState(EngineError),
+    #[error("Cannot write memory file: {0}")]
+    Memory(String),
 }
 
 /// Why `PUT /snapshot/load` failed.

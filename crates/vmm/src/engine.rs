@@ -14,6 +14,10 @@ use crate::resources::VmResources;
 #[error("{0}")]
 pub struct EngineError(pub String);
 
+/// How an engine's error about writing the snapshot memory file begins; the VMM reports the
+/// rest as upstream's `Cannot write memory file: …`.
+pub const MEMORY_WRITE_FAILED: &str = "Cannot write memory file: ";
+
 /// How a running guest ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
@@ -101,7 +105,8 @@ pub trait RunningVm: Send + 'static {
         async { Ok(Vec::new()) }
     }
     /// Saves the paused guest: its device state into the new file `device_state`, its memory
-    /// into the new file `memory` (both created by the caller, empty). The guest stays
+    /// into the new file `memory` (both created by the caller, empty). An error writing the
+    /// memory file starts with [`MEMORY_WRITE_FAILED`]. The guest stays
     /// paused and can be resumed afterwards.
     fn save_snapshot(
         &mut self,

@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +45,13 @@ pub const SNAPSHOT_VERSION: FormatVersion = FormatVersion {
 
 const CRC_LEN: usize = 8;
 const FIXED_HEAD: usize = 8 + 6 + 4;
-/// A sanity bound on the resources header, so a corrupt length cannot ask for gigabytes.
-const MAX_HEADER_LEN: usize = 16 << 20;
+/// Bounds on what squib writes (the resources header is a few KiB of JSON; QEMU's device state
+/// without RAM well under a MiB), so a corrupt or hostile file cannot ask for gigabytes.
+const MAX_HEADER_LEN: usize = 1 << 20;
+const MAX_DEVICE_STATE_LEN: usize = 64 << 20;
+/// The largest state file squib reads.
+pub const MAX_STATE_FILE_LEN: u64 =
+    (FIXED_HEAD + MAX_HEADER_LEN + 8 + MAX_DEVICE_STATE_LEN + CRC_LEN) as u64;
 
 /// A semver-like format version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +122,10 @@ pub enum SnapshotFormatError {
     InvalidMagic(u64),
     #[error("Snapshot file is smaller than CRC length.")]
     InvalidSnapshotSize,
+    #[error(
+        "Snapshot file is larger than any squib writes: {0} bytes (at most {MAX_STATE_FILE_LEN})."
+    )]
+    TooLarge(u64),
     #[error("An IO error occurred: {0}")]
     Io(i32),
     #[error("An error occured with serialization/deserialization: {0}")]
@@ -185,7 +194,9 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotState, SnapshotFormatError> {
     let resources: SnapshotResources =
         serde_json::from_slice(header).map_err(|e| SnapshotFormatError::Serde(e.to_string()))?;
     let state_len = usize::try_from(reader.u64()?)
-        .map_err(|_| SnapshotFormatError::Serde("device state too large".into()))?;
+        .ok()
+        .filter(|len| *len <= MAX_DEVICE_STATE_LEN)
+        .ok_or_else(|| SnapshotFormatError::Serde("device state too large".into()))?;
     let device_state = reader.take(state_len)?.to_vec();
     if !reader.0.is_empty() {
         return Err(SnapshotFormatError::Serde(format!(
@@ -235,11 +246,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// CRC-64/XZ, fed piece by piece.
+struct Crc64(u64);
+
+impl Crc64 {
+    fn new() -> Self {
+        Self(!0)
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        let table = crc64_table();
+        for &byte in data {
+            self.0 = table[((self.0 ^ byte as u64) & 0xff) as usize] ^ (self.0 >> 8);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        !self.0
+    }
+}
+
 /// CRC-64/XZ (ECMA-182 polynomial, reflected, init and xorout all ones).
 pub fn crc64(data: &[u8]) -> u64 {
+    let mut crc = Crc64::new();
+    crc.update(data);
+    crc.finish()
+}
+
+fn crc64_table() -> &'static [u64; 256] {
     const POLY: u64 = 0xC96C_5795_D787_0F42;
     static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
+    TABLE.get_or_init(|| {
         let mut table = [0u64; 256];
         for (i, slot) in table.iter_mut().enumerate() {
             let mut crc = i as u64;
@@ -253,12 +290,7 @@ pub fn crc64(data: &[u8]) -> u64 {
             *slot = crc;
         }
         table
-    });
-    let mut crc = !0u64;
-    for &byte in data {
-        crc = table[((crc ^ byte as u64) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    })
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -273,7 +305,7 @@ pub fn temp_path_for(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.squib-tmp-{}-{n}", std::process::id()))
 }
 
-/// A temporary file that is removed unless [`TempFile::persist`] renamed it into place.
+/// A temporary file that is removed unless it was renamed into place.
 pub struct TempFile {
     pub path: PathBuf,
     pub file: File,
@@ -281,19 +313,31 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// Creates a fresh temporary file next to `target`.
+    /// Creates a fresh temporary file next to `target`, empty. When `target` exists, the
+    /// temporary file takes its mode and owner before anything is written to it, so that
+    /// replacing a user's file never makes its content more readable.
     pub fn create_for(target: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = temp_path_for(target);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)?;
-        Ok(Self {
+        let temp = Self {
             path,
             file,
             persisted: false,
-        })
+        };
+        if let Ok(existing) = std::fs::metadata(target) {
+            let mine = temp.file.metadata()?;
+            if (existing.uid(), existing.gid()) != (mine.uid(), mine.gid()) {
+                std::os::unix::fs::fchown(&temp.file, Some(existing.uid()), Some(existing.gid()))?;
+            }
+            temp.file
+                .set_permissions(std::fs::Permissions::from_mode(existing.mode() & 0o7777))?;
+        }
+        Ok(temp)
     }
 
     /// fsync, rename over `target`, fsync the directory.
@@ -301,17 +345,7 @@ impl TempFile {
         self.file.sync_all()?;
         std::fs::rename(&self.path, target)?;
         self.persisted = true;
-        if let Some(dir) = target.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        sync_dir_of(target)
     }
 }
 
@@ -323,6 +357,15 @@ impl Drop for TempFile {
     }
 }
 
+/// fsyncs the directory holding `path`, so that a rename in it is durable.
+fn sync_dir_of(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
 /// Writes `bytes` to `target` atomically: temp file, fsync, rename (never a half file).
 pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut temp = TempFile::create_for(target)?;
@@ -330,11 +373,198 @@ pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
     temp.persist(target)
 }
 
-/// Reads a whole state file.
-pub fn read_state_file(path: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
+/// Which file of a snapshot pair an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairFile {
+    State,
+    Memory,
+}
+
+/// Why a snapshot pair could not be committed: the file, the operation and the error.
+#[derive(Debug)]
+pub struct CommitError {
+    pub file: PairFile,
+    pub op: &'static str,
+    pub error: io::Error,
+}
+
+/// Puts a fully written, fsynced pair in place: the memory file first, then the state file.
+/// A failure on the way leaves the previous pair (or the absence of one) as it was — the
+/// previous memory file is kept through a hard link until the state file is in place — and
+/// the error says so. The directories are fsynced last; their errors are reported too (the
+/// new pair is then in place, but maybe not durable).
+pub fn commit_pair(
+    memory: TempFile,
+    mem_path: &Path,
+    state: TempFile,
+    state_path: &Path,
+) -> Result<(), CommitError> {
+    let fail = |file, op, error: io::Error| CommitError { file, op, error };
+    let intact = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("{e}; the previous snapshot files were left as they were"),
+        )
+    };
+    let (mut memory, mut state) = (memory, state);
+    memory
+        .file
+        .sync_all()
+        .map_err(|e| fail(PairFile::Memory, "sync", e))?;
+    state
+        .file
+        .sync_all()
+        .map_err(|e| fail(PairFile::State, "sync", e))?;
+    let backup = temp_path_for(mem_path);
+    let had_memory = match std::fs::hard_link(mem_path, &backup) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(fail(PairFile::Memory, "link", intact(e))),
+    };
+    let drop_backup = || {
+        if had_memory {
+            let _ = std::fs::remove_file(&backup);
+        }
+    };
+    if let Err(e) = std::fs::rename(&memory.path, mem_path) {
+        drop_backup();
+        return Err(fail(PairFile::Memory, "rename", intact(e)));
+    }
+    memory.persisted = true;
+    if let Err(e) = std::fs::rename(&state.path, state_path) {
+        // Put the previous memory file back (or take the new one away).
+        let undone = if had_memory {
+            std::fs::rename(&backup, mem_path)
+        } else {
+            std::fs::remove_file(mem_path)
+        };
+        return Err(match undone {
+            Ok(()) => fail(PairFile::State, "rename", intact(e)),
+            Err(undo) => fail(
+                PairFile::State,
+                "rename",
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; restoring the previous memory file failed too ({undo}): the memory file is the new one"
+                    ),
+                ),
+            ),
+        });
+    }
+    state.persisted = true;
+    drop_backup();
+    sync_dir_of(mem_path).map_err(|e| fail(PairFile::Memory, "sync", e))?;
+    sync_dir_of(state_path).map_err(|e| fail(PairFile::State, "sync", e))?;
+    Ok(())
+}
+
+/// Why a state file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadStateError {
+    /// It cannot be opened, or it is not a regular file.
+    #[error(transparent)]
+    Open(io::Error),
+    /// Its content is refused.
+    #[error(transparent)]
+    Format(SnapshotFormatError),
+}
+
+/// Reads a state file, bounded: a FIFO, socket or device is refused without reading from it
+/// (opened non-blocking, so nothing waits for a writer), a file larger than squib ever writes
+/// is refused from its size, and the header is checked before the rest is read. A file
+/// whose header does not add up is refused after a streaming CRC pass (upstream's order: CRC
+/// before magic), never held in memory. Blocking: call it off the async threads.
+pub fn read_state_file(path: &Path) -> Result<Vec<u8>, ReadStateError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(ReadStateError::Open)?;
+    let meta = file.metadata().map_err(ReadStateError::Open)?;
+    if !meta.file_type().is_file() {
+        return Err(ReadStateError::Open(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file: a snapshot state file must be one",
+                path.display()
+            ),
+        )));
+    }
+    let len = meta.len();
+    if len < CRC_LEN as u64 {
+        return Err(ReadStateError::Format(
+            SnapshotFormatError::InvalidSnapshotSize,
+        ));
+    }
+    if len > MAX_STATE_FILE_LEN {
+        return Err(ReadStateError::Format(SnapshotFormatError::TooLarge(len)));
+    }
+    if !header_adds_up(&file, len) {
+        let stored_at = len - CRC_LEN as u64;
+        let mut crc = Crc64::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut pos = 0u64;
+        while pos < stored_at {
+            let chunk = ((stored_at - pos) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..chunk], pos)
+                .map_err(ReadStateError::Open)?;
+            crc.update(&buf[..chunk]);
+            pos += chunk as u64;
+        }
+        let mut stored = [0u8; CRC_LEN];
+        file.read_exact_at(&mut stored, stored_at)
+            .map_err(ReadStateError::Open)?;
+        if crc.finish() != u64::from_le_bytes(stored) {
+            return Err(ReadStateError::Format(SnapshotFormatError::Crc64));
+        }
+        // A valid CRC over a header that does not add up: crafted. It is within the size
+        // bound; `decode` names what is wrong.
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(ReadStateError::Open)?;
     Ok(bytes)
+}
+
+/// True when the file's magic and version are squib's and the declared lengths add up to
+/// exactly `len` within the bounds.
+fn header_adds_up(file: &File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; FIXED_HEAD];
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return false;
+    }
+    let mut reader = Reader(&head);
+    let (Ok(magic), Ok(major), Ok(minor), Ok(patch), Ok(header_len)) = (
+        reader.u64(),
+        reader.u16(),
+        reader.u16(),
+        reader.u16(),
+        reader.u32(),
+    ) else {
+        return false;
+    };
+    let version = FormatVersion {
+        major,
+        minor,
+        patch,
+    };
+    let header_len = header_len as usize;
+    if magic != SNAPSHOT_MAGIC || !version.readable() || header_len > MAX_HEADER_LEN {
+        return false;
+    }
+    let mut state_len = [0u8; 8];
+    if file
+        .read_exact_at(&mut state_len, (FIXED_HEAD + header_len) as u64)
+        .is_err()
+    {
+        return false;
+    }
+    let state_len = u64::from_le_bytes(state_len);
+    state_len <= MAX_DEVICE_STATE_LEN as u64
+        && (FIXED_HEAD + header_len + 8 + CRC_LEN) as u64 + state_len == len
 }
 
 /// Copies `len` bytes of `src` into `dst` (both from offset 0), skipping holes of `src`
@@ -522,5 +752,115 @@ mod tests {
             std::fs::read(&src_path).unwrap(),
             std::fs::read(&dst_path).unwrap()
         );
+    }
+
+    #[test]
+    fn state_files_are_read_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, encode(&sample(), b"device state")).unwrap();
+        let bytes = read_state_file(&good).unwrap();
+        assert_eq!(decode(&bytes).unwrap().device_state, b"device state");
+
+        // A FIFO with no writer: refused at once, never waited on.
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let err = read_state_file(&fifo).unwrap_err().to_string();
+        assert!(
+            err.ends_with("is not a regular file: a snapshot state file must be one"),
+            "{err}"
+        );
+
+        // 1 GiB (sparse): refused from its size.
+        let huge = dir.path().join("huge");
+        File::create(&huge).unwrap().set_len(1 << 30).unwrap();
+        assert!(matches!(
+            read_state_file(&huge).unwrap_err(),
+            ReadStateError::Format(SnapshotFormatError::TooLarge(len)) if len == 1 << 30
+        ));
+
+        // A header that does not add up: the CRC is checked streaming, upstream's text.
+        let bogus = dir.path().join("bogus");
+        std::fs::write(&bogus, vec![0x5a; 3 << 20]).unwrap();
+        assert!(matches!(
+            read_state_file(&bogus).unwrap_err(),
+            ReadStateError::Format(SnapshotFormatError::Crc64)
+        ));
+        // Lengths that lie behind a valid CRC still reach `decode`, which names them.
+        let mut lying = encode(&sample(), b"abc");
+        lying[FIXED_HEAD - 4..FIXED_HEAD].copy_from_slice(&7u32.to_le_bytes());
+        std::fs::write(&bogus, reseal(lying)).unwrap();
+        let bytes = read_state_file(&bogus).unwrap();
+        assert!(matches!(decode(&bytes), Err(SnapshotFormatError::Serde(_))));
+    }
+
+    fn temp_with(target: &Path, content: &[u8]) -> TempFile {
+        let mut temp = TempFile::create_for(target).unwrap();
+        temp.file.write_all(content).unwrap();
+        temp
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_pair_is_committed_whole_with_the_targets_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (mem, state) = (dir.path().join("vm.mem"), dir.path().join("vm.state"));
+        std::fs::write(&mem, b"old memory").unwrap();
+        std::fs::write(&state, b"old state").unwrap();
+        std::fs::set_permissions(&mem, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (new_mem, new_state) = (
+            temp_with(&mem, b"new memory"),
+            temp_with(&state, b"new state"),
+        );
+        // The temporary files are as closed as their targets before any byte is written.
+        assert_eq!(mode(&new_mem.path), 0o600);
+        commit_pair(new_mem, &mem, new_state, &state).unwrap();
+        assert_eq!(std::fs::read(&mem).unwrap(), b"new memory");
+        assert_eq!(std::fs::read(&state).unwrap(), b"new state");
+        assert_eq!((mode(&mem), mode(&state)), (0o600, 0o640));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_the_previous_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = dir.path().join("vm.mem");
+        std::fs::write(&mem, b"old memory").unwrap();
+        // A directory where the state file goes: its rename fails after the memory file's.
+        let state = dir.path().join("vm.state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("keep"), b"x").unwrap();
+        let (new_mem, new_state) = (temp_with(&mem, b"new memory"), temp_with(&state, b"new"));
+        let err = commit_pair(new_mem, &mem, new_state, &state).unwrap_err();
+        assert_eq!((err.file, err.op), (PairFile::State, "rename"));
+        assert!(
+            err.error
+                .to_string()
+                .ends_with("the previous snapshot files were left as they were"),
+            "{}",
+            err.error
+        );
+        assert_eq!(std::fs::read(&mem).unwrap(), b"old memory");
+        // Nothing left behind: no temporary file, no backup link.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        // Without a previous memory file, the new one is taken away again.
+        std::fs::remove_file(&mem).unwrap();
+        let (new_mem, new_state) = (temp_with(&mem, b"new memory"), temp_with(&state, b"new"));
+        commit_pair(new_mem, &mem, new_state, &state).unwrap_err();
+        assert!(!mem.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

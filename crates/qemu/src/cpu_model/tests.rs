@@ -284,3 +284,23 @@ fn build_args_puts_the_template_on_the_cpu_argument() {
     );
     assert!(cpu(&resources, Accel::Kvm).starts_with("host,-dtes64,"));
 }
+
+#[test]
+fn only_cpu_arguments_squib_writes_pass_the_state_file_check() {
+    let t2 = model(StaticCpuTemplate::T2);
+    assert!(is_own_cpu_argument(&t2.qemu_cpu("max"), "max"));
+    assert!(is_own_cpu_argument("max", "max"));
+    assert!(is_own_cpu_argument("host,-avx,family=6", "host"));
+    for crafted in [
+        "host",
+        "max,+avx,,",
+        "max,+avx,x-foo=on",
+        "max,pmu=on",
+        "max,+avx -device virtio-net",
+        "max,family=six",
+        "max,+no-such-feature",
+        "qemu64",
+    ] {
+        assert!(!is_own_cpu_argument(crafted, "max"), "{crafted}");
+    }
+}

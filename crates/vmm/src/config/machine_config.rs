@@ -120,6 +120,11 @@ impl From<MachineConfig> for MachineConfigUpdate {
 }
 
 impl MachineConfig {
+    /// Guest memory in bytes; `None` when `mem_size_mib` MiB does not fit in 64 bits.
+    pub fn mem_bytes(&self) -> Option<u64> {
+        u64::try_from(self.mem_size_mib).ok()?.checked_mul(1 << 20)
+    }
+
     /// Applies `update` and validates the merged result; `self` is untouched on error.
     pub fn updated(&self, update: &MachineConfigUpdate) -> Result<Self, MachineConfigError> {
         let vcpu_count = update.vcpu_count.unwrap_or(self.vcpu_count);

@@ -1,16 +1,17 @@
 //! `PUT /snapshot/create` and `PUT /snapshot/load` in the VMM loop.
 //!
 //! Create: the engine writes its device state into a temporary file next to `snapshot_path`
-//! and the guest memory into a temporary file next to `mem_file_path`; squib then writes its
-//! state file ([`crate::snapshot_file`]) to a temporary file, and both are fsynced and
-//! renamed into place (memory first). A user file at either path is replaced atomically,
-//! never half-written: a reader holding the old file keeps the old content.
+//! and the guest memory into a temporary file next to `mem_file_path` (each taking the mode
+//! and owner of the file it replaces); squib then writes its state file
+//! ([`crate::snapshot_file`]) to a temporary file, and the pair is committed together
+//! ([`snapshot_file::commit_pair`]): a failure leaves the previous pair as it was. A user
+//! file at either path is replaced atomically, never half-written.
 //!
 //! Load: the state file is read and checked, the resources are rebuilt from it (drives and
 //! interfaces re-validated like fresh configuration, network overrides applied), and the
 //! engine restores the guest from a private copy of the memory file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{METRICS_PERIOD, Vmm};
@@ -24,7 +25,9 @@ use crate::config::snapshot::{
 };
 use crate::engine::{Engine, RestoreSource, RunningVm};
 use crate::resources::VmResources;
-use crate::snapshot_file::{self, SnapshotResources, SnapshotState, TempFile};
+use crate::snapshot_file::{
+    self, PairFile, ReadStateError, SnapshotResources, SnapshotState, TempFile,
+};
 use crate::state::VmState;
 
 impl<E: Engine> Vmm<E> {
@@ -56,20 +59,58 @@ impl<E: Engine> Vmm<E> {
         let mem_err = |op: &'static str| {
             move |e: std::io::Error| CreateSnapshotError::MemoryBackingFile(op, e.into())
         };
+        if snapshot_path == mem_path {
+            return Err(CreateSnapshotError::SnapshotBackingFile(
+                "open",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the snapshot file and the memory file are the same path",
+                )
+                .into(),
+            )
+            .into());
+        }
         let device_state = TempFile::create_for(snapshot_path).map_err(state_err("open"))?;
         let memory = TempFile::create_for(mem_path).map_err(mem_err("open"))?;
         let engine_started = Instant::now();
         self.running_vm()?
             .save_snapshot(&device_state.path, &memory.file)
             .await
-            .map_err(CreateSnapshotError::MicrovmState)?;
+            .map_err(
+                |e| match e.0.strip_prefix(crate::engine::MEMORY_WRITE_FAILED) {
+                    Some(why) => CreateSnapshotError::Memory(why.to_string()),
+                    None => CreateSnapshotError::MicrovmState(e),
+                },
+            )?;
         let engine_us = engine_started.elapsed().as_micros() as u64;
-        let stream = std::fs::read(&device_state.path).map_err(state_err("read"))?;
-        drop(device_state);
-        let bytes =
-            snapshot_file::encode(&SnapshotResources::from_resources(&self.resources), &stream);
-        memory.persist(mem_path).map_err(mem_err("sync"))?;
-        snapshot_file::write_atomic(snapshot_path, &bytes).map_err(state_err("write"))?;
+        let resources = SnapshotResources::from_resources(&self.resources);
+        let (state_target, mem_target) = (snapshot_path.to_path_buf(), mem_path.to_path_buf());
+        // File work (reading the engine's stream, writing, fsyncs, renames) runs off the
+        // async threads.
+        tokio::task::spawn_blocking(move || -> Result<(), CreateSnapshotError> {
+            let stream = std::fs::read(&device_state.path).map_err(state_err("read"))?;
+            drop(device_state);
+            let bytes = snapshot_file::encode(&resources, &stream);
+            let mut state = TempFile::create_for(&state_target).map_err(state_err("open"))?;
+            std::io::Write::write_all(&mut state.file, &bytes).map_err(state_err("write"))?;
+            snapshot_file::commit_pair(memory, &mem_target, state, &state_target).map_err(|e| {
+                match e.file {
+                    PairFile::State => {
+                        CreateSnapshotError::SnapshotBackingFile(e.op, e.error.into())
+                    }
+                    PairFile::Memory => {
+                        CreateSnapshotError::MemoryBackingFile(e.op, e.error.into())
+                    }
+                }
+            })
+        })
+        .await
+        .map_err(|e| {
+            CreateSnapshotError::SnapshotBackingFile(
+                "write",
+                std::io::Error::other(e.to_string()).into(),
+            )
+        })??;
         self.metrics
             .store("latencies_us", "vmm_full_create_snapshot", engine_us);
         self.metrics.store(
@@ -140,10 +181,7 @@ impl<E: Engine> Vmm<E> {
         if params.track_dirty_pages {
             tracing::warn!("track_dirty_pages is not honoured: squib takes Full snapshots only");
         }
-        let bytes = snapshot_file::read_state_file(Path::new(&params.snapshot_path))
-            .map_err(|e| LoadSnapshotError::OpenStateFile(e.into()))?;
-        let state = snapshot_file::decode(&bytes).map_err(LoadSnapshotError::LoadStateFile)?;
-        drop(bytes);
+        let state = read_state(Path::new(&params.snapshot_path).to_path_buf()).await?;
         let resources = self.restored_resources(&state, &params)?;
         let engine_started = Instant::now();
         let (vm, exit) = self
@@ -178,8 +216,28 @@ impl<E: Engine> Vmm<E> {
         params: &LoadSnapshotParams,
     ) -> Result<VmResources, VmmActionError> {
         let saved = &state.resources;
+        // The file is as untrusted as an API body: everything in it is validated like one.
+        let invalid = |what: String| {
+            VmmActionError::from(LoadSnapshotError::SnapshotState(format!(
+                "Invalid snapshot content: {what}"
+            )))
+        };
+        let saved_machine = MachineConfig::default()
+            .updated(&saved.machine_config.clone().into())
+            .map_err(|e| invalid(format!("machine configuration: {e}")))?;
+        if saved_machine.mem_bytes().is_none() {
+            return Err(invalid(format!(
+                "a memory size of {} MiB",
+                saved_machine.mem_size_mib
+            )));
+        }
+        if let Some(balloon) = &saved.balloon {
+            balloon
+                .validate(saved_machine.mem_size_mib)
+                .map_err(|e| invalid(format!("balloon: {e}")))?;
+        }
         let huge_pages = match params.huge_pages {
-            SnapshotHugePages::Snapshot => saved.machine_config.huge_pages,
+            SnapshotHugePages::Snapshot => saved_machine.huge_pages,
             SnapshotHugePages::None => HugePages::None,
             SnapshotHugePages::Transparent => HugePages::Transparent,
             SnapshotHugePages::Hugetlbfs2M => HugePages::Hugetlbfs2M,
@@ -208,8 +266,8 @@ impl<E: Engine> Vmm<E> {
 
         let mut resources = VmResources {
             machine_config: MachineConfig {
-                vcpu_count: saved.machine_config.vcpu_count,
-                mem_size_mib: saved.machine_config.mem_size_mib,
+                vcpu_count: saved_machine.vcpu_count,
+                mem_size_mib: saved_machine.mem_size_mib,
                 track_dirty_pages: params.track_dirty_pages,
                 huge_pages,
                 ..MachineConfig::default()
@@ -248,4 +306,22 @@ impl<E: Engine> Vmm<E> {
         }
         Ok(resources)
     }
+}
+
+/// Reads and decodes a state file on a blocking thread: the VMM loop and the API never wait
+/// on the file (a FIFO, a slow disk).
+async fn read_state(path: PathBuf) -> Result<SnapshotState, LoadSnapshotError> {
+    tokio::task::spawn_blocking(move || {
+        let bytes = snapshot_file::read_state_file(&path).map_err(|e| match e {
+            ReadStateError::Open(e) => LoadSnapshotError::OpenStateFile(e.into()),
+            ReadStateError::Format(e) => LoadSnapshotError::LoadStateFile(e),
+        })?;
+        snapshot_file::decode(&bytes).map_err(LoadSnapshotError::LoadStateFile)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(LoadSnapshotError::Restore(format!(
+            "reading the state file failed: {e}"
+        )))
+    })
 }
