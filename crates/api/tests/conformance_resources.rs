@@ -763,3 +763,96 @@ async fn vhost_user_drives_patch_and_snapshot_rules() {
     assert!(!std::path::Path::new(&s.path("vm.state")).exists());
     assert!(!std::path::Path::new(&s.path("vm.mem")).exists());
 }
+
+fn mkfifo(path: &str) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// FIFOs (nobody writes to them) given as a kernel, a drive, a drive swapped in, a state file
+/// or a memory file are refused at once: nothing waits on them, the API keeps answering.
+#[tokio::test]
+async fn fifos_are_refused_without_waiting() {
+    let s = start().await;
+    let fifo = s.path("fifo");
+    mkfifo(&fifo);
+    let reply = s
+        .put(
+            "/boot-source",
+            &serde_json::json!({"kernel_image_path": fifo}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status(), 400);
+    assert!(reply.body.contains("not a regular file"), "{}", reply.body);
+    for read_only in [true, false] {
+        let body = serde_json::json!({
+            "drive_id": "fifo", "path_on_host": fifo,
+            "is_root_device": false, "is_read_only": read_only,
+        });
+        let reply = s.put("/drives/fifo", &body.to_string()).await;
+        assert_eq!(reply.status(), 400);
+        assert!(
+            reply.body.contains("not a regular file or a block device"),
+            "{}",
+            reply.body
+        );
+    }
+    let disk = s.path("disk");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let body = serde_json::json!({
+        "drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true,
+    });
+    assert_eq!(s.put("/drives/data", &body.to_string()).await.status(), 204);
+    s.boot().await;
+    let reply = s
+        .patch(
+            "/drives/data",
+            &serde_json::json!({"drive_id": "data", "path_on_host": fifo}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status(), 400);
+    assert!(
+        reply.body.contains("not a regular file or a block device"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(s.get("/").await.status(), 200);
+
+    // Loads: a FIFO as the state file, then as the memory file (each load failure is fatal).
+    use squib_vmm::snapshot_file::{SnapshotResources, encode};
+    let s = start().await;
+    let fifo = s.path("fifo");
+    mkfifo(&fifo);
+    let load = |state: &str, mem: &str| {
+        serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+        })
+        .to_string()
+    };
+    let reply = s
+        .put("/snapshot/load", &load(&fifo, &s.path("vm.mem")))
+        .await;
+    assert_fault(
+        &reply,
+        &format!(
+            "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to open snapshot file: {fifo} is not a regular file: a snapshot state file must be one"
+        ),
+    );
+    let s = start().await;
+    let fifo = s.path("fifo");
+    mkfifo(&fifo);
+    let state = s.path("vm.state");
+    let resources = SnapshotResources::from_resources(&squib_vmm::VmResources::default());
+    std::fs::write(&state, encode(&resources, b"device state")).unwrap();
+    let reply = s.put("/snapshot/load", &load(&state, &fifo)).await;
+    assert_fault(
+        &reply,
+        &format!(
+            "Load snapshot error: Failed to restore from snapshot: Failed to load guest memory: Error creating guest memory from file: the memory file {fifo} is not a regular file"
+        ),
+    );
+}

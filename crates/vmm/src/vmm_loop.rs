@@ -478,10 +478,7 @@ impl<E: Engine> Vmm<E> {
             return Err(DriveError::PatchDifferentBackend.into());
         }
         if let Some(new_path) = &update.path_on_host {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(!*read_only)
-                .open(new_path)
+            crate::config::drive::open_backing_file(new_path, !*read_only)
                 .map_err(|e| DriveError::PatchBackingFile(e, new_path.clone()))?;
             *path = new_path.clone();
         }

@@ -51,15 +51,32 @@ impl TryFrom<BootSourceConfig> for BootSource {
 
     /// The files are opened now, as upstream does, so a bad path fails the `PUT`, not the boot.
     fn try_from(config: BootSourceConfig) -> Result<Self, Self::Error> {
-        File::open(&config.kernel_image_path).map_err(BootSourceError::InvalidKernelPath)?;
+        open_regular(&config.kernel_image_path).map_err(BootSourceError::InvalidKernelPath)?;
         if let Some(initrd) = &config.initrd_path {
-            File::open(initrd).map_err(BootSourceError::InvalidInitrdPath)?;
+            open_regular(initrd).map_err(BootSourceError::InvalidInitrdPath)?;
         }
         if let Some(args) = &config.boot_args {
             validate_cmdline(args).map_err(BootSourceError::InvalidKernelCommandLine)?;
         }
         Ok(Self { config })
     }
+}
+
+/// Opens a kernel or initrd to check it without ever waiting: only a regular file is
+/// accepted (a FIFO would block the open until a writer comes).
+fn open_regular(path: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 fn validate_cmdline(args: &str) -> Result<(), String> {

@@ -93,6 +93,26 @@ pub enum DriveBackend {
     VhostUser { socket: String },
 }
 
+/// Opens a drive's backing file to check it, as upstream does, without ever waiting: a FIFO
+/// (which would block an open until a writer comes), a socket or a character device is
+/// refused; a regular file or a block device is accepted. Nothing is written or truncated.
+pub fn open_backing_file(path: &str, writable: bool) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or a block device",
+        ));
+    }
+    Ok(file)
+}
+
 /// A drive whose shape is valid and whose backing file could be opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Drive {
@@ -110,10 +130,7 @@ impl TryFrom<BlockDeviceConfig> for Drive {
         let backend = match (&cfg.path_on_host, &cfg.socket) {
             (Some(path), None) => {
                 let read_only = cfg.is_read_only.unwrap_or(false);
-                OpenOptions::new()
-                    .read(true)
-                    .write(!read_only)
-                    .open(path)
+                open_backing_file(path, !read_only)
                     .map_err(|e| DriveError::BackingFile(e, path.clone()))?;
                 DriveBackend::File {
                     path: path.clone(),

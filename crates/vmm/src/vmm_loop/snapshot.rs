@@ -182,6 +182,15 @@ impl<E: Engine> Vmm<E> {
             tracing::warn!("track_dirty_pages is not honoured: squib takes Full snapshots only");
         }
         let state = read_state(Path::new(&params.snapshot_path).to_path_buf()).await?;
+        // A FIFO (or device) as the memory file would block the engine's open: refused here.
+        let mem_path = Path::new(&params.mem_backend.backend_path);
+        if std::fs::metadata(mem_path).is_ok_and(|m| !m.is_file()) {
+            return Err(LoadSnapshotError::GuestMemory(format!(
+                "the memory file {} is not a regular file",
+                mem_path.display()
+            ))
+            .into());
+        }
         let resources = self.restored_resources(&state, &params)?;
         let engine_started = Instant::now();
         let (vm, exit) = self
