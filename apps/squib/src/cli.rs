@@ -43,15 +43,16 @@ pub struct RunArgs {
     pub start_time_cpu_us: Option<u64>,
     pub parent_cpu_time_us: Option<u64>,
     pub boot_timer: bool,
+    /// `--no-seccomp`: no filters on squib's threads, no sandbox for QEMU.
+    pub no_seccomp: bool,
+    /// `--seccomp-filter FILE`: upstream's compiled filter file.
+    pub seccomp_filter: Option<PathBuf>,
     pub accel: Option<String>,
     pub qemu: Option<PathBuf>,
 }
 
 /// Flags upstream has that squib refuses until their feature lands, with the reason.
-const NOT_YET_SUPPORTED: &[(&str, &str)] = &[
-    ("seccomp-filter", "squib runs no seccomp filters"),
-    ("enable-pci", "PCI is not supported by squib yet"),
-];
+const NOT_YET_SUPPORTED: &[(&str, &str)] = &[("enable-pci", "PCI is not supported by squib yet")];
 
 fn value(name: &'static str, help: &'static str) -> Arg {
     Arg::new(name)
@@ -228,6 +229,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation, St
         start_time_cpu_us: parse_number(&matches, "start-time-cpu-us")?,
         parent_cpu_time_us: parse_number(&matches, "parent-cpu-time-us")?,
         boot_timer: matches.get_flag("boot-timer"),
+        no_seccomp: matches.get_flag("no-seccomp"),
+        seccomp_filter: string("seccomp-filter").map(PathBuf::from),
         accel: string("accel"),
         qemu: string("qemu").map(PathBuf::from),
     })))

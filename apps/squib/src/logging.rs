@@ -23,6 +23,9 @@ struct LoggerState {
     show_log_origin: bool,
     module: Option<String>,
     target: Box<dyn Write + Send>,
+    /// The local UTC offset, read once at start: a log line never reads the time-zone file
+    /// (a thread's seccomp filter may forbid opening files; a jail has no /etc/localtime).
+    utc_offset: chrono::FixedOffset,
 }
 
 impl LoggerState {
@@ -44,16 +47,22 @@ impl LoggerState {
     }
 
     fn line(&self, meta: &Metadata<'_>, message: &str) -> String {
+        self.format(*meta.level(), Some(meta), message)
+    }
+
+    fn format(&self, level: Level, meta: Option<&Metadata<'_>>, message: &str) -> String {
         let mut line = format!(
             "{} [{}:{}",
-            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.9f"),
+            chrono::Utc::now()
+                .with_timezone(&self.utc_offset)
+                .format("%Y-%m-%dT%H:%M:%S%.9f"),
             self.instance_id,
             std::thread::current().name().unwrap_or("main")
         );
         if self.show_level {
-            let _ = write!(line, ":{}", meta.level());
+            let _ = write!(line, ":{level}");
         }
-        if self.show_log_origin {
+        if let Some(meta) = meta.filter(|_| self.show_log_origin) {
             let _ = write!(
                 line,
                 ":{}:{}",
@@ -99,10 +108,28 @@ impl Logger {
                 show_log_origin: options.show_log_origin,
                 module: options.module,
                 target,
+                utc_offset: local_offset(),
             })),
         };
         tracing_subscriber::registry().with(logger.clone()).init();
         Ok(logger)
+    }
+
+    /// Writes an error line from a signal handler: never waits for the logger (the
+    /// interrupted thread may hold it); when it is busy, the line goes to stderr.
+    pub fn error_from_signal_handler(&self, message: &str) {
+        match self.state.try_lock() {
+            Ok(mut state) => {
+                let line = state.format(Level::ERROR, None, message);
+                let _ = state.target.write_all(line.as_bytes());
+                let _ = state.target.flush();
+            }
+            Err(_) => {
+                let line = format!("{message}\n");
+                // SAFETY: write(2) on stderr with a valid buffer is async-signal-safe.
+                unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LoggerState> {
@@ -131,6 +158,11 @@ impl LoggerControl for Logger {
         }
         Ok(())
     }
+}
+
+fn local_offset() -> chrono::FixedOffset {
+    use chrono::Offset;
+    chrono::Local::now().offset().fix()
 }
 
 /// Collects an event's message and fields into one text.
@@ -188,6 +220,7 @@ mod tests {
             show_log_origin: false,
             module: module.map(str::to_string),
             target: Box::new(io::sink()),
+            utc_offset: local_offset(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod cli;
 mod logging;
+mod seccomp;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -99,9 +100,17 @@ fn main() -> ExitCode {
         squib_vmm::FIRECRACKER_API_VERSION
     );
 
+    if let Err(e) = seccomp::init(args.no_seccomp, args.seccomp_filter.as_deref()) {
+        tracing::error!("Seccomp error: {e}");
+        return ExitCode::from(EXIT_GENERIC_ERROR);
+    }
+    // Device backends confine their threads through this one hook.
+    squib_vhost::set_thread_hook(|_| seccomp::apply_current(seccomp::ThreadKind::Backend));
+    // The VMM runtime: every worker and blocking thread installs the VMM filter as it starts.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("fc_api")
+        .thread_name("fc_vmm")
+        .on_thread_start(|| seccomp::apply_current(seccomp::ThreadKind::Vmm))
         .enable_all()
         .build()
     {
@@ -111,6 +120,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_GENERIC_ERROR);
         }
     };
+    seccomp::apply_current(seccomp::ThreadKind::Vmm);
     let code = match runtime.block_on(run(*args, logger)) {
         Ok(code) => code,
         Err(e) => {
@@ -141,6 +151,7 @@ fn engine_from(args: &RunArgs) -> anyhow::Result<squib_qemu::QemuEngine> {
         qemu_binary: binary,
         accel,
         instance_id: args.id.clone(),
+        sandbox: !args.no_seccomp,
         ..Default::default()
     }))
 }
@@ -163,6 +174,7 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     let (mut vmm, handle) = Vmm::new(args.id.clone(), engine);
     let metrics = vmm.metrics();
     install_panic_metrics(metrics.clone());
+    seccomp::set_reporting(logger.clone(), metrics.clone());
     vmm.set_logger_control(Arc::new(logger));
     // Upstream's default MMDS limit is the API payload limit.
     vmm.set_mmds_size_limit(
@@ -189,25 +201,19 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     report_startup_times(&metrics, &args);
     let mut vmm_task = tokio::spawn(vmm.run());
 
-    let mut api_task = if args.no_api {
+    // The API thread ends only if its server fails: the sender is dropped with the thread.
+    let mut api_ended = if args.no_api {
         None
     } else {
-        let listener = squib_api::bind(&args.api_sock).map_err(|e| {
-            tracing::error!(
-                "Failed to open the API socket at: {}. Check that it is not already used.",
-                args.api_sock.display()
-            );
-            anyhow::anyhow!("{e}")
-        })?;
         let limits = squib_api::ServerLimits {
             max_payload: args.http_api_max_payload_size,
             max_connections: connection_cap(),
         };
-        Some(tokio::spawn(squib_api::serve_limited(
-            listener,
+        Some(spawn_api_thread(
+            args.api_sock.clone(),
             controller.clone(),
             limits,
-        )))
+        )?)
     };
 
     if let Some(path) = &args.config_file {
@@ -226,8 +232,8 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
         // The server never ends on its own; if it panics, say so and end with an error
         // rather than as if the client had finished.
         ended = async {
-            match api_task.as_mut() {
-                Some(task) => task.await,
+            match api_ended.as_mut() {
+                Some(ended) => ended.await,
                 None => std::future::pending().await,
             }
         } => {
@@ -239,9 +245,6 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     };
     if finished == Err(156) {
         metrics.store("signals", "sighup", 1);
-    }
-    if let Some(task) = api_task {
-        task.abort();
     }
     let code = match finished {
         Ok(outcome) => exit_code(outcome).await,
@@ -326,6 +329,55 @@ fn connection_cap() -> usize {
         1024
     };
     (soft.saturating_sub(64) / 2).clamp(4, squib_api::DEFAULT_MAX_CONNECTIONS)
+}
+
+/// The API server on its own thread (`fc_api`) and runtime, under the API filter once its
+/// socket is bound (it then only accepts connections and moves bytes); requests reach the VMM
+/// through the controller's channels. The server never ends on its own: the receiver
+/// completes only if it does, or if the thread panics.
+fn spawn_api_thread(
+    socket: std::path::PathBuf,
+    controller: Controller,
+    limits: squib_api::ServerLimits,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("fc_api".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("Cannot start the API runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match squib_api::bind(&socket) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(
+                            "Failed to open the API socket at: {}. Check that it is not already used.",
+                            socket.display()
+                        );
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("{e}")));
+                        return;
+                    }
+                };
+                seccomp::apply_current(seccomp::ThreadKind::Api);
+                let _ = ready_tx.send(Ok(()));
+                squib_api::serve_limited(listener, controller, limits).await;
+            });
+            drop(ended_tx);
+        })
+        .context("Cannot start the API thread")?;
+    ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("The API thread ended before serving")))?;
+    Ok(ended_rx)
 }
 
 fn read_config_file(path: &Path) -> anyhow::Result<String> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{BOOT_TIMEOUT, GUEST_MARKER, api_at, process_alive};
+use common::{BOOT_TIMEOUT, GUEST_MARKER, api_at, process_alive, seccomp_modes};
 
 const JAILER: &str = env!("CARGO_BIN_EXE_jailer");
 const SQUIB: &str = env!("CARGO_BIN_EXE_squib");
@@ -248,6 +248,44 @@ fn a_guest_boots_in_the_jail_as_an_unprivileged_user() {
             }
         }
     }
+
+    // Every thread of squib and of QEMU is under a seccomp filter (squib's own per thread
+    // kind; QEMU inherits the VMM filter and adds its sandbox).
+    for pid in [jailed.pid, qemu] {
+        let modes = seccomp_modes(pid);
+        assert!(modes.len() > 1, "{modes:?}");
+        assert!(
+            modes.iter().all(|(_, mode)| mode == "2"),
+            "{pid}: {modes:?}"
+        );
+    }
+    let names: Vec<String> = seccomp_modes(jailed.pid)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names.iter().any(|n| n == "fc_api"), "{names:?}");
+    assert!(names.iter().any(|n| n == "fc_vmm"), "{names:?}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{qemu}/cmdline")).unwrap();
+    assert!(
+        cmdline.contains(
+            "-sandbox\0on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny\0"
+        ),
+        "{cmdline:?}"
+    );
+
+    // A snapshot works inside the jail and under QEMU's sandbox (no shell to spawn).
+    jailed.api("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    jailed.api(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_type":"Full","snapshot_path":"/vm.state","mem_file_path":"/vm.mem"}"#,
+    );
+    assert!(std::fs::metadata(root.join("vm.state")).unwrap().len() > 0);
+    assert_eq!(
+        std::fs::metadata(root.join("vm.mem")).unwrap().len(),
+        128 << 20
+    );
+    jailed.api("PATCH", "/vm", r#"{"state":"Resumed"}"#);
 
     // Only the jail's user (and root) can use the API socket.
     assert!(can_connect_as(JAIL_UID, &jailed.socket()));

@@ -48,6 +48,19 @@ pub struct LaunchSpec<'a> {
     pub tsc_khz: Option<u64>,
 }
 
+/// QEMU's seccomp sandbox: on (QEMU's own syscall blacklist), and no obsolete syscalls, no
+/// set*id/capability changes, no fork/exec, no scheduler/affinity/priority changes. QEMU
+/// installs it on every thread before the guest runs.
+pub const SANDBOX: [&str; 2] = [
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+];
+
+/// Puts [`SANDBOX`] at the front of an argv.
+pub fn add_sandbox(args: &mut Vec<String>) {
+    args.splice(0..0, SANDBOX.iter().map(|s| s.to_string()));
+}
+
 /// Why the resources cannot be turned into a QEMU command line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CmdlineError {

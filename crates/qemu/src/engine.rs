@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub startup_timeout: Duration,
     /// The microVM's id (`--id`): MMDS session tokens are bound to it.
     pub instance_id: String,
+    /// QEMU's own seccomp sandbox (`-sandbox`, see [`cmdline::SANDBOX`]); off only with
+    /// squib's `--no-seccomp`.
+    pub sandbox: bool,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +59,7 @@ impl Default for EngineConfig {
             console: ConsoleTarget::Stdio,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             instance_id: "anonymous-instance".to_string(),
+            sandbox: true,
         }
     }
 }
@@ -279,6 +283,9 @@ impl Engine for QemuEngine {
             },
         )
         .map_err(|e| EngineError(e.to_string()))?;
+        if self.config.sandbox {
+            cmdline::add_sandbox(&mut args);
+        }
         let mem_bytes = resources.machine_config.mem_bytes().ok_or_else(|| {
             EngineError(format!(
                 "a memory size of {} MiB does not fit in 64 bits",

@@ -6,12 +6,16 @@
 //! `x-ignore-shared` need that), never on a disk, gone with squib even on SIGKILL, and
 //! readable/writable by squib without asking QEMU.
 //!
-//! * Save: `migrate exec:cat > <file>` with `x-ignore-shared`, wait for `completed`, then copy
-//!   the memfd (sparse) to the memory file.
+//! * Save: `migrate unix:<socket>` with `x-ignore-shared` to a socket squib listens on; squib
+//!   writes what arrives into the device-state file; wait for `completed`, then copy the
+//!   memfd (sparse) to the memory file.
 //! * Restore: a fresh memfd is filled from the memory file (the file itself is never
 //!   written), QEMU starts with the same device set and `-incoming defer` (no kernel: the
-//!   guest's memory already holds it), then `migrate-incoming exec:cat <file>`.
-//!   QEMU 7.2 has no `file:` migration URI.
+//!   guest's memory already holds it), then `migrate-incoming unix:<socket>` and squib sends
+//!   the stream.
+//!
+//! QEMU 7.2 has no `file:` migration URI, and `exec:` would need QEMU to spawn a shell, which
+//! its sandbox (`spawn=deny`) forbids and a jail does not contain.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -253,33 +257,83 @@ pub fn argv_resources(resources: &VmResources) -> VmResources {
     resources
 }
 
-/// A shell word for `exec:` migration URIs (QEMU runs them with `/bin/sh -c`).
-fn shell_quote(path: &Path) -> String {
-    format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
+/// A private directory for a migration socket (squib's temporary directory: `/tmp` in a jail).
+fn socket_dir() -> Result<tempfile::TempDir, EngineError> {
+    tempfile::Builder::new()
+        .prefix("squib-migrate-")
+        .tempdir()
+        .map_err(|e| {
+            EngineError(format!(
+                "cannot create the migration socket's directory: {e}"
+            ))
+        })
 }
 
-/// Saves the paused guest's device state into `device_state` (an existing file).
+/// Saves the paused guest's device state into `device_state` (an existing file): QEMU
+/// migrates to a socket squib listens on, squib writes the stream into the file.
 pub async fn save_device_state(qmp: &QmpClient, device_state: &Path) -> Result<(), EngineError> {
     let err = |e: QmpError| EngineError(e.to_string());
-    qmp.migrate_set_capability(IGNORE_SHARED, true)
+    let dir = socket_dir()?;
+    let socket = dir.path().join("migrate.sock");
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| EngineError(format!("cannot listen for QEMU's migration stream: {e}")))?;
+    let mut out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(device_state)
         .await
-        .map_err(err)?;
-    qmp.migrate(&format!("exec:cat > {}", shell_quote(device_state)))
-        .await
-        .map_err(err)?;
-    wait_for_migration(qmp).await
+        .map_err(|e| EngineError(format!("cannot open the device-state file: {e}")))?;
+    let receive = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await?;
+        tokio::io::copy(&mut stream, &mut out).await?;
+        out.sync_all().await
+    });
+    let started = async {
+        qmp.migrate_set_capability(IGNORE_SHARED, true)
+            .await
+            .map_err(err)?;
+        qmp.migrate(&format!("unix:{}", socket.display()))
+            .await
+            .map_err(err)?;
+        wait_for_migration(qmp).await
+    }
+    .await;
+    if let Err(e) = started {
+        receive.abort();
+        return Err(e);
+    }
+    match tokio::time::timeout(MIGRATION_TIMEOUT, receive).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(EngineError(format!(
+            "cannot write QEMU's device state: {e}"
+        ))),
+        Ok(Err(e)) => Err(EngineError(format!("the migration receiver failed: {e}"))),
+        Err(_) => Err(EngineError(
+            "QEMU's migration stream did not end".to_string(),
+        )),
+    }
 }
 
 /// Loads the device state of a restore (QEMU waits with `-incoming defer`); `stream` is a
-/// file in squib's private runtime directory.
+/// file in squib's private runtime directory. QEMU listens on a socket beside it; squib
+/// connects and sends the file.
 pub async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<(), EngineError> {
     let err = |e: QmpError| EngineError(e.to_string());
+    let socket = stream.with_extension("sock");
     qmp.migrate_set_capability(IGNORE_SHARED, true)
         .await
         .map_err(err)?;
-    qmp.migrate_incoming(&format!("exec:cat {}", shell_quote(stream)))
+    qmp.migrate_incoming(&format!("unix:{}", socket.display()))
         .await
         .map_err(err)?;
+    let send = async {
+        let mut file = tokio::fs::File::open(stream).await?;
+        let mut conn = tokio::net::UnixStream::connect(&socket).await?;
+        tokio::io::copy(&mut file, &mut conn).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut conn).await
+    };
+    send.await
+        .map_err(|e| EngineError(format!("cannot send the device state to QEMU: {e}")))?;
     wait_for_migration(qmp).await
 }
 
@@ -387,11 +441,6 @@ mod tests {
         };
         let err = prepare(&mut args, Accel::Tcg, 1 << 20, Some(&restore)).unwrap_err();
         assert!(err.0.contains("kvm accelerator"), "{err}");
-    }
-
-    #[test]
-    fn exec_paths_are_shell_quoted() {
-        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
     }
 
     #[test]

@@ -357,6 +357,25 @@ pub fn api_at(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u
     (status, String::from_utf8(body).unwrap())
 }
 
+/// (thread name, `Seccomp:` mode) of every thread of `pid`.
+pub fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            (field("Name:"), field("Seccomp:"))
+        })
+        .collect()
+}
+
 pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| {
