@@ -299,12 +299,90 @@ fn a_guest_boots_in_the_jail_as_an_unprivileged_user() {
     });
 }
 
+/// The cgroup arguments firecracker-go-sdk passes for `NumaNode: 0` on a cgroup v1 host
+/// (cpuset), or a v2 equivalent where the host only has the unified hierarchy; with the
+/// cgroup's directory, and the line `/proc/<pid>/cgroup` must show.
+fn cgroup_args(id: &str) -> (Vec<String>, PathBuf, String) {
+    const PARENT: &str = "security-e2e";
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let v1_cpuset = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(2) == Some(&"cgroup")
+            && f.get(3)
+                .is_some_and(|o| o.split(',').any(|o| o == "cpuset")))
+        .then(|| PathBuf::from(f[1]))
+    });
+    if let Some(mount) = v1_cpuset {
+        let cpus = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist")
+            .unwrap_or_else(|_| "0".into());
+        let args = vec![
+            "--cgroup".into(),
+            "cpuset.mems=0".into(),
+            "--cgroup".into(),
+            format!("cpuset.cpus={}", cpus.trim()),
+            "--parent-cgroup".into(),
+            PARENT.into(),
+        ];
+        return (args, mount.join(PARENT), format!("cpuset:/{PARENT}/{id}"));
+    }
+    let unified = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup v1 cpuset or a cgroup v2 hierarchy");
+    let args = vec![
+        "--cgroup-version".into(),
+        "2".into(),
+        "--cgroup".into(),
+        "pids.max=512".into(),
+        "--parent-cgroup".into(),
+        PARENT.into(),
+    ];
+    (args, unified.join(PARENT), format!("0::/{PARENT}/{id}"))
+}
+
+#[test]
+fn new_pid_ns_cgroups_and_limits_as_the_go_sdk_asks() {
+    let base = chroot_base();
+    let id = "security-pidns";
+    let (cgroup, cgroup_dir, cgroup_line) = cgroup_args(id);
+    let mut extra: Vec<&str> = cgroup.iter().map(String::as_str).collect();
+    extra.extend([
+        "--resource-limit",
+        "no-file=1024",
+        "--new-pid-ns",
+        "--daemonize",
+    ]);
+    let jailed = start(base.path(), id, &extra, &["--api-sock", "/run/api.sock"]);
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", jailed.pid)).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", jailed.pid)).unwrap();
+    // SAFETY: kill takes no pointers; the pid is the squib this test started.
+    unsafe { libc::kill(jailed.pid as i32, libc::SIGKILL) };
+    wait_for("squib to exit", Duration::from_secs(10), || {
+        !process_alive(jailed.pid)
+    });
+    let _ = std::fs::remove_dir(cgroup_dir.join(id));
+    let _ = std::fs::remove_dir(&cgroup_dir);
+    assert!(
+        cgroups.lines().any(|l| l.ends_with(&cgroup_line)),
+        "{cgroup_line} in {cgroups}"
+    );
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 1024 ")),
+        "{limits}"
+    );
+}
+
 #[test]
 fn new_pid_ns_runs_squib_as_init_and_records_its_pid() {
     let base = chroot_base();
     let jailed = start(
         base.path(),
-        "security-pidns",
+        "security-pidns1",
         &["--new-pid-ns", "--daemonize"],
         &["--api-sock", "/run/api.sock"],
     );
