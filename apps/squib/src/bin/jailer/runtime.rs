@@ -21,6 +21,10 @@ const QEMU_DATA_DIRS: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu/qemu",
 ];
 
+/// squib's `--accel auto` picks KVM only when a hardware KVM module is loaded; these (when
+/// present) keep that decision the same inside the jail, which has no /sys otherwise.
+const KVM_MODULE_DIRS: &[&str] = &["/sys/module/kvm_intel", "/sys/module/kvm_amd"];
+
 /// One read-only bind mount: `source` on the host at `target` inside the jail.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Bind {
@@ -161,7 +165,12 @@ pub(crate) fn binds(exec_file: &Path, qemu: &Path) -> Result<Vec<Bind>, JailerEr
         .parent()
         .and_then(Path::parent)
         .map(|prefix| prefix.join("share/qemu"));
-    for dir in QEMU_DATA_DIRS.iter().map(PathBuf::from).chain(prefix_data) {
+    for dir in QEMU_DATA_DIRS
+        .iter()
+        .chain(KVM_MODULE_DIRS)
+        .map(PathBuf::from)
+        .chain(prefix_data)
+    {
         if dir.is_dir() {
             out.push(same_place(&dir)?);
         }
