@@ -59,6 +59,10 @@ const API: &[c_long] = &[
     SYS_setsockopt,
     SYS_getsockname,
     SYS_getpeername,
+    // The API runtime may start a blocking-pool thread (it inherits this filter); `execve`
+    // stays forbidden, so a child could do nothing.
+    SYS_clone,
+    SYS_clone3,
 ];
 
 /// Device-backend threads: event loops on eventfds and sockets, guest memory mapped from
