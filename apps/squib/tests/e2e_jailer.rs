@@ -252,7 +252,8 @@ fn a_guest_boots_in_the_jail_as_an_unprivileged_user() {
                 "/" => {}
                 // No process of another user is visible in the jail's /proc.
                 "/proc" => assert!(
-                    options.contains("nosuid") && options.contains("hidepid=invisible"),
+                    options.contains("nosuid")
+                        && (options.contains("hidepid=invisible") || options.contains("hidepid=2")),
                     "{options}"
                 ),
                 _ => assert!(

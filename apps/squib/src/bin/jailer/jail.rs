@@ -440,7 +440,8 @@ impl Jail {
 
     /// The jail's own /proc, mounted by the process that execs squib (so it shows that
     /// process's PID namespace): squib hands guest RAM to QEMU as `/proc/<pid>/fd/<n>`.
-    /// `hidepid=invisible` hides every process of another user.
+    /// `hidepid=2` (`invisible`; the number also works on kernels before 5.8) hides every
+    /// process of another user.
     fn mount_proc() -> Result<(), JailerError> {
         match std::fs::create_dir("/proc") {
             Ok(()) => {}
@@ -454,7 +455,7 @@ impl Jail {
                 c"/proc".as_ptr(),
                 c"proc".as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                c"hidepid=invisible".as_ptr().cast(),
+                c"hidepid=2".as_ptr().cast(),
             )
         })
         .map_err(JailerError::MountProc)?;
