@@ -52,11 +52,12 @@ OUT="$(cd "$OUT" && pwd)"
 # .ko files themselves and loaded first. Names not present as modules (built
 # into the kernel) are skipped.
 WANT_MODULES=(
-  virtio_ring virtio virtio_mmio
+  virtio_ring virtio virtio_mmio virtio_pci
   virtio_blk virtio_net virtio_rng virtio_balloon virtio_console
   crc32c_generic ext4
   vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
   i8042 atkbd serio
+  virtio_mem libnvdimm virtio_pmem nd_pmem
 )
 
 # ---------------------------------------------------------------- kernel ----
@@ -130,6 +131,7 @@ build_kernel() {
     './boot/vmlinuz-*' './boot/config-*' \
     "./lib/modules/$ver/modules.builtin" \
     "./lib/modules/$ver/kernel/drivers/virtio/*" \
+    "./lib/modules/$ver/kernel/drivers/nvdimm/*" \
     "./lib/modules/$ver/kernel/drivers/block/*" \
     "./lib/modules/$ver/kernel/drivers/net/*" \
     "./lib/modules/$ver/kernel/drivers/char/*" \
@@ -205,7 +207,7 @@ build_kernel() {
 
   rm -rf "$OUT/modules"; mv "$OUT/modules.new" "$OUT/modules"
   mv "$OUT/vmlinux.new" "$OUT/vmlinux"
-  printf 'pkg=%s\nversion=%s\n' "$pkg" "$ver" > "$OUT/.kernel-stamp"
+  printf 'pkg=%s\nversion=%s\nmodules=%s\n' "$pkg" "$ver" "${WANT_MODULES[*]}" > "$OUT/.kernel-stamp"
   rm -rf "$dl" "$x"
 }
 
@@ -506,7 +508,8 @@ exec 9>"$OUT/.build-lock"
 flock 9
 PKG="$(resolve_kernel_pkg)"
 if [ "$FORCE" = 1 ] || [ ! -f "$OUT/vmlinux" ] || [ ! -d "$OUT/modules" ] \
-   || [ "$(sed -n 's/^pkg=//p' "$OUT/.kernel-stamp" 2>/dev/null)" != "$PKG" ]; then
+   || [ "$(sed -n 's/^pkg=//p' "$OUT/.kernel-stamp" 2>/dev/null)" != "$PKG" ] \
+   || [ "$(sed -n 's/^modules=//p' "$OUT/.kernel-stamp" 2>/dev/null)" != "${WANT_MODULES[*]}" ]; then
   build_kernel "$PKG"
 else
   log "kernel $PKG cached"

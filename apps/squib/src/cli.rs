@@ -47,12 +47,11 @@ pub struct RunArgs {
     pub no_seccomp: bool,
     /// `--seccomp-filter FILE`: upstream's compiled filter file.
     pub seccomp_filter: Option<PathBuf>,
+    /// `--enable-pci`: virtio devices on PCI (a q35 machine), hot-plug after boot.
+    pub enable_pci: bool,
     pub accel: Option<String>,
     pub qemu: Option<PathBuf>,
 }
-
-/// Flags upstream has that squib refuses until their feature lands, with the reason.
-const NOT_YET_SUPPORTED: &[(&str, &str)] = &[("enable-pci", "PCI is not supported by squib yet")];
 
 fn value(name: &'static str, help: &'static str) -> Arg {
     Arg::new(name)
@@ -187,14 +186,6 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation, St
     if let Some(path) = matches.get_one::<String>("describe-snapshot") {
         return Ok(Invocation::DescribeSnapshot(PathBuf::from(path)));
     }
-    for (name, reason) in NOT_YET_SUPPORTED {
-        let given = matches
-            .value_source(name)
-            .is_some_and(|s| s == clap::parser::ValueSource::CommandLine);
-        if given {
-            return Err(format!("Argument '{name}' is not supported: {reason}."));
-        }
-    }
     let id = matches
         .get_one::<String>("id")
         .cloned()
@@ -231,6 +222,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation, St
         boot_timer: matches.get_flag("boot-timer"),
         no_seccomp: matches.get_flag("no-seccomp"),
         seccomp_filter: string("seccomp-filter").map(PathBuf::from),
+        enable_pci: matches.get_flag("enable-pci"),
         accel: string("accel"),
         qemu: string("qemu").map(PathBuf::from),
     })))
@@ -301,9 +293,9 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_flags_are_refused_not_ignored() {
-        let err = parse_str(&["--enable-pci"]).unwrap_err();
-        assert!(err.contains("'enable-pci' is not supported"), "{err}");
+    fn enable_pci_is_a_flag() {
+        assert!(run(&["--enable-pci"]).enable_pci);
+        assert!(!run(&[]).enable_pci);
     }
 
     #[test]

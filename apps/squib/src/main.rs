@@ -176,6 +176,7 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
     install_panic_metrics(metrics.clone());
     seccomp::set_reporting(logger.clone(), metrics.clone());
     vmm.set_logger_control(Arc::new(logger));
+    vmm.set_pci_enabled(args.enable_pci);
     // Upstream's default MMDS limit is the API payload limit.
     vmm.set_mmds_size_limit(
         args.mmds_size_limit

@@ -25,6 +25,156 @@ const LEGACY_DEVICE_PARAM_LEN: usize = 37;
 /// QEMU limits block node names to 31 bytes.
 const MAX_NODE_NAME_LEN: usize = 31;
 
+/// PCIe root ports squib can put on q35's root bus (slots 2 to 0x1e; 0 is the host bridge,
+/// 1 unused, 0x1f the LPC bridge): one device per port.
+pub const MAX_PCI_PORTS: usize = 29;
+/// Free root ports a PCI machine keeps for devices hot-plugged after boot (at most
+/// [`MAX_PCI_PORTS`] in all).
+pub const HOTPLUG_PORTS: usize = 8;
+
+/// The machine QEMU emulates. The launch plan picks it from the resources; every device
+/// goes through [`Machine::device`], so a device's transport is decided in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// `-M microvm`: virtio-mmio transports, no hot-plug of any kind. The default.
+    Microvm,
+    /// `-M q35`: every virtio device is a virtio-*-pci function in a PCIe root port of its
+    /// own, free ports take hot-plugged devices, and memory devices (virtio-mem,
+    /// virtio-pmem) have a home. Chosen by `--enable-pci`, pmem and memory hot-plug.
+    Q35,
+}
+
+/// The virtio devices squib builds, whatever their transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VirtioKind {
+    Block,
+    VhostUserBlock,
+    Net,
+    Balloon,
+    Rng,
+    VhostUserVsock,
+    Pmem,
+    Mem,
+}
+
+impl Machine {
+    /// The PCI machine when the client asked for PCI (`--enable-pci`) or configured a
+    /// device only it carries (pmem, memory hot-plug: microvm realises them but never maps
+    /// them); microvm otherwise.
+    pub fn for_resources(resources: &VmResources) -> Self {
+        if resources.pci_enabled || !resources.pmem.is_empty() || resources.memory_hotplug.is_some()
+        {
+            Self::Q35
+        } else {
+            Self::Microvm
+        }
+    }
+
+    pub fn is_pci(self) -> bool {
+        self == Self::Q35
+    }
+
+    /// QEMU's `-M` value. q35 without the SATA controller, SMBus and VMware port nobody
+    /// uses (ACPI stays on: the guest finds its PCI hot-plug slots there); its i8042 is
+    /// built in.
+    /// `legacy`: the guest routes interrupts without ACPI (see [`legacy_interrupts`]); q35
+    /// serves such a guest as it is (its virtio-pci devices use MSI-X).
+    fn qemu_machine(self, legacy: bool) -> &'static str {
+        match self {
+            Self::Microvm if legacy => {
+                "microvm,acpi=off,pit=on,pic=on,rtc=off,isa-serial=on,auto-kernel-cmdline=on"
+            }
+            Self::Microvm => "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on",
+            Self::Q35 => "q35,sata=off,smbus=off,vmport=off",
+        }
+    }
+
+    /// QEMU's device type for `kind` on this machine's transport. `None`: the machine
+    /// cannot carry the device (memory devices on microvm).
+    pub fn device_type(self, kind: VirtioKind) -> Option<&'static str> {
+        use VirtioKind::*;
+        Some(match (self, kind) {
+            (Self::Microvm, Block) => "virtio-blk-device",
+            (Self::Microvm, VhostUserBlock) => "vhost-user-blk",
+            (Self::Microvm, Net) => "virtio-net-device",
+            (Self::Microvm, Balloon) => "virtio-balloon-device",
+            (Self::Microvm, Rng) => "virtio-rng-device",
+            (Self::Microvm, VhostUserVsock) => "vhost-user-vsock-device",
+            (Self::Microvm, Pmem | Mem) => return None,
+            (Self::Q35, Block) => "virtio-blk-pci",
+            (Self::Q35, VhostUserBlock) => "vhost-user-blk-pci",
+            (Self::Q35, Net) => "virtio-net-pci",
+            (Self::Q35, Balloon) => "virtio-balloon-pci",
+            (Self::Q35, Rng) => "virtio-rng-pci",
+            (Self::Q35, VhostUserVsock) => "vhost-user-vsock-pci",
+            (Self::Q35, Pmem) => "virtio-pmem-pci",
+            (Self::Q35, Mem) => "virtio-mem-pci",
+        })
+    }
+
+    /// The `-device` value of a `kind` device with the properties `props` (`id=…` and the
+    /// rest), on `port` when the machine is PCI. Network cards get no option ROM: the guest
+    /// boots its kernel directly and a ROM only costs firmware time.
+    pub fn device(self, kind: VirtioKind, port: Option<usize>, props: &str) -> String {
+        let ty = self
+            .device_type(kind)
+            .unwrap_or("virtio-device-unavailable");
+        match (self, port) {
+            (Self::Q35, Some(port)) => {
+                let rom = if kind == VirtioKind::Net {
+                    ",romfile="
+                } else {
+                    ""
+                };
+                format!("{ty},bus={},{props}{rom}", root_port_id(port))
+            }
+            _ => format!("{ty},{props}"),
+        }
+    }
+}
+
+/// QEMU id of the PCIe root port `index`.
+pub fn root_port_id(index: usize) -> String {
+    format!("rp{index}")
+}
+
+/// The `-device` value of PCIe root port `index`: slot `index + 2` of the root bus. It asks
+/// the firmware to reserve no I/O window (virtio-pci devices on PCIe are modern, memory
+/// BARs only), so 29 ports never exhaust the 64 KiB of I/O space.
+fn root_port(index: usize) -> String {
+    format!(
+        "pcie-root-port,id={},bus=pcie.0,chassis={},addr={:#x},io-reserve=0",
+        root_port_id(index),
+        index + 1,
+        index + 2
+    )
+}
+
+/// Hands out root ports to cold-plugged devices, in order.
+struct Ports {
+    machine: Machine,
+    used: usize,
+}
+
+impl Ports {
+    fn next(&mut self) -> Option<usize> {
+        self.machine.is_pci().then(|| {
+            self.used += 1;
+            self.used - 1
+        })
+    }
+
+    /// Devices, one per port, with the ports first (a device's bus must exist when QEMU
+    /// creates it) and [`HOTPLUG_PORTS`] free ones after them.
+    fn total(&self) -> usize {
+        if self.machine.is_pci() {
+            (self.used + HOTPLUG_PORTS).min(MAX_PCI_PORTS)
+        } else {
+            0
+        }
+    }
+}
+
 /// Where the guest's serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ConsoleTarget {
@@ -69,6 +219,10 @@ pub enum CmdlineError {
     #[error("{count} virtio devices are configured, but QEMU's microvm machine offers at most {max}{}",
         if *max == MAX_LEGACY_VIRTIO_MMIO_DEVICES { " when the kernel command line has `noapic` or `acpi=off`" } else { "" })]
     TooManyDevices { count: usize, max: usize },
+    #[error(
+        "{count} devices are configured, but squib's PCI machine offers at most {MAX_PCI_PORTS}"
+    )]
+    TooManyPciDevices { count: usize },
     #[error("the kernel command line with the root device parameters is too long ({len} bytes, at most {} allowed)", MAX_CMDLINE_LEN - 1)]
     CmdlineTooLong { len: usize },
     #[error("the {what} path is not valid UTF-8: {path:?}")]
@@ -141,7 +295,9 @@ pub fn kernel_cmdline(
     }
     let cmdline = parts.join(" ");
     // Like Firecracker, the device parameters count against the limit.
-    let added = if legacy_interrupts(boot.cmdline()) {
+    let added = if legacy_interrupts(boot.cmdline())
+        && Machine::for_resources(resources) == Machine::Microvm
+    {
         device_count(resources) * LEGACY_DEVICE_PARAM_LEN
     } else {
         0
@@ -188,6 +344,7 @@ pub fn build_args(
         .boot_source
         .as_ref()
         .ok_or(CmdlineError::NoBootSource)?;
+    let machine = Machine::for_resources(resources);
     let legacy = legacy_interrupts(boot.cmdline());
     let max = if legacy {
         MAX_LEGACY_VIRTIO_MMIO_DEVICES
@@ -195,7 +352,10 @@ pub fn build_args(
         MAX_VIRTIO_MMIO_DEVICES
     };
     let devices = device_count(resources);
-    if devices > max {
+    if machine == Machine::Q35 && devices > MAX_PCI_PORTS {
+        return Err(CmdlineError::TooManyPciDevices { count: devices });
+    }
+    if machine == Machine::Microvm && devices > max {
         return Err(CmdlineError::TooManyDevices {
             count: devices,
             max,
@@ -204,8 +364,8 @@ pub fn build_args(
     let cmdline = kernel_cmdline(resources, spec.tsc_khz)?;
     let qmp = utf8(spec.qmp_socket, "QMP socket")?;
 
-    let machine = &resources.machine_config;
-    let mem = format!("{}M", machine.mem_size_mib);
+    let machine_config = &resources.machine_config;
+    let mem = format!("{}M", machine_config.mem_size_mib);
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
 
@@ -216,18 +376,12 @@ pub fn build_args(
         "-no-reboot",
         "-S",
     ]);
-    push(&[
-        "-M",
-        if legacy {
-            "microvm,acpi=off,pit=on,pic=on,rtc=off,isa-serial=on,auto-kernel-cmdline=on"
-        } else {
-            "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on"
-        },
-    ]);
-    if resources
-        .drives
-        .iter()
-        .any(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
+    push(&["-M", machine.qemu_machine(legacy)]);
+    if machine == Machine::Microvm
+        && resources
+            .drives
+            .iter()
+            .any(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
     {
         // microvm's virtio-mmio transports are legacy (version 1) by default, which
         // libvhost-user backends refuse ("virtio legacy devices aren't supported"). Modern
@@ -242,7 +396,7 @@ pub fn build_args(
         |model| model.qemu_cpu(spec.accel.cpu_model()),
     );
     push(&["-accel", spec.accel.qemu_name(), "-cpu", &cpu]);
-    push(&["-smp", &machine.vcpu_count.to_string(), "-m", &mem]);
+    push(&["-smp", &machine_config.vcpu_count.to_string(), "-m", &mem]);
     // Shared guest RAM: vhost-user backends (block drives) map it, and snapshots need it.
     push(&[
         "-object",
@@ -250,8 +404,10 @@ pub fn build_args(
         "-machine",
         "memory-backend=ram",
     ]);
-    // The i8042 controller is what Ctrl+Alt+Del goes through.
-    push(&["-device", "i8042"]);
+    if machine == Machine::Microvm {
+        // The i8042 controller is what Ctrl+Alt+Del goes through (q35 has one built in).
+        push(&["-device", "i8042"]);
+    }
     // -kernel, -initrd and -append take their argument verbatim: no option-syntax escaping.
     push(&["-kernel", &boot.config.kernel_image_path]);
     if let Some(initrd) = &boot.config.initrd_path {
@@ -267,29 +423,43 @@ pub fn build_args(
         ConsoleTarget::Null => "null,id=console".to_string(),
     };
     push(&["-chardev", &console, "-serial", "chardev:console"]);
+
+    // The devices go to a list of their own: on a PCI machine their root ports come first.
+    let mut ports = Ports { machine, used: 0 };
+    let mut devs: Vec<String> = Vec::new();
     for (index, drive) in resources.drives.iter().enumerate() {
+        let port = ports.next();
         match &drive.backend {
-            DriveBackend::File { .. } => push_drive(&mut args, index, drive),
+            DriveBackend::File { .. } => push_drive(&mut devs, machine, port, index, drive),
             DriveBackend::VhostUser { socket } => {
-                push_vhost_user_drive(&mut args, index, &drive.id, socket)
+                push_vhost_user_drive(&mut devs, machine, port, index, &drive.id, socket)
             }
         }
     }
     for (index, iface) in resources.net.iter().enumerate() {
         let socket = net_socket(spec.qmp_socket, index);
+        let port = ports.next();
         push_net(
-            &mut args,
+            &mut devs,
+            machine,
+            port,
             index,
             &iface.config,
             utf8(&socket, "netdev socket")?,
         );
     }
     if let Some(balloon) = &resources.balloon {
-        push_balloon(&mut args, balloon);
+        let port = ports.next();
+        push_balloon(&mut devs, machine, port, balloon);
     }
     if let Some(entropy) = &resources.entropy {
-        push_entropy(&mut args, entropy);
+        let port = ports.next();
+        push_entropy(&mut devs, machine, port, entropy);
     }
+    for index in 0..ports.total() {
+        args.extend(["-device".to_string(), root_port(index)]);
+    }
+    args.extend(devs);
     args.extend([
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", escape_option_value(qmp)),
@@ -298,7 +468,13 @@ pub fn build_args(
 }
 
 /// `-blockdev` (a raw format node over a file node) and its `virtio-blk-device`.
-fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
+fn push_drive(
+    args: &mut Vec<String>,
+    machine: Machine,
+    port: Option<usize>,
+    index: usize,
+    drive: &Drive,
+) {
     let DriveBackend::File {
         path, read_only, ..
     } = &drive.backend
@@ -321,9 +497,10 @@ fn push_drive(args: &mut Vec<String>, index: usize, drive: &Drive) {
         aio = qemu_aio(drive),
     ));
     args.push("-device".to_string());
-    args.push(format!(
-        "virtio-blk-device,drive={},id={}",
-        names.node, names.device
+    args.push(machine.device(
+        VirtioKind::Block,
+        port,
+        &format!("drive={},id={}", names.node, names.device),
     ));
 }
 
@@ -337,7 +514,14 @@ pub fn vhost_user_chardev_id(index: usize) -> String {
 /// virtio-mmio transports like `virtio-blk-device`). QEMU connects once, at start-up: the
 /// backend must already listen. The device has no block node in QEMU: the backend owns the
 /// data, its size and its read-only flag.
-fn push_vhost_user_drive(args: &mut Vec<String>, index: usize, id: &str, socket: &str) {
+fn push_vhost_user_drive(
+    args: &mut Vec<String>,
+    machine: Machine,
+    port: Option<usize>,
+    index: usize,
+    id: &str,
+    socket: &str,
+) {
     let chardev = vhost_user_chardev_id(index);
     args.push("-chardev".to_string());
     args.push(format!(
@@ -345,9 +529,10 @@ fn push_vhost_user_drive(args: &mut Vec<String>, index: usize, id: &str, socket:
         escape_option_value(socket)
     ));
     args.push("-device".to_string());
-    args.push(format!(
-        "vhost-user-blk,chardev={chardev},id={}",
-        drive_names(index, id).device
+    args.push(machine.device(
+        VirtioKind::VhostUserBlock,
+        port,
+        &format!("chardev={chardev},id={}", drive_names(index, id).device),
     ));
 }
 
@@ -364,14 +549,21 @@ pub fn netdev_id(index: usize) -> String {
 }
 
 /// `-netdev stream` connecting to squib's relay (which owns the TAP) and its `virtio-net-device`.
-fn push_net(args: &mut Vec<String>, index: usize, config: &NetworkInterfaceConfig, socket: &str) {
+fn push_net(
+    args: &mut Vec<String>,
+    machine: Machine,
+    port: Option<usize>,
+    index: usize,
+    config: &NetworkInterfaceConfig,
+    socket: &str,
+) {
     let id = netdev_id(index);
     args.push("-netdev".to_string());
     args.push(format!(
         "stream,id={id},server=off,addr.type=unix,addr.path={}",
         escape_option_value(socket)
     ));
-    let mut device = format!("virtio-net-device,netdev={id},id=nic{index}");
+    let mut device = format!("netdev={id},id=nic{index}");
     if let Some(mac) = config.guest_mac {
         device.push_str(&format!(",mac={mac}"));
     }
@@ -379,7 +571,7 @@ fn push_net(args: &mut Vec<String>, index: usize, config: &NetworkInterfaceConfi
         device.push_str(&format!(",host_mtu={mtu}"));
     }
     args.push("-device".to_string());
-    args.push(device);
+    args.push(machine.device(VirtioKind::Net, port, &device));
 }
 
 /// QEMU's `aio=` for a drive: `Sync` is a thread pool, `Async` is io_uring (the engine turns
@@ -400,10 +592,15 @@ pub const BALLOON_ID: &str = "balloon0";
 const BALLOON_IOTHREAD: &str = "balloon-iothread";
 
 /// `virtio-balloon-device` with Firecracker's options. Free page hinting needs an I/O thread.
-fn push_balloon(args: &mut Vec<String>, balloon: &BalloonDeviceConfig) {
+fn push_balloon(
+    args: &mut Vec<String>,
+    machine: Machine,
+    port: Option<usize>,
+    balloon: &BalloonDeviceConfig,
+) {
     let on_off = |b: bool| if b { "on" } else { "off" };
     let mut device = format!(
-        "virtio-balloon-device,id={BALLOON_ID},deflate-on-oom={},free-page-reporting={}",
+        "id={BALLOON_ID},deflate-on-oom={},free-page-reporting={}",
         on_off(balloon.deflate_on_oom),
         on_off(balloon.free_page_reporting),
     );
@@ -413,15 +610,20 @@ fn push_balloon(args: &mut Vec<String>, balloon: &BalloonDeviceConfig) {
         device.push_str(&format!(",free-page-hint=on,iothread={BALLOON_IOTHREAD}"));
     }
     args.push("-device".to_string());
-    args.push(device);
+    args.push(machine.device(VirtioKind::Balloon, port, &device));
 }
 
 /// `virtio-rng-device` fed by the host's /dev/urandom. The bandwidth bucket becomes QEMU's
 /// quota: at most `size` bytes per `refill_time` ms (`max-bytes`/`period`).
-fn push_entropy(args: &mut Vec<String>, entropy: &EntropyDeviceConfig) {
+fn push_entropy(
+    args: &mut Vec<String>,
+    machine: Machine,
+    port: Option<usize>,
+    entropy: &EntropyDeviceConfig,
+) {
     args.push("-object".to_string());
     args.push("rng-random,id=rng0,filename=/dev/urandom".to_string());
-    let mut device = "virtio-rng-device,rng=rng0,id=entropy0".to_string();
+    let mut device = "rng=rng0,id=entropy0".to_string();
     if let Some(bucket) = entropy
         .to_config()
         .rate_limiter
@@ -433,7 +635,7 @@ fn push_entropy(args: &mut Vec<String>, entropy: &EntropyDeviceConfig) {
         ));
     }
     args.push("-device".to_string());
-    args.push(device);
+    args.push(machine.device(VirtioKind::Rng, port, &device));
 }
 
 /// Where the serial console goes: `serial_out_path` from `PUT /serial` wins over squib's default.
@@ -576,6 +778,100 @@ mod tests {
             "unix:/run/squib/qmp.sock,server=on,wait=off",
         ];
         assert_eq!(args(&res), expected);
+    }
+
+    #[test]
+    fn enable_pci_puts_every_device_in_a_root_port_and_keeps_free_ones() {
+        let mut res = resources(vec![
+            file_drive("rootfs", true, "/img/rootfs.ext4", false),
+            file_drive("data", false, "/img/data.ext4", true),
+        ]);
+        res.pci_enabled = true;
+        res.balloon = Some(BalloonDeviceConfig::default());
+        res.entropy = Some(EntropyDeviceConfig::default());
+        let argv = args(&res);
+        assert_eq!(values(&argv, "-M"), ["q35,sata=off,smbus=off,vmport=off"]);
+        // q35 has its own i8042; the root parameters are the same as on microvm.
+        assert!(!values(&argv, "-device").contains(&"i8042"));
+        assert_eq!(
+            values(&argv, "-append"),
+            ["console=ttyS0 reboot=k panic=1 root=/dev/vda rw"]
+        );
+        let devices = values(&argv, "-device");
+        let ports: Vec<_> = devices
+            .iter()
+            .filter(|d| d.starts_with("pcie-root-port,"))
+            .collect();
+        assert_eq!(ports.len(), 4 + HOTPLUG_PORTS);
+        assert_eq!(
+            ports[0],
+            &"pcie-root-port,id=rp0,bus=pcie.0,chassis=1,addr=0x2,io-reserve=0"
+        );
+        let rest: Vec<&str> = devices
+            .iter()
+            .copied()
+            .filter(|d| !d.starts_with("pcie-root-port,"))
+            .collect();
+        assert_eq!(
+            rest,
+            [
+                "virtio-blk-pci,bus=rp0,drive=drive_rootfs,id=blk_rootfs",
+                "virtio-blk-pci,bus=rp1,drive=drive_data,id=blk_data",
+                "virtio-balloon-pci,bus=rp2,id=balloon0,deflate-on-oom=off,free-page-reporting=off",
+                "virtio-rng-pci,bus=rp3,rng=rng0,id=entropy0",
+            ]
+        );
+        // Root ports come before the devices that sit in them.
+        let first_port = argv
+            .iter()
+            .position(|a| a.starts_with("pcie-root-port"))
+            .unwrap();
+        let first_dev = argv
+            .iter()
+            .position(|a| a.starts_with("virtio-blk-pci"))
+            .unwrap();
+        assert!(first_port < first_dev);
+    }
+
+    #[test]
+    fn transport_switch_covers_every_device() {
+        use VirtioKind::*;
+        for kind in [
+            Block,
+            VhostUserBlock,
+            Net,
+            Balloon,
+            Rng,
+            VhostUserVsock,
+            Pmem,
+            Mem,
+        ] {
+            assert!(Machine::Q35.device_type(kind).unwrap().ends_with("-pci"));
+        }
+        assert_eq!(Machine::Microvm.device_type(Pmem), None);
+        assert_eq!(Machine::Microvm.device_type(Mem), None);
+        assert_eq!(
+            Machine::Q35.device(Net, Some(3), "netdev=net0,id=nic0"),
+            "virtio-net-pci,bus=rp3,netdev=net0,id=nic0,romfile="
+        );
+        assert_eq!(
+            Machine::Microvm.device(Net, None, "netdev=net0,id=nic0"),
+            "virtio-net-device,netdev=net0,id=nic0"
+        );
+        // pmem and memory hot-plug need the PCI machine even without --enable-pci.
+        let res = VmResources {
+            memory_hotplug: Some(squib_vmm::config::memory_hotplug::MemoryHotplugConfig {
+                total_size_mib: 128,
+                block_size_mib: 2,
+                slot_size_mib: 128,
+            }),
+            ..VmResources::default()
+        };
+        assert_eq!(Machine::for_resources(&res), Machine::Q35);
+        assert_eq!(
+            Machine::for_resources(&VmResources::default()),
+            Machine::Microvm
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct VmResources {
     pub mmds_config: Option<MmdsConfig>,
     pub mmds: MmdsStore,
     pub memory_hotplug: Option<MemoryHotplugConfig>,
+    /// `--enable-pci`: virtio devices on PCI, and hot-plug after boot.
+    pub pci_enabled: bool,
 }
 
 impl Default for VmResources {
@@ -58,6 +60,7 @@ impl Default for VmResources {
             mmds_config: None,
             mmds: MmdsStore::new(DEFAULT_MMDS_SIZE_LIMIT),
             memory_hotplug: None,
+            pci_enabled: false,
         }
     }
 }

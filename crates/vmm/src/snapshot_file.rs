@@ -87,6 +87,9 @@ pub struct SnapshotResources {
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     pub balloon: Option<BalloonDeviceConfig>,
     pub entropy: Option<EntropyDeviceConfig>,
+    /// The VM ran on the PCI machine (`--enable-pci`): the restore must rebuild it.
+    #[serde(default)]
+    pub pci_enabled: bool,
 }
 
 impl SnapshotResources {
@@ -98,6 +101,7 @@ impl SnapshotResources {
             network_interfaces: resources.net.iter().map(|n| n.to_config()).collect(),
             balloon: resources.balloon,
             entropy: resources.entropy.map(EntropyDeviceConfig::to_config),
+            pci_enabled: resources.pci_enabled,
         }
     }
 }

@@ -137,6 +137,12 @@ impl<E: Engine> Vmm<E> {
         Ok(())
     }
 
+    /// `--enable-pci`: the guest gets a PCI machine, and devices can be hot-plugged.
+    pub fn set_pci_enabled(&mut self, enabled: bool) {
+        self.resources.pci_enabled = enabled;
+        self.publish();
+    }
+
     /// The metrics registry (the binary stores start-up times and signals there).
     pub fn metrics(&self) -> Arc<MetricsRegistry> {
         self.metrics.clone()
@@ -229,14 +235,22 @@ impl<E: Engine> Vmm<E> {
                 self.resources.cpu_config = Some(template);
                 Ok(VmmData::Empty)
             }
-            // Hot-plug needs a PCI transport, which squib does not offer (no --enable-pci).
+            // Hot-plug needs the PCI transport (--enable-pci).
+            InsertBlockDevice(_)
+            | InsertNetworkDevice(_)
+            | InsertPmemDevice(_)
+            | RemoveDevice(..)
+                if booted && !self.resources.pci_enabled =>
+            {
+                Err(VmmActionError::PciNotEnabled)
+            }
             InsertBlockDevice(_)
             | InsertNetworkDevice(_)
             | InsertPmemDevice(_)
             | RemoveDevice(..)
                 if booted =>
             {
-                Err(VmmActionError::PciNotEnabled)
+                Err(VmmActionError::NotSupportedBySquib("Device hot-plug"))
             }
             InsertBlockDevice(cfg) => {
                 if cfg.is_root_device && self.resources.pmem.has_root() {

@@ -287,6 +287,7 @@ impl<E: Engine> Vmm<E> {
             cpu_config: None,
             balloon: saved.balloon,
             entropy: saved.entropy,
+            pci_enabled: saved.pci_enabled,
             ..self.resources.clone()
         };
         let restore = |what: String| VmmActionError::from(LoadSnapshotError::Restore(what));

@@ -1,0 +1,92 @@
+//! End-to-end: `--enable-pci` (a q35 machine with virtio-*-pci devices in PCIe root ports),
+//! with the same guest-visible behaviour as microvm: the root drive is `/dev/vda`, the boot
+//! arguments reach the guest, and a guest reboot ends squib with exit code 0.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const SCRIPT_DONE: &str = "SQUIB-SCRIPT-DONE";
+
+/// A raw disk holding `script` (NUL padding, stripped by the guest's init).
+fn script_disk(dir: &Path, script: &str) -> PathBuf {
+    let path = dir.join("script.img");
+    let mut bytes = format!("{script}\nexit 0\n").into_bytes();
+    bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The value after `prefix` on the last console line that has it.
+fn last_value(squib: &Squib, prefix: &str) -> Option<String> {
+    squib
+        .console()
+        .lines()
+        .filter_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
+        .next_back()
+}
+
+#[test]
+fn enable_pci_boots_virtio_pci_devices_and_reboot_ends_squib() {
+    let guest = guest();
+    let mut squib = Squib::start(&["--enable-pci"]);
+    let rootfs = rootfs_copy(&guest, squib.dir.path());
+    configure(
+        &squib,
+        &guest,
+        &rootfs,
+        "console=ttyS0 reboot=k panic=1 squib.action=wait squib.script=/dev/vdb",
+    );
+    let script = r#"
+echo "PCI-VIRTIO $(ls /sys/bus/pci/drivers/virtio-pci | grep -c '^0000:')"
+echo "PCI-ROOT $(grep ' / ' /proc/mounts | cut -d' ' -f1)"
+echo "PCI-RNG $(cat /sys/class/misc/hw_random/rng_current)"
+echo "PCI-BALLOON $(ls /sys/bus/virtio/drivers/virtio_balloon | grep -c virtio)"
+echo "PCI-ROOTFS $(cat /etc/squib-rootfs)"
+"#;
+    let disk = script_disk(squib.dir.path(), script);
+    squib.ok(
+        "PUT",
+        "/drives/script",
+        &json!({"drive_id": "script", "path_on_host": disk, "is_root_device": false, "is_read_only": true})
+            .to_string(),
+    );
+    squib.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib":0,"deflate_on_oom":false}"#,
+    );
+    squib.ok("PUT", "/entropy", "{}");
+    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    squib.wait_for_line(SCRIPT_DONE, Duration::from_secs(120));
+
+    // Four virtio devices, each a virtio-pci function: two drives, the balloon, entropy.
+    assert_eq!(last_value(&squib, "PCI-VIRTIO ").as_deref(), Some("4"));
+    assert_eq!(last_value(&squib, "PCI-ROOT ").as_deref(), Some("/dev/vda"));
+    assert_eq!(
+        last_value(&squib, "PCI-ROOTFS ").as_deref(),
+        Some("squib test rootfs v1")
+    );
+    assert!(
+        last_value(&squib, "PCI-RNG ").is_some_and(|v| v.starts_with("virtio_rng")),
+        "{}",
+        squib.console()
+    );
+    assert_eq!(last_value(&squib, "PCI-BALLOON ").as_deref(), Some("1"));
+    let cmdline = squib
+        .console()
+        .lines()
+        .find(|l| l.contains("Kernel command line:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(cmdline.contains("root=/dev/vda rw"), "{cmdline}");
+
+    // Ctrl-Alt-Del makes the test guest reboot: squib ends with 0, as on microvm.
+    squib.ok("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
+    let status = squib.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", squib.transcript());
+}
