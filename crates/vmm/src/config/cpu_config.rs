@@ -26,23 +26,22 @@ pub enum KvmCapability {
 impl<'de> Deserialize<'de> for KvmCapability {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let (remove, number) = match text.strip_prefix('!') {
-            Some(rest) => (true, rest),
-            None => (false, text.as_str()),
+        let parse = |number: &str| {
+            number.parse::<u32>().map_err(|e| {
+                D::Error::custom(format!(
+                    "Failed to parse string [{text}] as a kvm capability - can not convert to numeric: {e}"
+                ))
+            })
         };
-        let value = number.parse::<u32>().map_err(|e| {
-            D::Error::custom(format!("Failed to parse string [{text}] as a number: {e}"))
-        })?;
-        Ok(if remove {
-            Self::Remove(value)
-        } else {
-            Self::Add(value)
+        Ok(match text.strip_prefix('!') {
+            Some(rest) => Self::Remove(parse(rest)?),
+            None => Self::Add(parse(&text)?),
         })
     }
 }
 
+/// Unknown fields are accepted here, as upstream does.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuidLeafModifier {
     #[serde(deserialize_with = "number_from_str")]
     pub leaf: u32,
@@ -52,8 +51,7 @@ pub struct CpuidLeafModifier {
     pub modifiers: Vec<CpuidRegisterModifier>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuidRegister {
     Eax,
     Ebx,
@@ -61,16 +59,32 @@ pub enum CpuidRegister {
     Edx,
 }
 
+impl<'de> Deserialize<'de> for CpuidRegister {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "eax" => Self::Eax,
+            "ebx" => Self::Ebx,
+            "ecx" => Self::Ecx,
+            "edx" => Self::Edx,
+            _ => {
+                return Err(D::Error::custom(
+                    "Invalid CPUID register. Must be one of [eax, ebx, ecx, edx]",
+                ));
+            }
+        })
+    }
+}
+
+/// Unknown fields are accepted here, as upstream does.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuidRegisterModifier {
     pub register: CpuidRegister,
     #[serde(deserialize_with = "bitmap32")]
     pub bitmap: RegisterValueFilter,
 }
 
+/// Unknown fields are accepted here, as upstream does.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MsrModifier {
     #[serde(deserialize_with = "number_from_str")]
     pub addr: u32,
@@ -85,48 +99,56 @@ pub struct RegisterValueFilter {
     pub value: u64,
 }
 
-/// Numbers are strings: decimal, `0x` hex or `0b` binary.
+/// Numbers are strings with a `0x` (hex) or `0b` (binary) prefix; the texts are upstream's
+/// (the parse error in its Debug form).
 fn number_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let text = String::deserialize(d)?;
-    let parsed = if let Some(hex) = text.strip_prefix("0x") {
-        u32::from_str_radix(hex, 16)
-    } else if let Some(bin) = text.strip_prefix("0b") {
+    let parsed = if let Some(bin) = text.strip_prefix("0b") {
         u32::from_str_radix(bin, 2)
+    } else if let Some(hex) = text.strip_prefix("0x") {
+        u32::from_str_radix(hex, 16)
     } else {
-        text.parse()
+        return Err(D::Error::custom(format!(
+            "No supported number system prefix found in value [{text}]. Make sure to prefix \
+             the number with '0x' for hexadecimal numbers or '0b' for binary numbers."
+        )));
     };
-    parsed
-        .map_err(|e| D::Error::custom(format!("Failed to parse string [{text}] as a number: {e}")))
+    parsed.map_err(|e| {
+        D::Error::custom(format!(
+            "Failed to parse string [{text}] as a number for CPU template - {e:?}"
+        ))
+    })
 }
 
-fn bitmap<'de, D: Deserializer<'de>>(d: D, width: usize) -> Result<RegisterValueFilter, D::Error> {
+/// A tri-state bitmap (`0`, `1`, `x`; `_` ignored; `0b` prefix optional) read from its last
+/// character; fewer than `width` bits leave the high bits alone, as upstream.
+fn bitmap<'de, D: Deserializer<'de>>(d: D, width: u32) -> Result<RegisterValueFilter, D::Error> {
     let text = String::deserialize(d)?;
-    let bits = text.strip_prefix("0b").ok_or_else(|| {
-        D::Error::custom(format!(
-            "Failed to parse string [{text}] as a bitmap: missing 0b prefix"
-        ))
-    })?;
-    let bits: Vec<char> = bits.chars().filter(|c| *c != '_').collect();
-    if bits.len() != width {
-        return Err(D::Error::custom(format!(
-            "Failed to parse string [{text}] as a bitmap: expected {width} bits"
-        )));
-    }
+    let bits = text.strip_prefix("0b").unwrap_or(&text);
     let mut out = RegisterValueFilter::default();
-    for (i, c) in bits.iter().rev().enumerate() {
+    let mut i = 0;
+    for c in bits.bytes().rev() {
+        if i == width {
+            return Err(D::Error::custom(format!(
+                "Failed to parse string [{text}] as a bitmap - string is too long"
+            )));
+        }
         match c {
-            '0' => out.filter |= 1 << i,
-            '1' => {
+            b'_' => continue,
+            b'x' => {}
+            b'0' => out.filter |= 1 << i,
+            b'1' => {
                 out.filter |= 1 << i;
                 out.value |= 1 << i;
             }
-            'x' | 'X' => {}
+            // Upstream prints the byte's value, not the character.
             other => {
                 return Err(D::Error::custom(format!(
-                    "Failed to parse string [{text}] as a bitmap: invalid character {other}"
+                    "Failed to parse string [{text}] as a bitmap - unknown character: {other}"
                 )));
             }
         }
+        i += 1;
     }
     Ok(out)
 }
@@ -165,5 +187,62 @@ mod tests {
         );
         let err = serde_json::from_str::<CustomCpuTemplate>(r#"{"reg_modifiers":[]}"#).unwrap_err();
         assert!(err.to_string().starts_with("unknown field `reg_modifiers`, expected one of `kvm_capabilities`, `cpuid_modifiers`, `msr_modifiers`"));
+    }
+
+    fn error(json: &str) -> String {
+        let err = serde_json::from_str::<CustomCpuTemplate>(json).unwrap_err();
+        let text = err.to_string();
+        text.split(" at line ").next().unwrap().to_string()
+    }
+
+    #[test]
+    fn upstream_texts_and_leniency() {
+        // Short bitmaps without the prefix, `_` and unknown fields inside modifiers are fine.
+        let t: CustomCpuTemplate = serde_json::from_str(
+            r#"{"cpuid_modifiers":[{"leaf":"0b1","subleaf":"0x0","flags":0,"extra":1,
+                "modifiers":[{"register":"ecx","bitmap":"1_0x","more":true}]}],
+                "msr_modifiers":[{"addr":"0x10","bitmap":"0b1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            t.cpuid_modifiers[0].modifiers[0].bitmap,
+            RegisterValueFilter {
+                filter: 6,
+                value: 4
+            }
+        );
+        assert_eq!(t.msr_modifiers[0].addr, 16);
+        assert_eq!(
+            error(r#"{"kvm_capabilities":["x1"]}"#),
+            "Failed to parse string [x1] as a kvm capability - can not convert to numeric: invalid digit found in string"
+        );
+        assert_eq!(
+            error(r#"{"msr_modifiers":[{"addr":"16","bitmap":"0"}]}"#),
+            "No supported number system prefix found in value [16]. Make sure to prefix the number with '0x' for hexadecimal numbers or '0b' for binary numbers."
+        );
+        assert_eq!(
+            error(r#"{"msr_modifiers":[{"addr":"0xg","bitmap":"0"}]}"#),
+            "Failed to parse string [0xg] as a number for CPU template - ParseIntError { kind: InvalidDigit }"
+        );
+        assert_eq!(
+            error(r#"{"msr_modifiers":[{"addr":"0x1","bitmap":"0bz"}]}"#),
+            "Failed to parse string [0bz] as a bitmap - unknown character: 122"
+        );
+        assert_eq!(
+            error(&format!(
+                r#"{{"cpuid_modifiers":[{{"leaf":"0x1","subleaf":"0x0","flags":0,"modifiers":[{{"register":"eax","bitmap":"{}"}}]}}]}}"#,
+                "1".repeat(33)
+            )),
+            format!(
+                "Failed to parse string [{}] as a bitmap - string is too long",
+                "1".repeat(33)
+            )
+        );
+        assert_eq!(
+            error(
+                r#"{"cpuid_modifiers":[{"leaf":"0x1","subleaf":"0x0","flags":0,"modifiers":[{"register":"EAX","bitmap":"1"}]}]}"#
+            ),
+            "Invalid CPUID register. Must be one of [eax, ebx, ecx, edx]"
+        );
     }
 }

@@ -50,6 +50,7 @@ impl<'de> Deserialize<'de> for LogLevel {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggerConfig {
+    #[serde(default, deserialize_with = "super::path_string::optional")]
     pub log_path: Option<String>,
     pub level: Option<LogLevel>,
     pub show_level: Option<bool>,

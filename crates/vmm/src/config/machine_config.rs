@@ -39,15 +39,16 @@ impl HugePages {
     }
 }
 
-/// Firecracker's static CPU templates (x86_64 names).
+/// Firecracker's static CPU templates (x86_64 names), in upstream's order: serde lists them
+/// in this order in its "unknown variant" texts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StaticCpuTemplate {
     C3,
     T2,
     T2S,
+    None,
     T2CL,
     T2A,
-    None,
 }
 
 /// Body of `PUT /machine-config` and the shape `GET /machine-config` answers with.

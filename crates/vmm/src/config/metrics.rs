@@ -14,6 +14,7 @@ use super::logger::open_target;
 /// Body of `PUT /metrics`. Unlike most bodies, upstream accepts unknown fields here.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct MetricsConfig {
+    #[serde(deserialize_with = "super::path_string::required")]
     pub metrics_path: String,
     #[serde(default)]
     pub emit_id: bool,

@@ -12,6 +12,7 @@ pub mod memory_hotplug;
 pub mod metrics;
 pub mod mmds;
 pub mod net;
+mod path_string;
 pub mod pmem;
 pub mod rate_limiter;
 pub mod serial;

@@ -8,6 +8,7 @@ use super::rate_limiter::TokenBucketConfig;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
+    #[serde(default, deserialize_with = "super::path_string::optional")]
     pub serial_out_path: Option<String>,
     pub rate_limiter: Option<TokenBucketConfig>,
 }

@@ -15,7 +15,9 @@ pub enum SnapshotType {
 pub struct CreateSnapshotParams {
     #[serde(default)]
     pub snapshot_type: SnapshotType,
+    #[serde(deserialize_with = "super::path_string::required")]
     pub snapshot_path: String,
+    #[serde(deserialize_with = "super::path_string::required")]
     pub mem_file_path: String,
 }
 
@@ -28,6 +30,7 @@ pub enum MemBackendType {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemBackendConfig {
+    #[serde(deserialize_with = "super::path_string::required")]
     pub backend_path: String,
     pub backend_type: MemBackendType,
 }
@@ -59,7 +62,9 @@ pub enum SnapshotHugePages {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSnapshotConfig {
+    #[serde(deserialize_with = "super::path_string::required")]
     pub snapshot_path: String,
+    #[serde(default, deserialize_with = "super::path_string::optional")]
     pub mem_file_path: Option<String>,
     pub mem_backend: Option<MemBackendConfig>,
     #[serde(default)]
