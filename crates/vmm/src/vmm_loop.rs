@@ -291,6 +291,9 @@ impl<E: Engine> Vmm<E> {
                 self.resources.pmem.insert(cfg, block_root)?;
                 Ok(VmmData::Empty)
             }
+            // As upstream, only a rate limiter makes the device be looked up (and a booted
+            // squib VM never has pmem devices: InstanceStart refuses them).
+            UpdatePmemDevice(update) if update.rate_limiter.is_none() => Ok(VmmData::Empty),
             UpdatePmemDevice(_) => Err(PmemConfigError::DeviceNotFound.into()),
             RemoveDevice(..) => Err(VmmActionError::OperationNotSupportedPreBoot),
             SetVsockDevice(cfg) => {

@@ -19,11 +19,19 @@ pub enum MmdsVersion {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MmdsConfigRequest {
+    /// Absent is `None`; `null` is refused, as upstream (whose field is not an `Option`).
+    #[serde(default, deserialize_with = "present_version")]
     pub version: Option<MmdsVersion>,
     pub network_interfaces: Vec<String>,
     pub ipv4_address: Option<Ipv4Addr>,
     #[serde(default)]
     pub imds_compat: bool,
+}
+
+fn present_version<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<MmdsVersion>, D::Error> {
+    MmdsVersion::deserialize(d).map(Some)
 }
 
 impl MmdsConfigRequest {
@@ -114,6 +122,12 @@ mod tests {
             r#"{"version":"V1","network_interfaces":["eth0"],"ipv4_address":"169.254.254.255","imds_compat":false}"#
         );
         assert!(!req(r#"{"version":"V2","network_interfaces":[]}"#).is_deprecated());
+        let err = serde_json::from_str::<MmdsConfigRequest>(
+            r#"{"version":null,"network_interfaces":[]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "expected value at line 1 column 12");
+        assert!(req(r#"{"network_interfaces":[]}"#).version.is_none());
         let err = serde_json::from_str::<MmdsConfigRequest>(
             r#"{"network_interfaces":[],"ipv4_address":"1.2.3"}"#,
         )
