@@ -121,16 +121,38 @@ fn main() -> ExitCode {
         }
     };
     seccomp::apply_current(seccomp::ThreadKind::Vmm);
-    let code = match runtime.block_on(run(*args, logger)) {
-        Ok(code) => code,
+    let ending = match runtime.block_on(run(*args, logger)) {
+        Ok(ending) => ending,
         Err(e) => {
             tracing::error!("{e:#}");
-            EXIT_GENERIC_ERROR
+            Ending::Code(EXIT_GENERIC_ERROR)
         }
     };
     // Dropping the runtime drops the VMM task, and with it the QEMU child (killed on drop).
     drop(runtime);
-    ExitCode::from(code)
+    match ending {
+        Ending::Code(code) => ExitCode::from(code),
+        Ending::Signal(signal) => die_by(signal),
+    }
+}
+
+/// How squib ends: with an exit code, or killed by a signal it cleaned up after.
+enum Ending {
+    Code(u8),
+    Signal(libc::c_int),
+}
+
+/// Upstream installs no SIGTERM/SIGINT handler, so its parent sees death by the signal. squib
+/// caught it to stop QEMU and write the metrics first; now it dies by the same signal, its
+/// default disposition restored. Where that does not kill (PID 1 of a PID namespace ignores
+/// its own default-disposition signals), the shell's convention: 128 + the signal.
+fn die_by(signal: libc::c_int) -> ExitCode {
+    // SAFETY: SIG_DFL is a valid disposition for SIGTERM/SIGINT; the runtime that had handlers
+    // installed is gone, and no other thread relies on them.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+    // SAFETY: raise takes no pointers; it signals this very thread.
+    unsafe { libc::raise(signal) };
+    ExitCode::from(128 + signal as u8)
 }
 
 fn engine_from(args: &RunArgs) -> anyhow::Result<squib_qemu::QemuEngine> {
@@ -164,7 +186,7 @@ fn action_timeout() -> Duration {
         .unwrap_or(squib_api::DEFAULT_ACTION_TIMEOUT)
 }
 
-async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
+async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<Ending> {
     if args.boot_timer {
         tracing::warn!(
             "--boot-timer: squib offers no boot-timer device to the guest; the flag has no effect."
@@ -240,16 +262,17 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
         } => {
             anyhow::bail!("The API server stopped unexpectedly: {ended:?}");
         }
-        _ = terminate.recv() => Err(128 + libc::SIGTERM as u8),
-        _ = interrupt.recv() => Err(128 + libc::SIGINT as u8),
-        _ = hangup.recv() => Err(156),
+        _ = terminate.recv() => Err(Ending::Signal(libc::SIGTERM)),
+        _ = interrupt.recv() => Err(Ending::Signal(libc::SIGINT)),
+        // Upstream handles SIGHUP: it counts it and exits with 156.
+        _ = hangup.recv() => {
+            metrics.store("signals", "sighup", 1);
+            Err(Ending::Code(156))
+        }
     };
-    if finished == Err(156) {
-        metrics.store("signals", "sighup", 1);
-    }
-    let code = match finished {
-        Ok(outcome) => exit_code(outcome).await,
-        Err(signal_code) => {
+    let ending = match finished {
+        Ok(outcome) => Ending::Code(exit_code(outcome).await),
+        Err(ending) => {
             tracing::info!("Terminated by a signal.");
             vmm_task.abort();
             // Let the aborted VMM task drop its VM (and kill QEMU) before the process exits.
@@ -258,10 +281,10 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<u8> {
             if let Err(e) = metrics.flush_exit() {
                 tracing::warn!("Metrics error: {e}");
             }
-            signal_code
+            ending
         }
     };
-    Ok(code)
+    Ok(ending)
 }
 
 async fn exit_code(outcome: VmmExit) -> u8 {

@@ -142,7 +142,14 @@ fn terminating_squib_never_leaves_qemu_behind() {
         .args(["-TERM", &squib.child.id().to_string()])
         .status()
         .unwrap();
-    squib.wait_exit(Duration::from_secs(20));
+    // Like upstream (which installs no SIGTERM handler), squib dies by the signal, after it
+    // stopped QEMU and wrote its metrics.
+    let status = squib.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM),
+        "{status}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while process_alive(qemu) {
         assert!(
