@@ -183,12 +183,27 @@ fn failed_loads_answer_upstream_texts_and_end_squib() {
     // A corrupt state file.
     let state = dir.path().join("vm.state");
     std::fs::write(&state, b"this is not a squib snapshot state file").unwrap();
+    // Sent with a GET pipelined behind it: as upstream, the load is answered, then squib exits
+    // and nothing after it is answered.
     let mut squib = Squib::start(&[]);
-    let (status, body) = squib.api("PUT", "/snapshot/load", Some(&load_body(dir.path(), false)));
-    assert_eq!(status, 400);
+    let load = load_body(dir.path(), false);
+    let mut conn = std::os::unix::net::UnixStream::connect(&squib.socket).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        format!(
+            "PUT /snapshot/load HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{load}GET / HTTP/1.1\r\n\r\n",
+            load.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut replies = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut replies).unwrap();
+    assert_eq!(replies.matches("HTTP/1.1 ").count(), 1, "{replies}");
+    assert!(replies.starts_with("HTTP/1.1 400 "), "{replies}");
     assert!(
-        body.contains("Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: CRC64 validation failed"),
-        "{body}"
+        replies.contains("Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: CRC64 validation failed"),
+        "{replies}"
     );
     assert_eq!(squib.wait_exit(Duration::from_secs(10)).code(), Some(1));
 

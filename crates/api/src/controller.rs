@@ -67,6 +67,11 @@ impl Controller {
 
     /// Turns a parsed request into the client's answer.
     pub async fn respond(&self, request: ParsedRequest) -> ApiResponse {
+        if self.handle.actions.is_closed() {
+            // The VMM ended on a fatal error (a failed snapshot load) and squib is exiting: as
+            // upstream, whose process is gone by then, nothing more is answered.
+            return std::future::pending().await;
+        }
         match request {
             ParsedRequest::Get(get) => reads::render(get, &self.snapshot()),
             ParsedRequest::Action { action, deprecated } => {

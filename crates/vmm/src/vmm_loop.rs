@@ -169,6 +169,11 @@ impl<E: Engine> Vmm<E> {
                             tracing::debug!(action = name, error = %e, "action failed");
                         }
                         self.publish();
+                        if self.fatal.is_some() {
+                            // Upstream answers this request and exits: nothing after it gets an
+                            // answer (the API sees the channel closed before this reply).
+                            self.actions.close();
+                        }
                         // The client may have given up (time-out, closed socket); that is fine.
                         let _ = reply.send(result);
                         if let Some(reason) = self.fatal.take() {

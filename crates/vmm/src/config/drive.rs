@@ -66,7 +66,7 @@ pub enum DriveError {
     )]
     PatchDifferentBackend,
     #[error(
-        "Unable to patch the block device: Virtio backend error: Error manipulating the backing file: {0} {1} Please verify the request arguments."
+        "Unable to patch the block device: Block: Virtio backend error: Error manipulating the backing file: {0} {1} Please verify the request arguments."
     )]
     PatchBackingFile(io::Error, String),
     #[error("Unable to patch the block device: {0} Please verify the request arguments.")]
