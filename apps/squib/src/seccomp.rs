@@ -17,7 +17,10 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch, sock_filter};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch, sock_filter,
+};
 use squib_vmm::metrics::MetricsRegistry;
 
 use crate::logging::Logger;
@@ -88,6 +91,13 @@ pub fn init(no_seccomp: bool, custom: Option<&Path>) -> Result<(), FilterError> 
         (false, Some(path)) => Some(custom_filters(path)?),
         (false, None) => Some(default_filters()?),
     };
+    if programs.is_some() {
+        // glibc shrinks a thread's malloc arena after large frees, and reads
+        // /proc/sys/vm/overcommit_memory the first time it does: an open no thread kind
+        // should need. No trimming, no such open (the memory stays reusable by squib).
+        // SAFETY: mallopt only changes malloc's tuning.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
+    }
     let _ = FILTERS.set(Filters { programs });
     install_sigsys_handler();
     Ok(())
@@ -130,11 +140,29 @@ fn already_filtered() -> bool {
     unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) == 2 }
 }
 
+/// `openat` with read-only flags: what the C library may do behind squib's back (time zone,
+/// CPU count, tunables) on a thread that opens nothing itself.
+fn read_only_openat() -> Result<Vec<SeccompRule>, FilterError> {
+    let writing =
+        (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_TMPFILE) as u64;
+    let condition = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(writing),
+        0,
+    )
+    .map_err(|e| FilterError::Compile(e.to_string()))?;
+    Ok(vec![
+        SeccompRule::new(vec![condition]).map_err(|e| FilterError::Compile(e.to_string()))?,
+    ])
+}
+
 fn compile(kind: ThreadKind) -> Result<BpfProgram, FilterError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls::allowed(kind)
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls::allowed(kind)
         .iter()
         .map(|nr| (*nr, Vec::new()))
         .collect();
+    rules.entry(libc::SYS_openat).or_insert(read_only_openat()?);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
