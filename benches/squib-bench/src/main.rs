@@ -13,6 +13,7 @@ mod process;
 mod report;
 mod scenarios;
 mod stats;
+mod vsock;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ use serde_json::json;
 
 use crate::report::Figure;
 
-const USAGE: &str = "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness,net]";
+const USAGE: &str = "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness,net,vsock]";
 
 /// How much of everything to run.
 #[derive(Clone, Debug)]
@@ -55,6 +56,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Config> {
         "startup".into(),
         "boot".into(),
         "liveness".into(),
+        "vsock".into(),
     ];
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -200,6 +202,7 @@ fn run(config: &Config) -> anyhow::Result<bool> {
             "liveness" => scenarios::liveness(config, &runtime),
             // Not run by default: needs root and /dev/net/tun (`--only net`).
             "net" => net::net(config),
+            "vsock" => vsock::vsock(config),
             other => bail!("unknown section {other:?} (api, startup, boot, liveness, net)"),
         };
         match result {

@@ -408,7 +408,7 @@ async fn device_bodies_and_messages() {
     assert_fault(
         &s.put("/actions", r#"{"action_type":"InstanceStart"}"#)
             .await,
-        "Start microvm error: vsock and pmem are not supported by squib yet.",
+        "Start microvm error: pmem is not supported by squib yet.",
     );
     assert_eq!(s.get("/").await.json()["state"], "Not started");
 }

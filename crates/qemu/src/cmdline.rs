@@ -331,6 +331,7 @@ fn device_count(resources: &VmResources) -> usize {
         + resources.net.len()
         + usize::from(resources.balloon.is_some())
         + usize::from(resources.entropy.is_some())
+        + usize::from(resources.vsock.is_some())
 }
 
 /// QEMU's arguments (without the program name) for booting `resources`.
@@ -378,14 +379,15 @@ pub fn build_args(
     ]);
     push(&["-M", machine.qemu_machine(legacy)]);
     if machine == Machine::Microvm
-        && resources
-            .drives
-            .iter()
-            .any(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
+        && (resources.vsock.is_some()
+            || resources
+                .drives
+                .iter()
+                .any(|d| matches!(d.backend, DriveBackend::VhostUser { .. })))
     {
         // microvm's virtio-mmio transports are legacy (version 1) by default, which
         // libvhost-user backends refuse ("virtio legacy devices aren't supported"). Modern
-        // transports (version 2, as Firecracker's) only when a vhost-user drive needs them,
+        // transports (version 2, as Firecracker's) only when a vhost-user device needs them,
         // so every other configuration keeps the device state its snapshots were taken with
         // (and a VM with a vhost-user drive cannot be snapshotted).
         push(&["-global", "virtio-mmio.force-legacy=false"]);
@@ -455,6 +457,18 @@ pub fn build_args(
     if let Some(entropy) = &resources.entropy {
         let port = ports.next();
         push_entropy(&mut devs, machine, port, entropy);
+    }
+    if resources.vsock.is_some() {
+        let socket = vsock_socket(spec.qmp_socket);
+        args.push("-chardev".to_string());
+        args.push(format!(
+            "socket,id=vsock,path={}",
+            escape_option_value(utf8(&socket, "vsock socket")?)
+        ));
+        // The guest CID is not a property: QEMU reads it from the backend's config space.
+        let port = ports.next();
+        devs.push("-device".to_string());
+        devs.push(machine.device(VirtioKind::VhostUserVsock, port, "chardev=vsock,id=vsock"));
     }
     for index in 0..ports.total() {
         args.extend(["-device".to_string(), root_port(index)]);
@@ -540,6 +554,12 @@ fn push_vhost_user_drive(
 /// QMP socket, in the VM's private runtime directory.
 pub fn net_socket(qmp_socket: &Path, index: usize) -> PathBuf {
     qmp_socket.with_file_name(format!("net{index}.sock"))
+}
+
+/// The vhost-user socket squib's vsock backend listens on (QEMU connects): beside the QMP
+/// socket, in the VM's private runtime directory.
+pub fn vsock_socket(qmp_socket: &Path) -> PathBuf {
+    qmp_socket.with_file_name("vsock.sock")
 }
 
 /// QEMU's netdev id for the network interface at `index` (Firecracker ids need not be valid

@@ -94,6 +94,8 @@ pub struct QemuVm {
     drives: Vec<(String, DriveNames)>,
     // One frame relay per network interface; dropped (stopped) after QEMU is killed.
     relays: Vec<Relay>,
+    // The vsock backend; stopped after QEMU is killed.
+    vsock: Option<squib_vsock::Vsock>,
     mmds: Option<Arc<Mmds>>,
     devices: DeviceState,
     /// The guest's RAM (QEMU maps it; squib reads it for snapshots) and the CPU it runs.
@@ -149,6 +151,10 @@ impl RunningVm for QemuVm {
         }
         if let Some(mmds) = self.mmds().cloned() {
             metrics.set_section_source("mmds", Arc::new(move || mmds.metrics().snapshot()));
+        }
+        if let Some(vsock) = &self.vsock {
+            let counters = vsock.metrics().clone();
+            metrics.set_section_source("vsock", Arc::new(move || counters.snapshot()));
         }
     }
 
@@ -297,6 +303,8 @@ impl Engine for QemuEngine {
         // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
         let relays = net::spawn_relays(resources, &qmp_socket, mmds.as_ref())?;
+        // So does the vsock backend: QEMU connects to it while it starts.
+        let vsock = start_vsock(resources, &qmp_socket)?;
         // vhost-user drives have no block node in QEMU: their backend owns the I/O, and their
         // metrics section is `vhost_user_block_⟨id⟩`, not `block_⟨id⟩`.
         let drives = resources
@@ -373,6 +381,7 @@ impl Engine for QemuEngine {
                 accel,
                 drives,
                 relays,
+                vsock,
                 mmds,
                 devices,
                 snapshot,
@@ -381,6 +390,24 @@ impl Engine for QemuEngine {
             exit_rx,
         ))
     }
+}
+
+/// Starts squib's vsock backend on its vhost-user socket, when the VM has a vsock device.
+fn start_vsock(
+    resources: &VmResources,
+    qmp_socket: &std::path::Path,
+) -> Result<Option<squib_vsock::Vsock>, EngineError> {
+    let Some(vsock) = &resources.vsock else {
+        return Ok(None);
+    };
+    let spec = squib_vsock::VsockSpec {
+        guest_cid: vsock.config.guest_cid,
+        uds_path: &vsock.config.uds_path,
+        listener: &vsock.listener.0,
+    };
+    squib_vsock::Vsock::start(&spec, &cmdline::vsock_socket(qmp_socket))
+        .map(Some)
+        .map_err(|e| EngineError(format!("Cannot start the vsock device: {e}")))
 }
 
 /// How a QEMU exit maps to the guest's fate.

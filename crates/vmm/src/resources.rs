@@ -134,9 +134,6 @@ impl VmResources {
     /// while this is not empty: silently booting without them would lie to the client.
     pub fn unsupported_by_engine(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.vsock.is_some() {
-            out.push("vsock");
-        }
         if !self.pmem.is_empty() {
             out.push("pmem");
         }

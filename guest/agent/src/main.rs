@@ -8,13 +8,23 @@
 //!   → AGENT-TCP-SENT TAG bytes=<n> ms=<elapsed>
 //! squib-agent tcp-recv TAG IP:PORT         (connect, read until EOF)
 //!   → AGENT-TCP-RECV TAG bytes=<n> sum=<byte sum mod 2^32> ms=<elapsed>
+//! squib-agent vsock-listen TAG PORT [sink] (AF_VSOCK server on PORT, runs until killed:
+//!                                         echoes each connection until EOF, then half-closes;
+//!                                         `sink`: reads each until EOF, then closes)
+//!   → AGENT-VSOCK-LISTEN TAG port=<port>  (once listening)
+//! squib-agent vsock-connect TAG PORT BYTES (connect to the host, CID 2, send BYTES of the
+//!                                         pattern while reading, half-close, read until EOF)
+//!   → AGENT-VSOCK-CONN TAG sent=<n> recv=<n> fnv=<FNV-1a 64 of the bytes received, hex>
 //! ```
+//! The pattern byte at offset i is `(i * 7 + i / 251) % 256`.
 //! Failures print `AGENT-ERROR TAG <what>` and exit 1.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+mod vsock;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -25,7 +35,12 @@ fn main() -> ExitCode {
         Some("http") => http(&args[1..]),
         Some("tcp-send") => tcp_send(&args[1..]),
         Some("tcp-recv") => tcp_recv(&args[1..]),
-        _ => Err("usage: squib-agent http|tcp-send|tcp-recv TAG ...".to_string()),
+        Some("vsock-listen") => vsock::listen(&args[1..]),
+        Some("vsock-connect") => vsock::connect(&args[1..]),
+        _ => Err(
+            "usage: squib-agent http|tcp-send|tcp-recv|vsock-listen|vsock-connect TAG ..."
+                .to_string(),
+        ),
     };
     match result {
         Ok(line) => {

@@ -55,16 +55,21 @@ pub struct Vsock {
 
 impl Vsock {
     /// Binds `uds_path`. `previous` is the device being replaced: its socket file is removed
-    /// first, as upstream does, so a re-PUT with the same path succeeds.
+    /// as upstream does, so a re-PUT with the same path succeeds; with another path, only once
+    /// the new one is bound, so a refused PUT leaves the configured device working.
     pub fn bind(
         config: VsockDeviceConfig,
         previous: Option<&Vsock>,
     ) -> Result<Self, VsockConfigError> {
-        if let Some(old) = previous {
-            let _ = std::fs::remove_file(&old.config.uds_path);
+        let same_path = previous.is_some_and(|old| old.config.uds_path == config.uds_path);
+        if same_path {
+            let _ = std::fs::remove_file(&config.uds_path);
         }
         let listener =
             UnixListener::bind(&config.uds_path).map_err(|e| VsockConfigError::Bind(e.into()))?;
+        if let Some(old) = previous.filter(|_| !same_path) {
+            let _ = std::fs::remove_file(&old.config.uds_path);
+        }
         Ok(Self {
             config: VsockDeviceConfig {
                 vsock_id: None,
