@@ -223,7 +223,7 @@ fn hybrid_vsock_end_to_end() {
         return;
     };
     let guest = guest();
-    let squib = Squib::start(&["--id", "e2e-vsock"]);
+    let mut squib = Squib::start(&["--id", "e2e-vsock"]);
     let dir = squib.dir.path().to_path_buf();
     let uds = dir.join("v.sock");
     let metrics = dir.join("metrics.json");
@@ -277,7 +277,10 @@ fn hybrid_vsock_end_to_end() {
         &serde_json::json!({"guest_cid": 3, "uds_path": uds}).to_string(),
     );
     let g2h = host_echo_listener(&uds, HOST_ECHO_PORT);
-    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+    }));
+    assert!(started.is_ok(), "InstanceStart:\n{}", squib.transcript());
     let kata = kata_dial(uds.clone());
 
     // Host-initiated: 16 MiB echoed back, checksummed.
@@ -353,6 +356,11 @@ fn hybrid_vsock_end_to_end() {
     eprintln!("kata-like dial: {attempts} attempts, {took:?}");
 
     // The vsock metrics section counts what happened.
+    assert!(
+        squib.child.try_wait().unwrap().is_none(),
+        "squib ended:\n{}",
+        squib.transcript()
+    );
     squib.ok("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
     let text = std::fs::read_to_string(&metrics).unwrap();
     let last: serde_json::Value =

@@ -70,6 +70,10 @@ const API: &[c_long] = &[
 /// (backends of kinds not written yet must not die on their first `ioctl`), but no process
 /// creation, no `execve`, no privileged calls (mount, ptrace, bpf, modules, namespaces, …).
 const BACKEND: &[c_long] = &[
+    // A backend thread starts the backend's other threads (rust-vmm's request and vring
+    // workers), which inherit its filter and then add their own through the thread hook:
+    // `seccomp` can only narrow what a thread may do.
+    SYS_seccomp,
     SYS_epoll_create1,
     SYS_epoll_ctl,
     SYS_epoll_wait,
