@@ -145,10 +145,16 @@ fn start(base: &Path, id: &str, extra: &[&str], squib_args: &[&str]) -> Jailed {
     );
     let root = base.join("squib").join(id).join("root");
     let pid_file = root.join("squib.pid");
+    // The file is created, then written: wait for a whole number.
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+    };
     wait_for("the pid file", Duration::from_secs(10), || {
-        pid_file.exists()
+        read_pid().is_some()
     });
-    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    let pid = read_pid().unwrap();
     let jailed = Jailed { root, pid };
     let socket = jailed.socket();
     wait_for("the API socket", Duration::from_secs(20), || {
