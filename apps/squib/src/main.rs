@@ -224,6 +224,10 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<Ending> {
     report_startup_times(&metrics, &args);
     let mut vmm_task = tokio::spawn(vmm.run());
 
+    // While `--config-file` boots, the socket is bound but not served: as upstream's API
+    // requests wait behind that boot, `GET /` first answers once it is done.
+    let (config_done, config_wait) = tokio::sync::oneshot::channel::<()>();
+    let config_wait = args.config_file.is_some().then_some(config_wait);
     // The API thread ends only if its server fails: the sender is dropped with the thread.
     let mut api_ended = if args.no_api {
         None
@@ -236,6 +240,7 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<Ending> {
             args.api_sock.clone(),
             controller.clone(),
             limits,
+            config_wait,
         )?)
     };
 
@@ -245,6 +250,7 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<Ending> {
             .await
             .context("Configuring the microVM from the config file failed")?;
     }
+    let _ = config_done.send(());
     drop(controller);
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -363,6 +369,7 @@ fn spawn_api_thread(
     socket: std::path::PathBuf,
     controller: Controller,
     limits: squib_api::ServerLimits,
+    start: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
@@ -393,6 +400,10 @@ fn spawn_api_thread(
                 };
                 seccomp::apply_current(seccomp::ThreadKind::Api);
                 let _ = ready_tx.send(Ok(()));
+                if let Some(start) = start {
+                    // Sent or dropped, either way the config boot is over.
+                    let _ = start.await;
+                }
                 squib_api::serve_limited(listener, controller, limits).await;
             });
             drop(ended_tx);

@@ -111,6 +111,38 @@ fn config_file_without_api_boots_the_same_guest() {
     assert!(!socket.exists(), "--no-api must not create a socket");
 }
 
+/// With `--config-file` and the API, the socket exists at once but, as upstream's requests
+/// wait behind the config boot, the first `GET /` answers `Running`, never `Not started`.
+#[test]
+fn config_file_with_api_answers_once_booted() {
+    let guest = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = rootfs_copy(&guest, dir.path());
+    let config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": guest.kernel,
+            "initrd_path": guest.initrd,
+            "boot_args": "console=ttyS0 reboot=k panic=1 squib.action=wait",
+        },
+        "drives": [{"drive_id": "rootfs", "path_on_host": rootfs, "is_root_device": true, "is_read_only": false}],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+    });
+    let config_path = dir.path().join("vm.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let socket = dir.path().join("api.sock");
+    let args = [
+        "--config-file".to_string(),
+        config_path.to_str().unwrap().to_string(),
+        "--api-sock".to_string(),
+        socket.to_str().unwrap().to_string(),
+    ];
+    let mut squib = Squib::spawn(dir, socket, &args);
+    assert_eq!(squib.state(), "Running");
+    squib.wait_for_line(GUEST_MARKER, BOOT_TIMEOUT);
+    squib.ok("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
+    assert_eq!(squib.wait_exit(BOOT_TIMEOUT).code(), Some(0));
+}
+
 #[test]
 fn qemu_dying_on_its_own_ends_squib_with_an_error() {
     let mut squib = boot_idle_guest(&guest());
