@@ -157,7 +157,7 @@ impl Snapshottable {
         let size = self.ram.size;
         let (meta, device_state) = (self.meta.clone(), device_state.to_path_buf());
         // File work runs off the async threads.
-        tokio::task::spawn_blocking(move || {
+        let copied = tokio::task::spawn_blocking(move || {
             let stream = std::fs::read(&device_state)
                 .map_err(|e| EngineError(format!("cannot read QEMU's device state: {e}")))?;
             std::fs::write(&device_state, encode_device_state(&meta, &stream))
@@ -167,7 +167,19 @@ impl Snapshottable {
                 .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
         })
         .await
-        .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))?
+        .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+        .and_then(|copied| copied);
+        // After a save QEMU leaves the guest `postmigrate`, its drives inactive, and refuses
+        // another save until the guest ran again. A moment's run once the memory is copied
+        // (whether or not that worked) brings it back to a plain pause, so the client can
+        // retry a failed create, take another one or swap a drive.
+        let rearmed = async {
+            qmp.cont().await?;
+            qmp.stop().await
+        }
+        .await
+        .map_err(|e| EngineError(format!("cannot pause the guest again after the save: {e}")));
+        copied.and(rearmed)
     }
 }
 
