@@ -279,8 +279,11 @@ pub fn kernel_cmdline(
         .as_ref()
         .ok_or(CmdlineError::NoBootSource)?;
     let mut parts: Vec<String> = Vec::new();
-    if !boot.cmdline().trim().is_empty() {
-        parts.push(boot.cmdline().trim().to_string());
+    // QEMU's -append is a C string: the client's arguments end at a NUL, which is also where
+    // a guest kernel stops reading them (docs/deviations.md).
+    let client = boot.cmdline().split('\0').next().unwrap_or_default().trim();
+    if !client.is_empty() {
+        parts.push(client.to_string());
     }
     if let Some(root) = resources.drives.root() {
         match &root.partuuid {
@@ -1252,6 +1255,16 @@ mod tests {
 
     fn args_of(res: &VmResources) -> Vec<String> {
         build_args(res, &spec()).unwrap()
+    }
+
+    #[test]
+    fn client_arguments_end_at_a_nul() {
+        let mut res = resources(vec![file_drive("root", true, "/r", false)]);
+        res.boot_source = Some(boot(Some("console=ttyS0\0 quiet"), None));
+        assert_eq!(
+            kernel_cmdline(&res, None).unwrap(),
+            "console=ttyS0 root=/dev/vda rw"
+        );
     }
 
     #[test]
