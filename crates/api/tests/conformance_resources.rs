@@ -858,3 +858,71 @@ async fn fifos_are_refused_without_waiting() {
         ),
     );
 }
+
+/// Upstream's serde texts, pinned request by request: `PathBuf` fields, enum variant order,
+/// `null` for a non-optional enum, custom CPU template parsers.
+#[tokio::test]
+async fn upstream_serde_texts_table() {
+    const JSON: &str = "An error occurred when deserializing the json body of a request: ";
+    let s = start().await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "/logger",
+            r#"{"log_path":5}"#,
+            "invalid type: integer `5`, expected path string at line 1 column 13",
+        ),
+        (
+            "/metrics",
+            r#"{"metrics_path":[]}"#,
+            "invalid type: sequence, expected path string at line 1 column 16",
+        ),
+        (
+            "/serial",
+            r#"{"serial_out_path":true}"#,
+            "invalid type: boolean `true`, expected path string at line 1 column 23",
+        ),
+        (
+            "/snapshot/load",
+            r#"{"snapshot_path":1,"mem_file_path":"m"}"#,
+            "invalid type: integer `1`, expected path string at line 1 column 18",
+        ),
+        (
+            "/snapshot/load",
+            r#"{"snapshot_path":"s","mem_backend":{"backend_path":{},"backend_type":"File"}}"#,
+            "invalid type: map, expected path string at line 1 column 51",
+        ),
+        (
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"X"}"#,
+            "unknown variant `X`, expected one of `C3`, `T2`, `T2S`, `None`, `T2CL`, `T2A` at line 1 column 53",
+        ),
+        (
+            "/mmds/config",
+            r#"{"version":null,"network_interfaces":[]}"#,
+            "expected value at line 1 column 12",
+        ),
+        (
+            "/cpu-config",
+            r#"{"kvm_capabilities":["!x"]}"#,
+            "Failed to parse string [!x] as a kvm capability - can not convert to numeric: invalid digit found in string at line 1 column 26",
+        ),
+        (
+            "/cpu-config",
+            r#"{"msr_modifiers":[{"addr":"16","bitmap":"0"}]}"#,
+            "No supported number system prefix found in value [16]. Make sure to prefix the number with '0x' for hexadecimal numbers or '0b' for binary numbers. at line 1 column 30",
+        ),
+    ];
+    for (path, body, text) in cases {
+        let reply = s.put(path, body).await;
+        assert_eq!(reply.status(), 400, "{path} {body}: {}", reply.body);
+        assert_eq!(reply.fault(), format!("{JSON}{text}."), "{path} {body}");
+    }
+    // Accepted as upstream: a short bitmap without its prefix.
+    let reply = s
+        .put(
+            "/cpu-config",
+            r#"{"cpuid_modifiers":[{"leaf":"0x1","subleaf":"0x0","flags":0,"modifiers":[{"register":"eax","bitmap":"1x0"}]}]}"#,
+        )
+        .await;
+    assert_eq!(reply.status(), 204, "{}", reply.body);
+}
