@@ -1,6 +1,7 @@
-//! Network: guest→host TCP throughput through squib's relay (virtio-net → `-netdev stream` →
-//! relay → TAP) against QEMU's own `-netdev tap` (vhost=off, as QEMU must run here), same guest,
-//! same argv otherwise (squib's, read from /proc), same run.
+//! Network: guest→host TCP throughput through squib's virtio-net device (QEMU's virtio-net on
+//! `-netdev vhost-user` → squib's device → TAP with offloads) against QEMU's own `-netdev tap`
+//! (vhost=off, as QEMU must run here), same guest, same argv otherwise (squib's, read from
+//! /proc), same run.
 //!
 //! Each side boots once in a network namespace of its own holding one TAP (10.0.0.1/24 on the
 //! host side); the guest agent sends `bytes` to a sink on the host side `transfers` times and
@@ -26,8 +27,9 @@ const HOST_IP: &str = "10.0.0.1";
 const TAP: &str = "sqbbench0";
 const PORT: u16 = 5001;
 const TIMEOUT: Duration = Duration::from_secs(180);
-const RAW_TAP: &str = "raw QEMU with squib's argv, `-netdev stream` replaced by `-netdev tap,vhost=off` on the same kind of TAP, same guest and agent";
-const RAW_TAP_NO_OFFLOADS: &str = "the same raw QEMU with `vnet_hdr=off`: no checksum/segmentation offloads, as `-netdev stream` cannot offer them, so the ratio is the relay's own cost";
+const RAW_TAP: &str = "raw QEMU with squib's argv, `-netdev vhost-user` replaced by `-netdev tap,vhost=off` (offloads on) on the same kind of TAP, same guest and agent";
+const RAW_TAP_NO_OFFLOADS: &str =
+    "the same raw QEMU with `vnet_hdr=off`: no checksum/segmentation offloads";
 
 struct Netns(String);
 
@@ -186,18 +188,34 @@ fn squib_run(
     Ok((result?, argv))
 }
 
-/// squib's argv with its stream netdev swapped for QEMU's own tap backend, with or without
-/// the virtio-net header that carries offloads.
+/// squib's argv with its vhost-user netdev (and the socket chardev to squib's device) swapped for
+/// QEMU's own tap backend, with or without the virtio-net header that carries offloads.
 fn tap_argv(argv: &[String], qmp: &Path, offloads: bool) -> anyhow::Result<Vec<String>> {
-    let mut argv = argv.to_vec();
-    let netdev = argv
-        .iter_mut()
-        .find(|a| a.starts_with("stream,id=net0,"))
-        .context("squib's QEMU argv has no stream netdev net0")?;
-    let vnet_hdr = if offloads { "on" } else { "off" };
-    *netdev =
-        format!("tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off,vnet_hdr={vnet_hdr}");
-    scenarios::raw_argv(&argv, qmp)
+    let mut out: Vec<String> = Vec::with_capacity(argv.len());
+    let mut args = argv.iter();
+    let mut swapped = false;
+    while let Some(arg) = args.next() {
+        let next = args.as_slice().first();
+        if arg == "-chardev" && next.is_some_and(|v| v.starts_with("socket,id=net0chr,")) {
+            args.next();
+            continue;
+        }
+        if arg == "-netdev" && next.is_some_and(|v| v.starts_with("vhost-user,id=net0,")) {
+            args.next();
+            let vnet_hdr = if offloads { "on" } else { "off" };
+            out.push(arg.clone());
+            out.push(format!(
+                "tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off,vnet_hdr={vnet_hdr}"
+            ));
+            swapped = true;
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    if !swapped {
+        bail!("squib's QEMU argv has no vhost-user netdev net0");
+    }
+    scenarios::raw_argv(&out, qmp)
 }
 
 fn raw_run(

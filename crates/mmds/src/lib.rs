@@ -1,6 +1,6 @@
 //! squib-mmds: the guest-facing MMDS (Firecracker contract §8): session tokens, V1/V2 access,
 //! IMDS/JSON answers, served over a real TCP/IP stack (smoltcp) at 169.254.169.254:80.
-//! The VMM owns the data and publishes it into an [`MmdsData`]; the net relay feeds frames in.
+//! The VMM owns the data and publishes it into an [`MmdsData`]; the net device feeds frames in.
 
 pub mod http;
 pub mod metrics;

@@ -36,7 +36,7 @@ pub enum MmdsVersion {
 }
 
 /// The parts of `PUT /mmds/config` that shape answers (the address and the bound interfaces are
-/// the stack's and the relay's business).
+/// the stack's and the net device's business).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmdsConfig {
     /// V1 or V2.

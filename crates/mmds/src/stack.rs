@@ -1,4 +1,4 @@
-//! The MMDS's own TCP/IP endpoint, built on smoltcp and fed with the guest frames the net relay
+//! The MMDS's own TCP/IP endpoint, built on smoltcp and fed with the guest frames the net device
 //! diverts: it answers ARP for the MMDS address with [`MMDS_MAC`] and serves HTTP on TCP port 80.
 //!
 //! Two adjustments make smoltcp behave like Firecracker's device-side stack, which answers the
@@ -196,7 +196,7 @@ impl MmdsStack {
         self.ip
     }
 
-    /// A predicate for the relay: [`claims_frame`] for this stack's address.
+    /// A predicate for the net device: [`claims_frame`] for this stack's address.
     pub fn claims(&self) -> impl Fn(&[u8]) -> bool + Send + Sync + 'static {
         let ip = self.ip;
         move |frame| claims_frame(frame, ip)
@@ -454,10 +454,10 @@ fn arp_reply(mac: [u8; 6], ip: Ipv4Addr, mmds_ip: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-/// A predicate on a raw Ethernet frame (the relay's `ClaimFn`).
+/// A predicate on a raw Ethernet frame (the net device's `ClaimFn`).
 pub type ClaimFn = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
-/// The service side of a relay detour, field for field what `squib_net::FrameDetour` takes.
+/// The service side of a net device detour, field for field what `squib_net::FrameDetour` takes.
 pub struct ServiceEnds {
     /// [`claims_frame`] for the stack's address.
     pub claims: ClaimFn,
@@ -465,7 +465,7 @@ pub struct ServiceEnds {
     pub to_service: mpsc::Sender<Vec<u8>>,
     /// Frames for the guest come out here.
     pub from_service: mpsc::Receiver<Vec<u8>>,
-    /// The stack's task; it ends by itself once the relay drops its ends.
+    /// The stack's task; it ends by itself once the net device drops its ends.
     pub task: JoinHandle<()>,
 }
 
@@ -510,7 +510,7 @@ async fn run(
         for frame in stack.take_output() {
             if to_guest.send(frame).await.is_err() {
                 inc(&stack.mmds.metrics().tx_errors);
-                tracing::debug!("MMDS stack: relay gone");
+                tracing::debug!("MMDS stack: net device gone");
                 return;
             }
         }

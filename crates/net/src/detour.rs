@@ -1,7 +1,7 @@
 //! The hook through which a local service (the MMDS) takes guest frames off the path to the TAP
 //! and sends its own frames to the guest.
 //!
-//! The relay knows nothing of what the service is: it asks `claims` about every guest frame,
+//! The device knows nothing of what the service is: it asks `claims` about every guest frame,
 //! hands claimed ones over, and merges the service's output into the guest-bound stream, so the
 //! service's replies pass the rx rate limiter like any other frame (as in Firecracker).
 
@@ -12,9 +12,10 @@ pub type ClaimFn = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
 /// Both ends of a service attached to one interface.
 pub struct FrameDetour {
-    /// Pure and cheap: called on every guest frame in the guest→host task.
+    /// Pure and cheap: called on every guest frame on the guest→host path.
     pub claims: ClaimFn,
-    /// Claimed guest frames. Bounded: a busy service slows the guest down rather than losing frames.
+    /// Claimed guest frames. Bounded: a frame the busy service has no room for is lost, as one
+    /// the TAP refuses is (the guest's TCP sends it again).
     pub to_service: mpsc::Sender<Vec<u8>>,
     /// Frames the service wants delivered to the guest.
     pub from_service: mpsc::Receiver<Vec<u8>>,

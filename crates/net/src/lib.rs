@@ -1,23 +1,25 @@
-//! squib-net: the guest's network path. QEMU's `-netdev stream` connects to a Unix socket squib
-//! listens on; a [`Relay`] per interface moves length-prefixed frames between it and a [`Tap`],
-//! through Firecracker-style token-bucket limiters and an optional [`FrameDetour`] for the MMDS.
+//! squib-net: the guest's network path. squib is the virtio-net device: QEMU's
+//! `virtio-net-device` on `-netdev vhost-user` hands the virtqueues (in shared guest RAM) to a
+//! [`NetBackend`] per interface, which moves frames between them and a [`Tap`] opened with a
+//! virtio-net header, through Firecracker-style token-bucket limiters and an optional
+//! [`FrameDetour`] for the MMDS.
 //!
-//! Wiring, per interface: open the TAP when the interface is configured ([`Tap::open`]; its
-//! error texts are Firecracker's), bind a [`tokio::net::UnixListener`] on a path of squib's own
-//! choosing *before* QEMU starts, give QEMU
-//! `-netdev stream,id=⟨id⟩,server=off,addr.type=unix,addr.path=⟨path⟩` (QEMU 7.2 connects once at
-//! start-up and fails if nobody listens), then [`Relay::spawn`] and keep the [`RelayHandle`] for
-//! metrics and `PATCH` updates.
+//! Wiring, per interface: open the TAP when the interface is configured ([`tap::attach`]; its
+//! error texts are Firecracker's), keep one [`NetShared`] per interface for metrics and `PATCH`,
+//! and for each QEMU start build a [`NetBackend`] and serve it on a vhost-user socket before
+//! QEMU connects to it.
 
 pub mod detour;
-pub mod framing;
+pub mod device;
+pub mod frontend;
 pub mod metrics;
-pub mod relay;
 pub mod tap;
 pub mod token_bucket;
+pub mod vnet;
 
 pub use detour::{ClaimFn, FrameDetour};
+pub use device::{NetBackend, NetDeviceConfig, NetShared, ServiceLink};
+pub use frontend::FrontendRelay;
 pub use metrics::NetMetrics;
-pub use relay::{Relay, RelayConfig, RelayHandle};
 pub use tap::{Tap, TapError};
 pub use token_bucket::{BucketConfig, LimiterConfig, RateLimiter, TokenBucket};

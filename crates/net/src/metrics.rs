@@ -1,32 +1,16 @@
 //! Per-interface counters under the names of the contract's `net` metric keys (§10.2).
 //!
 //! They only ever grow; the metrics writer keeps the previous values and reports deltas, as
-//! Firecracker's "Inc" counters do. Keys that have no counterpart in a relay (virtio queue
-//! events, spoofed MACs) exist so the writer can emit every key, and stay at zero.
+//! Firecracker's "Inc" counters do. Keys with no counterpart in squib's device exist so the
+//! writer can emit every key, and stay at zero: `cfg_fails` (QEMU owns the config space),
+//! `tap_write_agg` and `tx_remaining_reqs_count` (squib writes one frame per `write`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! net_metrics {
-    ($($key:ident),* $(,)?) => {
-        /// Counters of one network interface; field names are the metric keys.
-        #[derive(Debug, Default)]
-        pub struct NetMetrics {
-            $(
-                #[doc = concat!("`", stringify!($key), "`")]
-                pub $key: AtomicU64,
-            )*
-        }
-
-        impl NetMetrics {
-            /// Every key with its current value, in the contract's order.
-            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($key), self.$key.load(Ordering::Relaxed))),*]
-            }
-        }
-    };
-}
-
-net_metrics!(
+squib_vhost::counters! {
+    /// Counters of one network interface; field names are the metric keys, in the contract's
+    /// order.
+    pub struct NetMetrics {
     activate_fails,
     cfg_fails,
     no_rx_avail_buffer,
@@ -52,8 +36,9 @@ net_metrics!(
     tx_rate_limiter_event_count,
     tx_rate_limiter_throttled,
     tx_spoofed_mac_count,
-    tx_remaining_reqs_count,
-);
+    tx_remaining_reqs_count
+    }
+}
 
 /// Adds one to a counter.
 pub(crate) fn inc(counter: &AtomicU64) {

@@ -553,8 +553,8 @@ fn push_vhost_user_drive(
     ));
 }
 
-/// The Unix socket squib's relay listens on for the network interface at `index`: beside the
-/// QMP socket, in the VM's private runtime directory.
+/// The vhost-user socket squib's virtio-net device for the network interface at `index` listens
+/// on: beside the QMP socket, in the VM's private runtime directory.
 pub fn net_socket(qmp_socket: &Path, index: usize) -> PathBuf {
     qmp_socket.with_file_name(format!("net{index}.sock"))
 }
@@ -571,7 +571,8 @@ pub fn netdev_id(index: usize) -> String {
     format!("net{index}")
 }
 
-/// `-netdev stream` connecting to squib's relay (which owns the TAP) and its `virtio-net-device`.
+/// A socket chardev to squib's virtio-net device (which owns the TAP), the `vhost-user` netdev on
+/// it and its virtio-net device; QEMU keeps the config space (MAC, MTU).
 fn push_net(
     args: &mut Vec<String>,
     machine: Machine,
@@ -581,11 +582,13 @@ fn push_net(
     socket: &str,
 ) {
     let id = netdev_id(index);
-    args.push("-netdev".to_string());
+    args.push("-chardev".to_string());
     args.push(format!(
-        "stream,id={id},server=off,addr.type=unix,addr.path={}",
+        "socket,id={id}chr,path={}",
         escape_option_value(socket)
     ));
+    args.push("-netdev".to_string());
+    args.push(format!("vhost-user,id={id},chardev={id}chr"));
     let mut device = format!("netdev={id},id=nic{index}");
     if let Some(mac) = config.guest_mac {
         device.push_str(&format!(",mac={mac}"));
@@ -1291,7 +1294,7 @@ mod tests {
     }
 
     #[test]
-    fn network_interfaces_get_a_stream_netdev_and_a_virtio_net_device() {
+    fn network_interfaces_get_a_vhost_user_netdev_and_a_virtio_net_device() {
         let mut res = resources(vec![file_drive("root", true, "/r", false)]);
         let open: squib_vmm::tap::TapOpener =
             std::sync::Arc::new(|name: &str| Ok(squib_vmm::tap::TapHandle::detached(name)));
@@ -1316,8 +1319,18 @@ mod tests {
         assert_eq!(
             values(&a, "-netdev"),
             [
-                "stream,id=net0,server=off,addr.type=unix,addr.path=/run/x,,y/net0.sock",
-                "stream,id=net1,server=off,addr.type=unix,addr.path=/run/x,,y/net1.sock",
+                "vhost-user,id=net0,chardev=net0chr",
+                "vhost-user,id=net1,chardev=net1chr",
+            ]
+        );
+        assert_eq!(
+            values(&a, "-chardev")
+                .into_iter()
+                .filter(|c| c.contains("chr,"))
+                .collect::<Vec<_>>(),
+            [
+                "socket,id=net0chr,path=/run/x,,y/net0.sock",
+                "socket,id=net1chr,path=/run/x,,y/net1.sock",
             ]
         );
         let nics: Vec<_> = values(&a, "-device")
@@ -1331,7 +1344,8 @@ mod tests {
                 "virtio-net-device,netdev=net1,id=nic1,host_mtu=9000",
             ]
         );
-        assert!(!a.iter().any(|s| s.contains("vhost")));
+        // squib is the vhost-user device; the kernel's vhost-net is never asked for.
+        assert!(!a.iter().any(|s| s.contains("vhost=on")));
         assert_eq!(
             net_socket(Path::new("/run/d/qmp.sock"), 3),
             Path::new("/run/d/net3.sock")

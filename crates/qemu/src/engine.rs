@@ -14,7 +14,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use squib_mmds::Mmds;
-use squib_net::{Relay, RelayHandle};
 use squib_vmm::config::rate_limiter::RateLimiterConfig;
 
 use crate::accel::{Accel, AccelChoice};
@@ -92,8 +91,8 @@ pub struct QemuVm {
     process: QemuProcess,
     accel: Accel,
     drives: Vec<(String, DriveNames)>,
-    // One frame relay per network interface; dropped (stopped) after QEMU is killed.
-    relays: Vec<Relay>,
+    // One virtio-net device per network interface; dropped (stopped) after QEMU is killed.
+    nets: Vec<net::NetInterface>,
     // The vsock backend; stopped after QEMU is killed.
     vsock: Option<squib_vsock::Vsock>,
     mmds: Option<Arc<Mmds>>,
@@ -122,10 +121,10 @@ impl QemuVm {
             .map(|(_, names)| names)
     }
 
-    /// The network interfaces' relays, in configuration order: their counters are the
+    /// The network interfaces' devices, in configuration order: their counters are the
     /// `net_⟨iface_id⟩` metrics.
-    pub fn net_relays(&self) -> impl Iterator<Item = RelayHandle> + '_ {
-        self.relays.iter().map(Relay::handle)
+    pub fn net_devices(&self) -> impl Iterator<Item = &Arc<squib_net::NetShared>> + '_ {
+        self.nets.iter().map(|n| &n.shared)
     }
 
     /// The guest-facing MMDS (its counters are the `mmds` metrics), when an interface has it.
@@ -141,12 +140,13 @@ impl QemuVm {
 
 impl RunningVm for QemuVm {
     fn register_metrics(&self, metrics: &MetricsRegistry) {
-        for relay in self.net_relays() {
-            let id = relay.iface_id().to_string();
+        for device in self.net_devices() {
+            let id = device.iface_id().to_string();
+            let device = device.clone();
             metrics.register_device(
                 DeviceClass::Net,
                 &id,
-                Arc::new(move || relay.metrics().snapshot()),
+                Arc::new(move || device.metrics().snapshot()),
             );
         }
         if let Some(mmds) = self.mmds().cloned() {
@@ -226,14 +226,11 @@ impl RunningVm for QemuVm {
         rx: Option<RateLimiterConfig>,
         tx: Option<RateLimiterConfig>,
     ) -> Result<(), EngineError> {
-        let relay = self
-            .relays
-            .iter()
-            .find(|r| r.handle().iface_id() == iface_id)
+        let device = self
+            .net_devices()
+            .find(|d| d.iface_id() == iface_id)
             .ok_or_else(squib_vmm::action::device_not_found)?;
-        relay
-            .handle()
-            .update_rate_limiters(rx.map(net::limiter_config), tx.map(net::limiter_config));
+        device.update_rate_limiters(rx.map(net::limiter_config), tx.map(net::limiter_config));
         Ok(())
     }
 }
@@ -300,9 +297,9 @@ impl Engine for QemuEngine {
         })?;
         let (snapshot, device_state) =
             crate::snapshot::prepare(&mut args, accel, mem_bytes, restoring.as_ref())?;
-        // The relays listen before QEMU starts: its stream netdevs connect once, at start-up.
+        // The devices listen before QEMU starts: its vhost-user netdevs connect at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
-        let relays = net::spawn_relays(resources, &qmp_socket, mmds.as_ref())?;
+        let nets = net::serve_devices(resources, &qmp_socket, mmds.as_ref())?;
         // So does the vsock backend: QEMU connects to it while it starts.
         let vsock = start_vsock(resources, &qmp_socket)?;
         // vhost-user drives have no block node in QEMU: their backend owns the I/O, and their
@@ -380,7 +377,7 @@ impl Engine for QemuEngine {
                 process,
                 accel,
                 drives,
-                relays,
+                nets,
                 vsock,
                 mmds,
                 devices,

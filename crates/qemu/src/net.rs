@@ -1,19 +1,31 @@
-//! The guest network path of a QEMU guest: one [`Relay`] per interface between QEMU's stream
-//! netdev and the TAP the VMM opened at `PUT /network-interfaces`, with the interface's rate
-//! limiters and, on MMDS-bound interfaces, the MMDS stack as the relay's frame detour.
+//! The guest network path of a QEMU guest: squib's own virtio-net device per interface, served
+//! over vhost-user to QEMU's `virtio-net-device` (`-netdev vhost-user`), on the TAP the VMM opened
+//! at `PUT /network-interfaces`, with the interface's rate limiters and, on MMDS-bound
+//! interfaces, the MMDS stack as the device's frame detour.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use squib_mmds::{Mmds, MmdsConfig, MmdsVersion};
-use squib_net::{BucketConfig, FrameDetour, LimiterConfig, Relay, RelayConfig, Tap};
+use squib_net::{
+    BucketConfig, FrameDetour, FrontendRelay, LimiterConfig, NetBackend, NetDeviceConfig,
+    NetShared, ServiceLink, Tap,
+};
 use squib_vmm::config::mmds::MmdsVersion as ApiMmdsVersion;
 use squib_vmm::config::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use squib_vmm::{EngineError, VmResources};
 
 use crate::cmdline;
 
-/// The API's rate limiter as the relay's token buckets.
+/// One interface's device while QEMU runs: its counters and limiters, and the served backend
+/// (dropping it ends the backend's threads).
+pub struct NetInterface {
+    pub shared: Arc<NetShared>,
+    _relay: FrontendRelay,
+    _backend: squib_vhost::BackendHandle,
+}
+
+/// The API's rate limiter as the device's token buckets.
 pub fn limiter_config(config: RateLimiterConfig) -> LimiterConfig {
     let bucket = |b: TokenBucketConfig| BucketConfig {
         size: b.size,
@@ -44,15 +56,15 @@ pub fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mm
     )))
 }
 
-/// Binds each interface's socket (at [`cmdline::net_socket`], which QEMU's argv names) and
-/// starts its relay, with `mmds` ([`mmds_service`]) on the MMDS-bound interfaces. Must run on a
-/// tokio runtime, before QEMU is spawned.
-pub fn spawn_relays(
+/// Serves each interface's device on its vhost-user socket (at [`cmdline::net_socket`], which
+/// QEMU's argv names), with `mmds` ([`mmds_service`]) on the MMDS-bound interfaces. Must run on
+/// a tokio runtime, before QEMU is spawned (QEMU connects at start-up).
+pub fn serve_devices(
     resources: &VmResources,
     qmp_socket: &Path,
     mmds: Option<&Arc<Mmds>>,
-) -> Result<Vec<Relay>, EngineError> {
-    let mut relays = Vec::with_capacity(resources.net.len());
+) -> Result<Vec<NetInterface>, EngineError> {
+    let mut out = Vec::with_capacity(resources.net.len());
     for (index, iface) in resources.net.iter().enumerate() {
         let id = &iface.config.iface_id;
         let fail = |what: String| EngineError(format!("network interface {id}: {what}"));
@@ -62,40 +74,66 @@ pub fn spawn_relays(
             .ok_or_else(|| fail(format!("the TAP {} is not open", iface.tap.name())))?
             .map_err(|e| fail(format!("cannot duplicate the TAP descriptor: {e}")))?;
         let tap = Tap::from_fd(fd, iface.tap.name()).map_err(|e| fail(e.to_string()))?;
-        let path = cmdline::net_socket(qmp_socket, index);
-        let guest = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| fail(format!("cannot listen on {}: {e}", path.display())))?;
-        let detour = match mmds {
+        let service = match mmds {
             Some(mmds) if iface.mmds => {
                 let ip = mmds.config().ipv4_address;
                 let ends = squib_mmds::spawn_stack(mmds.clone(), ip)
                     .map_err(|e| fail(format!("cannot start the MMDS: {e}")))?;
-                Some(FrameDetour {
+                let link = ServiceLink::spawn(FrameDetour {
                     claims: ends.claims,
                     to_service: ends.to_service,
                     from_service: ends.from_service,
                 })
+                .map_err(|e| fail(format!("cannot start the MMDS: {e}")))?;
+                Some(link)
             }
             _ => None,
         };
-        relays.push(Relay::spawn(RelayConfig {
-            iface_id: id.clone(),
+        let limiter = |c: Option<RateLimiterConfig>| c.map(limiter_config).unwrap_or_default();
+        let shared = NetBackend::shared_for(
+            id,
+            limiter(iface.config.rx_rate_limiter),
+            limiter(iface.config.tx_rate_limiter),
+        )
+        .map_err(|e| fail(format!("cannot create the device: {e}")))?;
+        let backend = NetBackend::new(NetDeviceConfig {
             tap,
-            guest,
-            rx_rate_limiter: iface
-                .config
-                .rx_rate_limiter
-                .map(limiter_config)
-                .unwrap_or_default(),
-            tx_rate_limiter: iface
-                .config
-                .tx_rate_limiter
-                .map(limiter_config)
-                .unwrap_or_default(),
-            detour,
-        }));
+            shared: shared.clone(),
+            guest_mac: iface.config.guest_mac.map(|m| m.0),
+            mtu: iface.config.mtu.is_some(),
+            service,
+        })
+        .map_err(|e| fail(format!("cannot create the device: {e}")))?;
+        let listeners = backend.listeners();
+        let name = cmdline::netdev_id(index);
+        let public = cmdline::net_socket(qmp_socket, index);
+        let private = public.with_file_name(format!("{name}-dev.sock"));
+        let handle = squib_vhost::serve_with_workers(
+            &name,
+            &private,
+            Arc::new(Mutex::new(backend)),
+            move |workers| {
+                // Both queues are served by the one worker.
+                let Some(worker) = workers.first() else {
+                    return;
+                };
+                for (fd, events, id) in listeners {
+                    if let Err(err) = worker.add(fd, events, id) {
+                        tracing::error!(%err, "the net device cannot watch its descriptors");
+                    }
+                }
+            },
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let relay = FrontendRelay::spawn(&public, private, &name)
+            .map_err(|e| fail(format!("cannot listen on {}: {e}", public.display())))?;
+        out.push(NetInterface {
+            shared,
+            _relay: relay,
+            _backend: handle,
+        });
     }
-    Ok(relays)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -103,7 +141,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn api_limiters_map_to_relay_buckets() {
+    fn api_limiters_map_to_device_buckets() {
         let api: RateLimiterConfig = serde_json::from_str(
             r#"{"bandwidth":{"size":1000,"refill_time":100},"ops":{"size":5,"refill_time":1000,"one_time_burst":7}}"#,
         )

@@ -84,16 +84,16 @@ pub fn host_tap_opener() -> TapOpener {
     Arc::new(open_tap)
 }
 
-/// Opens (or creates, with CAP_NET_ADMIN) the TAP named `name`. No `IFF_VNET_HDR`: QEMU's stream
-/// netdev carries bare Ethernet frames, and the engine's relay adopts this very descriptor.
+/// Opens (or creates, with CAP_NET_ADMIN) the TAP named `name`, with a virtio-net header as
+/// upstream; the engine's virtio-net device adopts this very descriptor.
 pub fn open_tap(name: &str) -> Result<TapHandle, TapError> {
     use squib_net::TapError as NetError;
     let fd = squib_net::tap::attach(name).map_err(|e| match e {
         NetError::InvalidName => TapError::InvalidIfname,
         NetError::OpenTun(e) => TapError::OpenTun(e.into()),
         NetError::SetIff { err, name } => TapError::IfreqExecuteError(err.into(), name),
-        // Only adopting a descriptor into the event loop registers it; attaching never does.
-        NetError::Register(e) => TapError::OpenTun(e.into()),
+        // Only setting up an attached descriptor fails this way; attaching never does.
+        NetError::Setup { err, .. } => TapError::OpenTun(err.into()),
     })?;
     Ok(TapHandle {
         name: name.to_string(),

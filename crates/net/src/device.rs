@@ -1,0 +1,765 @@
+//! squib's virtio-net device, served to QEMU's `virtio-net-device` over vhost-user
+//! (`-netdev vhost-user`): QEMU keeps the transport and the config space (MAC, MTU, link
+//! status); this backend moves the frames between the guest's virtqueues (shared guest RAM) and a
+//! TAP opened with a virtio-net header, so checksum and segmentation offloads pass through.
+//!
+//! Naming follows Firecracker: **rx** is host→guest (queue 0), **tx** is guest→host (queue 1).
+//!
+//! What happens to a frame, as in Firecracker's device:
+//! * tx: a descriptor chain is read whole (header + frame), passes the tx rate limiter (a refused
+//!   chain goes back to the ring until the limiter's timer fires), then goes to the MMDS when the
+//!   interface is MMDS-bound and the frame is for it (with its partial checksum finished, since
+//!   the MMDS has no offloads), else to the TAP. A frame the TAP refuses is lost and counted.
+//! * rx: the TAP (or the MMDS) hands a frame; it waits, without being dropped, for guest buffers
+//!   and for the rx rate limiter, then is written over as many buffers as it needs
+//!   (`VIRTIO_NET_F_MRG_RXBUF`). While it waits, the TAP is not read, so its kernel queue fills
+//!   and the host side sees the push-back.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VringState, VringT};
+use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::metrics::{NetMetrics, add, inc};
+use crate::tap::{Tap, offload};
+use crate::token_bucket::{LimiterConfig, RateLimiter};
+use crate::vnet::{self, VnetHdr};
+
+use squib_vhost::{GuestMemory as Memory, Vring};
+
+const RX_QUEUE: u16 = 0;
+const TX_QUEUE: u16 = 1;
+const NUM_QUEUES: usize = 2;
+const QUEUE_SIZE: usize = 1024;
+// Event ids of the device's own descriptors: above the queues (0, 1) and the exit event the
+// layer gives the worker (2).
+const TAP_EVENT: u16 = 3;
+const RX_TIMER_EVENT: u16 = 4;
+const TX_TIMER_EVENT: u16 = 5;
+const LIMITER_EVENT: u16 = 6;
+const SERVICE_EVENT: u16 = 7;
+
+/// `VHOST_F_LOG_ALL` (with the `LOG_SHMFD` protocol feature): without them QEMU refuses to
+/// migrate the device, which is how squib writes a snapshot. squib only snapshots a paused
+/// guest, whose vhost-user devices QEMU has stopped (`GET_VRING_BASE`) before the migration
+/// starts, and guest RAM is shared and never copied (`x-ignore-shared`), so QEMU never starts
+/// dirty logging on a running device: no log is kept. (A `SET_LOG_BASE` would be refused by the
+/// layer, whose guest memory has no dirty bitmap, ending the connection: the live migration
+/// of a running guest that would need it is not something squib does.)
+const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
+/// The largest header + frame a queue or the TAP carries: a 64 KiB GSO frame, its Ethernet and
+/// VLAN headers and the virtio-net header.
+pub const MAX_BUFFER: usize = vnet::HDR_LEN + 65535 + 14 + 4;
+
+/// Frames the MMDS has for the guest, waiting for the worker. Bounded: the bridge task waits when
+/// it is full.
+const SERVICE_QUEUE: usize = 256;
+
+/// What PATCH and the metrics flush reach while the device runs; outlives each QEMU connection.
+#[derive(Debug)]
+pub struct NetShared {
+    iface_id: String,
+    metrics: NetMetrics,
+    rx: Mutex<RateLimiter>,
+    tx: Mutex<RateLimiter>,
+    // Wakes the worker so a PATCHed limiter applies at once.
+    changed: EventFd,
+}
+
+impl NetShared {
+    /// The interface's API id.
+    pub fn iface_id(&self) -> &str {
+        &self.iface_id
+    }
+
+    /// The interface's counters (`net_⟨iface_id⟩` keys).
+    pub fn metrics(&self) -> &NetMetrics {
+        &self.metrics
+    }
+
+    /// Applies `PATCH /network-interfaces/{id}`: `None` leaves that direction alone.
+    pub fn update_rate_limiters(&self, rx: Option<LimiterConfig>, tx: Option<LimiterConfig>) {
+        if let Some(c) = rx {
+            lock(&self.rx).update(c);
+        }
+        if let Some(c) = tx {
+            lock(&self.tx).update(c);
+        }
+        let _ = self.changed.write(1);
+        tracing::debug!(iface = %self.iface_id, ?rx, ?tx, "rate limiters updated");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The MMDS (or any frame service) attached to an MMDS-bound interface, seen from the device.
+pub struct ServiceLink {
+    claims: crate::ClaimFn,
+    to_service: tokio::sync::mpsc::Sender<Vec<u8>>,
+    from_service: Arc<ServiceQueue>,
+}
+
+impl std::fmt::Debug for ServiceLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceLink").finish_non_exhaustive()
+    }
+}
+
+// The service's guest-bound frames, handed from a tokio task to the worker thread.
+struct ServiceQueue {
+    frames: Mutex<VecDeque<Vec<u8>>>,
+    ready: EventFd,
+    room: tokio::sync::Notify,
+}
+
+impl ServiceLink {
+    /// Connects a [`crate::FrameDetour`]: spawns, on the current tokio runtime, the task that
+    /// passes the service's frames to the device's worker.
+    pub fn spawn(detour: crate::FrameDetour) -> io::Result<Self> {
+        let queue = Arc::new(ServiceQueue {
+            frames: Mutex::new(VecDeque::new()),
+            ready: EventFd::new(EFD_NONBLOCK)?,
+            room: tokio::sync::Notify::new(),
+        });
+        let bridge = queue.clone();
+        let mut from_service = detour.from_service;
+        tokio::spawn(async move {
+            while let Some(frame) = from_service.recv().await {
+                loop {
+                    let room = bridge.room.notified();
+                    {
+                        let mut frames = lock(&bridge.frames);
+                        if frames.len() < SERVICE_QUEUE {
+                            frames.push_back(frame);
+                            break;
+                        }
+                    }
+                    room.await;
+                }
+                let _ = bridge.ready.write(1);
+            }
+        });
+        Ok(Self {
+            claims: detour.claims,
+            to_service: detour.to_service,
+            from_service: queue,
+        })
+    }
+}
+
+/// Everything one interface's device needs for one QEMU connection.
+#[derive(Debug)]
+pub struct NetDeviceConfig {
+    /// The host side.
+    pub tap: Tap,
+    /// Counters and limiters, shared with the API side ([`NetBackend::shared_for`]).
+    pub shared: Arc<NetShared>,
+    /// The guest's MAC, when configured: frames from another source MAC are counted as spoofed.
+    pub guest_mac: Option<[u8; 6]>,
+    /// Whether `mtu` was configured (`VIRTIO_NET_F_MTU` is then offered; QEMU holds the value).
+    pub mtu: bool,
+    /// Present on MMDS-bound interfaces.
+    pub service: Option<ServiceLink>,
+}
+
+// A frame waiting for the guest: header + frame in `buf[..len]`.
+struct Pending {
+    len: usize,
+    // Tokens already taken for it (so a retry after "no buffers" does not pay twice).
+    admitted: bool,
+}
+
+/// The device, in the form rust-vmm's `vhost-user-backend` serves (behind an `RwLock`).
+pub struct NetBackend {
+    config: NetDeviceConfig,
+    mem: Option<Memory>,
+    event_idx: bool,
+    mrg_rxbuf: bool,
+    hdr_len: usize,
+    offered: u64,
+    rx_buf: Vec<u8>,
+    rx_pending: Option<Pending>,
+    rx_waiting_timer: bool,
+    tx_buf: Vec<u8>,
+    tx_waiting_timer: bool,
+    rx_timer: TimerFd,
+    tx_timer: TimerFd,
+}
+
+impl NetBackend {
+    /// The state one interface keeps across QEMU connections (boot, snapshot load).
+    pub fn shared_for(
+        iface_id: &str,
+        rx: LimiterConfig,
+        tx: LimiterConfig,
+    ) -> io::Result<Arc<NetShared>> {
+        Ok(Arc::new(NetShared {
+            iface_id: iface_id.to_owned(),
+            metrics: NetMetrics::default(),
+            rx: Mutex::new(RateLimiter::new(rx)),
+            tx: Mutex::new(RateLimiter::new(tx)),
+            changed: EventFd::new(EFD_NONBLOCK)?,
+        }))
+    }
+
+    /// A device for one QEMU connection. Probes which receive offloads the host kernel's TAP
+    /// supports: only those are offered to the guest.
+    pub fn new(config: NetDeviceConfig) -> io::Result<Self> {
+        let tap = &config.tap;
+        let mut offered = 1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
+            | 1 << VIRTIO_NET_F_STATUS
+            | 1 << VIRTIO_NET_F_CSUM
+            | 1 << VIRTIO_NET_F_HOST_TSO4
+            | 1 << VIRTIO_NET_F_HOST_TSO6
+            | 1 << VIRTIO_NET_F_HOST_ECN
+            | 1 << VIRTIO_NET_F_HOST_UFO
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | VHOST_F_LOG_ALL;
+        if config.mtu {
+            offered |= 1 << VIRTIO_NET_F_MTU;
+        }
+        if tap.supports_offload(offload::CSUM) {
+            offered |= 1 << VIRTIO_NET_F_GUEST_CSUM;
+            let tso = offload::CSUM | offload::TSO4 | offload::TSO6;
+            if tap.supports_offload(tso) {
+                offered |= 1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6;
+                if tap.supports_offload(tso | offload::TSO_ECN) {
+                    offered |= 1 << VIRTIO_NET_F_GUEST_ECN;
+                }
+            }
+            if tap.supports_offload(offload::CSUM | offload::UFO) {
+                offered |= 1 << VIRTIO_NET_F_GUEST_UFO;
+            }
+        }
+        Ok(Self {
+            config,
+            mem: None,
+            event_idx: false,
+            mrg_rxbuf: false,
+            hdr_len: vnet::HDR_LEN,
+            offered,
+            rx_buf: vec![0; MAX_BUFFER],
+            rx_pending: None,
+            rx_waiting_timer: false,
+            tx_buf: vec![0; MAX_BUFFER],
+            tx_waiting_timer: false,
+            rx_timer: TimerFd::new()?,
+            tx_timer: TimerFd::new()?,
+        })
+    }
+
+    /// The descriptors the worker must watch besides the queues: `(fd, events, event id)` for
+    /// `VringEpollHandler::register_listener`. The TAP is edge-triggered: the worker reads it
+    /// until it is empty or the guest cannot take more.
+    pub fn listeners(&self) -> Vec<(i32, EventSet, u64)> {
+        use std::os::fd::AsRawFd;
+        let mut out = vec![
+            (
+                self.config.tap.as_raw_fd(),
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+                u64::from(TAP_EVENT),
+            ),
+            (
+                self.rx_timer.as_raw_fd(),
+                EventSet::IN,
+                u64::from(RX_TIMER_EVENT),
+            ),
+            (
+                self.tx_timer.as_raw_fd(),
+                EventSet::IN,
+                u64::from(TX_TIMER_EVENT),
+            ),
+            (
+                self.config.shared.changed.as_raw_fd(),
+                EventSet::IN,
+                u64::from(LIMITER_EVENT),
+            ),
+        ];
+        if let Some(s) = &self.config.service {
+            out.push((
+                s.from_service.ready.as_raw_fd(),
+                EventSet::IN,
+                u64::from(SERVICE_EVENT),
+            ));
+        }
+        out
+    }
+
+    fn arm(timer: &mut TimerFd, wait: Duration) {
+        // A zero wait would disarm the timer: wait at least a millisecond.
+        let _ = timer.reset(wait.max(Duration::from_millis(1)), None);
+    }
+
+    // ---- guest → host ----
+
+    fn process_tx(&mut self, vring: &Vring) -> io::Result<()> {
+        if self.tx_waiting_timer {
+            return Ok(());
+        }
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return Ok(());
+        };
+        let mut state = vring.get_mut();
+        if !state.get_queue().ready() {
+            return Ok(());
+        }
+        let mut used_any = false;
+        loop {
+            if self.event_idx {
+                let _ = state.disable_notification();
+            }
+            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+                let head = chain.head_index();
+                match self.tx_one(&mem, chain) {
+                    TxOutcome::Done => {}
+                    TxOutcome::Throttled(wait) => {
+                        state.get_queue_mut().go_to_previous_position();
+                        self.tx_waiting_timer = true;
+                        Self::arm(&mut self.tx_timer, wait);
+                        if used_any {
+                            signal(&mut state, &self.config.shared.metrics.event_fails);
+                        }
+                        return Ok(());
+                    }
+                }
+                if state.add_used(head, 0).is_err() {
+                    inc(&self.config.shared.metrics.tx_fails);
+                }
+                used_any = true;
+            }
+            if !self.event_idx || !state.enable_notification().unwrap_or(false) {
+                break;
+            }
+        }
+        if !used_any {
+            inc(&self.config.shared.metrics.no_tx_avail_buffer);
+        }
+        if used_any {
+            signal(&mut state, &self.config.shared.metrics.event_fails);
+        }
+        Ok(())
+    }
+
+    fn tx_one<M>(&mut self, mem: &M, chain: virtio_queue::DescriptorChain<M>) -> TxOutcome
+    where
+        M: std::ops::Deref + Clone,
+        M::Target: vm_memory::GuestMemory<Bitmap = ()> + Sized,
+    {
+        let m = &self.config.shared.metrics;
+        let mut reader = match Reader::new(&**mem, chain) {
+            Ok(r) => r,
+            Err(_) => {
+                inc(&m.tx_malformed_frames);
+                return TxOutcome::Done;
+            }
+        };
+        let len = reader.available_bytes();
+        if len <= self.hdr_len || len > MAX_BUFFER {
+            inc(&m.tx_malformed_frames);
+            return TxOutcome::Done;
+        }
+        let frame_len = len - self.hdr_len;
+        if let Err(wait) = lock(&self.config.shared.tx).consume(frame_len as u64) {
+            inc(&m.tx_rate_limiter_throttled);
+            return TxOutcome::Throttled(wait);
+        }
+        if reader.read_exact(&mut self.tx_buf[..len]).is_err() {
+            inc(&m.tx_malformed_frames);
+            return TxOutcome::Done;
+        }
+        add(&m.tx_bytes_count, frame_len as u64);
+        inc(&m.tx_packets_count);
+        inc(&m.tx_count);
+        let (hdr_bytes, frame) = self.tx_buf[..len].split_at_mut(self.hdr_len);
+        if let Some(mac) = self.config.guest_mac
+            && frame.get(6..12).is_some_and(|src| src != mac)
+        {
+            inc(&m.tx_spoofed_mac_count);
+        }
+        if let Some(service) = &self.config.service
+            && (service.claims)(frame)
+        {
+            // The MMDS has no offloads: finish the checksum the guest left to the device. A
+            // segmentation-offloaded frame goes over as the one large segment it is.
+            let hdr = VnetHdr::parse(hdr_bytes).unwrap_or_default();
+            if !vnet::complete_checksum(&hdr, frame) {
+                inc(&m.tx_malformed_frames);
+                return TxOutcome::Done;
+            }
+            if service.to_service.try_send(frame.to_vec()).is_err() {
+                // The MMDS is busy or gone: the frame is lost, as one the TAP refuses is.
+                inc(&m.tx_fails);
+            }
+            return TxOutcome::Done;
+        }
+        match self.config.tap.write(&self.tx_buf[..len]) {
+            Ok(_) => {}
+            Err(err) => {
+                inc(&m.tap_write_fails);
+                tracing::trace!(iface = %self.config.shared.iface_id, %err, "tap write failed");
+            }
+        }
+        TxOutcome::Done
+    }
+
+    // ---- host → guest ----
+
+    fn process_rx(&mut self, vring: &Vring) -> io::Result<()> {
+        if self.rx_waiting_timer {
+            return Ok(());
+        }
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return Ok(());
+        };
+        let shared = self.config.shared.clone();
+        let m = &shared.metrics;
+        let mut state = vring.get_mut();
+        if !state.get_queue().ready() {
+            return Ok(());
+        }
+        let mut delivered = false;
+        loop {
+            if self.rx_pending.is_none() && !self.next_rx_frame() {
+                break;
+            }
+            let Some(pending) = self.rx_pending.as_mut() else {
+                continue;
+            };
+            let len = pending.len;
+            if !pending.admitted {
+                if let Err(wait) = lock(&shared.rx).consume((len - self.hdr_len) as u64) {
+                    inc(&m.rx_rate_limiter_throttled);
+                    self.rx_waiting_timer = true;
+                    Self::arm(&mut self.rx_timer, wait);
+                    break;
+                }
+                pending.admitted = true;
+            }
+            match write_frame(
+                &mem,
+                &mut state,
+                &mut self.rx_buf[..len],
+                self.mrg_rxbuf,
+                self.hdr_len,
+            ) {
+                RxOutcome::Delivered => {
+                    add(&m.rx_bytes_count, (len - self.hdr_len) as u64);
+                    inc(&m.rx_packets_count);
+                    inc(&m.rx_count);
+                    delivered = true;
+                    self.rx_pending = None;
+                }
+                RxOutcome::NoBuffers => {
+                    inc(&m.no_rx_avail_buffer);
+                    if state.enable_notification().unwrap_or(false) {
+                        continue;
+                    }
+                    break;
+                }
+                RxOutcome::Dropped => {
+                    inc(&m.rx_fails);
+                    delivered = true;
+                    self.rx_pending = None;
+                }
+            }
+        }
+        if delivered {
+            signal(&mut state, &m.event_fails);
+        }
+        Ok(())
+    }
+
+    /// Fills `rx_buf` with the next frame for the guest: the service's first (they answer the
+    /// guest and are few), then the TAP's. False when there is none.
+    fn next_rx_frame(&mut self) -> bool {
+        let m = &self.config.shared.metrics;
+        if let Some(service) = &self.config.service {
+            let frame = lock(&service.from_service.frames).pop_front();
+            if let Some(frame) = frame {
+                service.from_service.room.notify_one();
+                let len = self.hdr_len + frame.len();
+                if len > self.rx_buf.len() {
+                    inc(&m.rx_fails);
+                    return true;
+                }
+                self.rx_buf[..self.hdr_len].fill(0);
+                self.rx_buf[self.hdr_len..len].copy_from_slice(&frame);
+                self.rx_pending = Some(Pending {
+                    len,
+                    admitted: false,
+                });
+                return true;
+            }
+        }
+        match self.config.tap.read(&mut self.rx_buf) {
+            Ok(n) if n > self.hdr_len => {
+                self.rx_pending = Some(Pending {
+                    len: n,
+                    admitted: false,
+                });
+                true
+            }
+            Ok(_) => true,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => true,
+            Err(err) => {
+                inc(&m.tap_read_fails);
+                tracing::debug!(iface = %self.config.shared.iface_id, %err, "tap read failed");
+                false
+            }
+        }
+    }
+}
+
+enum TxOutcome {
+    Done,
+    Throttled(Duration),
+}
+
+enum RxOutcome {
+    Delivered,
+    NoBuffers,
+    Dropped,
+}
+
+/// Writes header + frame (`buf`) over one buffer, or over as many as it takes with mergeable
+/// buffers, setting `num_buffers`. With too few buffers nothing is used and the popped chains go
+/// back to the ring.
+fn write_frame(
+    mem: &GuestMemoryMmap<()>,
+    state: &mut VringState<Memory>,
+    buf: &mut [u8],
+    mrg_rxbuf: bool,
+    hdr_len: usize,
+) -> RxOutcome {
+    let total = buf.len();
+    let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
+    let mut room = 0usize;
+    let queue = state.get_queue_mut();
+    while room < total {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            for _ in 0..chains.len() {
+                queue.go_to_previous_position();
+            }
+            return RxOutcome::NoBuffers;
+        };
+        let head = chain.head_index();
+        match Writer::new(mem, chain) {
+            Ok(w) => {
+                room += w.available_bytes();
+                chains.push((head, w));
+            }
+            // A chain the guest got wrong is returned empty; the frame tries the next one.
+            Err(_) => {
+                let _ = queue.add_used(mem, head, 0);
+                continue;
+            }
+        }
+        if !mrg_rxbuf {
+            break;
+        }
+    }
+    if room < total
+        || chains
+            .first()
+            .is_none_or(|(_, w)| w.available_bytes() < hdr_len)
+    {
+        // Without mergeable buffers the one buffer must hold the frame: it is dropped.
+        for (head, _) in &chains {
+            let _ = queue.add_used(mem, *head, 0);
+        }
+        return RxOutcome::Dropped;
+    }
+    if hdr_len == vnet::HDR_LEN {
+        vnet::set_num_buffers(buf, chains.len() as u16);
+    }
+    let mut offset = 0;
+    for (head, mut w) in chains {
+        let n = w.available_bytes().min(total - offset);
+        if w.write_all(&buf[offset..offset + n]).is_err() {
+            let _ = queue.add_used(mem, head, 0);
+            continue;
+        }
+        offset += n;
+        let _ = queue.add_used(mem, head, n as u32);
+    }
+    RxOutcome::Delivered
+}
+
+fn signal(state: &mut VringState<Memory>, event_fails: &AtomicU64) {
+    if state.needs_notification().unwrap_or(true) && state.signal_used_queue().is_err() {
+        inc(event_fails);
+    }
+}
+
+impl VhostUserBackendMut for NetBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.offered
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        let has = |bit: u32| features & (1 << bit) != 0;
+        self.mrg_rxbuf = has(VIRTIO_NET_F_MRG_RXBUF);
+        self.hdr_len = if has(VIRTIO_F_VERSION_1) || self.mrg_rxbuf {
+            vnet::HDR_LEN
+        } else {
+            vnet::LEGACY_HDR_LEN
+        };
+        // The TAP may only hand over what the guest accepts.
+        let mut flags = 0;
+        if has(VIRTIO_NET_F_GUEST_CSUM) {
+            flags |= offload::CSUM;
+            if has(VIRTIO_NET_F_GUEST_TSO4) {
+                flags |= offload::TSO4;
+            }
+            if has(VIRTIO_NET_F_GUEST_TSO6) {
+                flags |= offload::TSO6;
+            }
+            if has(VIRTIO_NET_F_GUEST_ECN) {
+                flags |= offload::TSO_ECN;
+            }
+            if has(VIRTIO_NET_F_GUEST_UFO) {
+                flags |= offload::UFO;
+            }
+        }
+        let tap = &self.config.tap;
+        eprintln!(
+            "DBG acked {features:#x} hdr_len={} flags={flags:#x}",
+            self.hdr_len
+        );
+        if let Err(err) = tap
+            .set_vnet_hdr_size(self.hdr_len)
+            .and_then(|()| tap.set_offload(flags))
+        {
+            inc(&self.config.shared.metrics.activate_fails);
+            tracing::warn!(iface = %self.config.shared.iface_id, %err, "tap set-up failed");
+        }
+        tracing::debug!(
+            iface = %self.config.shared.iface_id,
+            features = format_args!("{features:#x}"),
+            offloads = format_args!("{flags:#x}"),
+            "features acked"
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // `VHOST_USER_F_PROTOCOL_FEATURES` itself is offered because QEMU's virtio-net refuses
+        // to start a peer whose rings it cannot enable (see crate::frontend); `LOG_SHMFD` as
+        // explained at [`VHOST_F_LOG_ALL`].
+        VhostUserProtocolFeatures::LOG_SHMFD
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn update_memory(&mut self, mem: Memory) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let [rx, tx] = vrings else {
+            return Ok(());
+        };
+        let m = &self.config.shared.metrics;
+        eprintln!(
+            "DBG ev={device_event} rxq ready={} en={} txq ready={} en={}",
+            rx.get_ref().get_queue().ready(),
+            rx.get_ref().is_enabled(),
+            tx.get_ref().get_queue().ready(),
+            tx.get_ref().is_enabled()
+        );
+        match device_event {
+            RX_QUEUE => {
+                inc(&m.rx_queue_event_count);
+                self.process_rx(rx)
+            }
+            TX_QUEUE => {
+                inc(&m.tx_queue_event_count);
+                self.process_tx(tx)?;
+                // Sending may have answered something the guest now waits to receive.
+                self.process_rx(rx)
+            }
+            TAP_EVENT => {
+                inc(&m.rx_tap_event_count);
+                self.process_rx(rx)
+            }
+            SERVICE_EVENT => {
+                if let Some(s) = &self.config.service {
+                    let _ = s.from_service.ready.read();
+                }
+                self.process_rx(rx)
+            }
+            RX_TIMER_EVENT => {
+                let _ = self.rx_timer.wait();
+                inc(&m.rx_event_rate_limiter_count);
+                self.rx_waiting_timer = false;
+                self.process_rx(rx)
+            }
+            TX_TIMER_EVENT => {
+                let _ = self.tx_timer.wait();
+                inc(&m.tx_rate_limiter_event_count);
+                self.tx_waiting_timer = false;
+                self.process_tx(tx)
+            }
+            LIMITER_EVENT => {
+                let _ = self.config.shared.changed.read();
+                // A PATCHed limiter applies at once: retry whatever waits on a timer.
+                if self.rx_waiting_timer {
+                    self.rx_waiting_timer = false;
+                    let _ = self.rx_timer.reset(Duration::ZERO, None);
+                    self.process_rx(rx)?;
+                }
+                if self.tx_waiting_timer {
+                    self.tx_waiting_timer = false;
+                    let _ = self.tx_timer.reset(Duration::ZERO, None);
+                    self.process_tx(tx)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
