@@ -15,6 +15,8 @@
 //! squib-agent vsock-connect TAG PORT BYTES (connect to the host, CID 2, send BYTES of the
 //!                                         pattern while reading, half-close, read until EOF)
 //!   → AGENT-VSOCK-CONN TAG sent=<n> recv=<n> fnv=<FNV-1a 64 of the bytes received, hex>
+//! squib-agent udp-send TAG IP:PORT SIZE MS  (datagrams of SIZE bytes, as fast as possible, MS ms)
+//!   → AGENT-UDP-SENT TAG packets=<n> ms=<elapsed>
 //! ```
 //! The pattern byte at offset i is `(i * 7 + i / 251) % 256`.
 //! Failures print `AGENT-ERROR TAG <what>` and exit 1.
@@ -37,8 +39,9 @@ fn main() -> ExitCode {
         Some("tcp-recv") => tcp_recv(&args[1..]),
         Some("vsock-listen") => vsock::listen(&args[1..]),
         Some("vsock-connect") => vsock::connect(&args[1..]),
+        Some("udp-send") => udp_send(&args[1..]),
         _ => Err(
-            "usage: squib-agent http|tcp-send|tcp-recv|vsock-listen|vsock-connect TAG ..."
+            "usage: squib-agent http|tcp-send|tcp-recv|udp-send|vsock-listen|vsock-connect TAG ..."
                 .to_string(),
         ),
     };
@@ -198,6 +201,37 @@ fn tcp_recv(args: &[String]) -> Result<String, String> {
     }
     Ok(format!(
         "AGENT-TCP-RECV {tag} bytes={total} sum={sum} ms={}",
+        started.elapsed().as_millis()
+    ))
+}
+
+fn udp_send(args: &[String]) -> Result<String, String> {
+    let [tag, addr, size, ms] = args else {
+        return Err("udp-send TAG IP:PORT SIZE MS".into());
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr}: {e}"))?;
+    let size: usize = size.parse().map_err(|_| format!("bad size {size}"))?;
+    let ms: u64 = ms.parse().map_err(|_| format!("bad duration {ms}"))?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    socket
+        .connect(addr)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let payload = vec![0x5au8; size.min(65507)];
+    let started = Instant::now();
+    let until = Duration::from_millis(ms);
+    let mut packets: u64 = 0;
+    while started.elapsed() < until {
+        // A full socket buffer (ENOBUFS) or a transient error only skips a datagram.
+        for _ in 0..64 {
+            if socket.send(&payload).is_ok() {
+                packets += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "AGENT-UDP-SENT {tag} packets={packets} ms={}",
         started.elapsed().as_millis()
     ))
 }
