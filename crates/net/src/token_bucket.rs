@@ -174,6 +174,21 @@ impl TokenBucket {
         Reduction::Granted
     }
 
+    /// Takes as many of `wanted` tokens as there are (the one-time burst first) and returns
+    /// how many it took: for a stream whose excess is dropped rather than delayed, such as the
+    /// serial console's (upstream drops each byte it has no token for).
+    pub fn consume_up_to_at(&mut self, wanted: u64, now: Instant) -> u64 {
+        let from_burst = wanted.min(self.burst);
+        self.burst -= from_burst;
+        let rest = wanted - from_burst;
+        if rest > self.budget {
+            self.replenish(now);
+        }
+        let from_budget = rest.min(self.budget);
+        self.budget -= from_budget;
+        from_burst + from_budget
+    }
+
     // Gives back tokens taken by a request that was refused further on.
     fn give_back(&mut self, tokens: u64) {
         if self.burst > 0 {
@@ -377,6 +392,25 @@ mod tests {
         // 1.5 ms → one token plus half of the next; two more need 1.5 ms.
         let r = b.reduce(3, t0 + Duration::from_micros(1500));
         assert_eq!(r, Reduction::Refused(Duration::from_micros(1500)));
+    }
+
+    #[test]
+    fn consume_up_to_takes_what_there_is_and_refills_at_the_rate() {
+        let t0 = Instant::now();
+        let config = BucketConfig {
+            size: 1000,
+            one_time_burst: 100,
+            refill_time_ms: 1000,
+        };
+        let mut b = TokenBucket::new_at(config, t0).unwrap();
+        assert_eq!(b.consume_up_to_at(60, t0), 60);
+        assert_eq!(b.one_time_burst(), 40);
+        // The rest of the burst, then the whole budget, then nothing.
+        assert_eq!(b.consume_up_to_at(5000, t0), 1040);
+        assert_eq!(b.consume_up_to_at(10, t0), 0);
+        // 1000 tokens a second: 250 ms give 250, never more than the size.
+        assert_eq!(b.consume_up_to_at(5000, t0 + ms(250)), 250);
+        assert_eq!(b.consume_up_to_at(5000, t0 + ms(10_000)), 1000);
     }
 
     #[test]

@@ -185,6 +185,9 @@ pub enum ConsoleTarget {
     File(PathBuf),
     /// Discarded.
     Null,
+    /// A Unix socket squib listens on ([`crate::serial::SerialRelay`]), which writes the
+    /// client's `serial_out_path` through the serial rate limiter.
+    Socket(PathBuf),
 }
 
 /// The launch facts that do not come from the client's resources.
@@ -426,6 +429,10 @@ pub fn build_args(
             escape_option_value(utf8(path, "console")?)
         ),
         ConsoleTarget::Null => "null,id=console".to_string(),
+        ConsoleTarget::Socket(path) => format!(
+            "socket,id=console,path={}",
+            escape_option_value(utf8(path, "console")?)
+        ),
     };
     push(&["-chardev", &console, "-serial", "chardev:console"]);
 
@@ -1056,6 +1063,25 @@ mod tests {
         .unwrap();
         assert_eq!(values(&a, "-chardev"), ["null,id=console"]);
         assert_eq!(values(&a, "-serial"), ["chardev:console"]);
+    }
+
+    #[test]
+    fn a_relayed_console_is_a_socket_chardev() {
+        let res = resources(vec![]);
+        let a = build_args(
+            &res,
+            &LaunchSpec {
+                accel: Accel::Tcg,
+                qmp_socket: Path::new("/q"),
+                console: &ConsoleTarget::Socket("/run/x,y/serial.sock".into()),
+                tsc_khz: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            values(&a, "-chardev"),
+            ["socket,id=console,path=/run/x,,y/serial.sock"]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`QemuEngine`]: squib's [`Engine`] on QEMU, and [`QemuVm`], the handle of one running guest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::devices::DeviceState;
 use crate::net;
 use crate::process::{ProcessExit, QemuProcess};
 use crate::qmp::{QmpClient, QmpError, ShutdownEvent};
+use crate::serial::SerialRelay;
 
 /// The QEMU binary used when the configuration names none.
 pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -96,6 +97,8 @@ pub struct QemuVm {
     // The vsock backend; stopped after QEMU is killed.
     vsock: Option<squib_vsock::Vsock>,
     mmds: Option<Arc<Mmds>>,
+    // Writes `serial_out_path`; stopped after QEMU is killed.
+    serial: Option<SerialRelay>,
     devices: DeviceState,
     /// The guest's RAM (QEMU maps it; squib reads it for snapshots) and the CPU it runs.
     snapshot: crate::snapshot::Snapshottable,
@@ -155,6 +158,10 @@ impl RunningVm for QemuVm {
         if let Some(vsock) = &self.vsock {
             let counters = vsock.metrics().clone();
             metrics.set_section_source("vsock", Arc::new(move || counters.snapshot()));
+        }
+        if let Some(serial) = &self.serial {
+            let counters = serial.counters().clone();
+            metrics.set_section_source("uart", Arc::new(move || counters.snapshot()));
         }
     }
 
@@ -270,6 +277,26 @@ impl Engine for QemuEngine {
             .tempdir()
             .map_err(|e| EngineError(format!("cannot create QEMU's runtime directory: {e}")))?;
         let qmp_socket = runtime_dir.path().join("qmp.sock");
+        // A serial output file is written by squib, through the serial rate limiter.
+        let serial = match resources
+            .serial
+            .as_ref()
+            .and_then(|s| s.serial_out_path.as_ref().map(|p| (p, s.rate_limiter)))
+        {
+            Some((path, limiter)) => Some(
+                SerialRelay::start(
+                    &runtime_dir.path().join("serial.sock"),
+                    Path::new(path),
+                    limiter,
+                )
+                .map_err(|e| EngineError(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let console = match &serial {
+            Some(relay) => ConsoleTarget::Socket(relay.socket().to_path_buf()),
+            None => console,
+        };
         let argv_resources = restoring
             .as_ref()
             .map(|_| crate::snapshot::argv_resources(resources));
@@ -380,6 +407,7 @@ impl Engine for QemuEngine {
                 nets,
                 vsock,
                 mmds,
+                serial,
                 devices,
                 snapshot,
                 _runtime_dir: runtime_dir,
@@ -517,9 +545,12 @@ fn warn_unhonoured(resources: &VmResources) {
         }
     }
     if let Some(serial) = &resources.serial
+        && serial.serial_out_path.is_none()
         && serial.rate_limiter.is_some_and(|b| b.is_enabled())
     {
-        tracing::warn!("the serial rate limiter is not honoured: QEMU's serial console has none");
+        tracing::warn!(
+            "the serial rate limiter applies to serial_out_path only: the console on stdout is not limited"
+        );
     }
 }
 
