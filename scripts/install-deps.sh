@@ -53,13 +53,61 @@ apt_get() {
   "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 -y -q "$@"
 }
 
-# An install without a package list fails on a fresh machine; update first if
-# the lists are empty, otherwise try directly and update only on failure.
+# Never remove or downgrade a package the user has: simulate first and stop, saying why, if
+# the install would. (Installing Debian's QEMU 7.2 over a QEMU 10 from bookworm-backports, for
+# one, removes the user's qemu-utils 10.)
+refuses_to_harm() {
+  local sim rc=0
+  sim="$(apt-get -s -o Debug::NoLocking=1 install --no-install-recommends "${missing[@]}" 2>&1)" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "$sim" >&2
+    return 2
+  fi
+  local harm=() upgrade='^\[([^]]+)\] \(([^ ]+)'
+  while read -r verb pkg rest; do
+    case "$verb" in
+      Remv) harm+=("remove $pkg ${rest%% (*}") ;;
+      Inst)
+        # `Inst pkg [installed] (candidate …)`: only an upgrade or downgrade has the bracket.
+        if [[ "$rest" =~ $upgrade ]]; then
+          if dpkg --compare-versions "${BASH_REMATCH[2]}" lt "${BASH_REMATCH[1]}"; then
+            harm+=("downgrade $pkg ${BASH_REMATCH[1]} -> ${BASH_REMATCH[2]}")
+          fi
+        fi
+        ;;
+    esac
+  done <<<"$sim"
+  if [ "${#harm[@]}" -ne 0 ]; then
+    {
+      echo "install-deps: NOT installing ${missing[*]}: apt would"
+      printf '  %s\n' "${harm[@]}"
+      echo "install-deps: squib never removes or downgrades a package you have. Install what is missing"
+      echo "  yourself in a way that keeps your packages, or point SQUIB_QEMU at a QEMU (>= 7.2, with"
+      echo "  the microvm machine); scripts/private-qemu.sh extracts one into a private prefix."
+    } >&2
+    return 1
+  fi
+}
+
+# An install without a package list fails on a fresh machine; update first if the lists are
+# empty. Otherwise try with the lists there are and update only if that cannot work.
 if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true)" ]; then
   apt_get update
-  apt_get install --no-install-recommends "${missing[@]}"
-elif ! apt_get install --no-install-recommends "${missing[@]}"; then
+fi
+guard=0
+refuses_to_harm || guard=$?
+if [ "$guard" -eq 2 ]; then
   apt_get update
+  guard=0
+  refuses_to_harm || guard=$?
+fi
+if [ "$guard" -ne 0 ]; then
+  exit 1
+fi
+if ! apt_get install --no-install-recommends "${missing[@]}"; then
+  # Stale lists name files the archive no longer has: refresh, check again, retry.
+  apt_get update
+  refuses_to_harm || exit 1
   apt_get install --no-install-recommends "${missing[@]}"
 fi
 echo "install-deps: done"
