@@ -316,6 +316,10 @@ impl Engine for QemuEngine {
         if self.config.sandbox {
             cmdline::add_sandbox(&mut args);
         }
+        if let Some(qboot) = crate::firmware::qboot(&self.config.qemu_binary).await {
+            args.push("-bios".to_string());
+            args.push(qboot.to_string_lossy().into_owned());
+        }
         let mem_bytes = resources.machine_config.mem_bytes().ok_or_else(|| {
             EngineError(format!(
                 "a memory size of {} MiB does not fit in 64 bits",

@@ -8,6 +8,7 @@ pub mod cmdline;
 pub mod cpu_model;
 pub mod devices;
 pub mod engine;
+pub mod firmware;
 pub mod host_tsc;
 pub mod net;
 pub mod process;
