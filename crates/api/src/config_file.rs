@@ -79,7 +79,7 @@ pub fn actions_from_json(text: &str) -> Result<Vec<VmmAction>, ConfigFileError> 
         let value = match source {
             CpuConfigSource::Inline(value) => value,
             CpuConfigSource::Path(path) => {
-                let text = std::fs::read_to_string(&path)
+                let text = read_template(&path)
                     .map_err(|e| ConfigFileError::CpuTemplateFile(path.clone(), e))?;
                 serde_json::from_str(&text)?
             }
@@ -104,6 +104,30 @@ pub fn actions_from_json(text: &str) -> Result<Vec<VmmAction>, ConfigFileError> 
     Ok(actions)
 }
 
+/// A CPU template is a few KiB; more than this is not one.
+const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
+
+// Reads a template file: a regular file only (a FIFO or a device would stall or flood the
+// start), and at most MAX_TEMPLATE_BYTES of it.
+fn read_template(path: &str) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_TEMPLATE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TEMPLATE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_TEMPLATE_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Configures and boots the VM from the document; stops at the first failure.
 pub async fn replay(controller: &Controller, text: &str) -> Result<(), ConfigFileError> {
     for action in actions_from_json(text)? {
@@ -118,6 +142,26 @@ pub async fn replay(controller: &Controller, text: &str) -> Result<(), ConfigFil
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_template_path_must_be_a_small_regular_file() {
+        let doc = |path: &str| {
+            format!(
+                r#"{{"boot-source":{{"kernel_image_path":"/k"}},"drives":[],"cpu-config":"{path}"}}"#
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("t.json");
+        std::fs::write(&good, r#"{"kvm_capabilities":[]}"#).unwrap();
+        assert!(actions_from_json(&doc(good.to_str().unwrap())).is_ok());
+        // A device (or a FIFO) is refused without reading from it.
+        let err = actions_from_json(&doc("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; (MAX_TEMPLATE_BYTES + 1) as usize]).unwrap();
+        let err = actions_from_json(&doc(big.to_str().unwrap())).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
 
     #[test]
     fn fixed_order_with_start_last() {
