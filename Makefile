@@ -3,6 +3,8 @@
 #   make bench        full run (for people): prints the table, writes $(BENCH_JSON)
 #   make bench-quick  few iterations, one boot of each kind (what CI runs): same table and JSON,
 #                     fails when a figure could not be measured; figures are never asserted
+#   make soak         1 M mixed API requests against a running VM (not in CI)
+#   make fuzz         the fuzz targets of fuzz/, FUZZ_SECONDS each (not in CI)
 #
 # Guests run under TCG unless SQUIB_ACCEL says otherwise. Extra flags: BENCH_ARGS="--only api".
 
@@ -13,7 +15,10 @@ BENCH_JSON ?= $(TARGET_DIR)/bench/results.json
 BENCH_ARGS ?=
 export SQUIB_ACCEL ?= tcg
 
-.PHONY: bench bench-quick bench-build
+FUZZ_SECONDS ?= 60
+SOAK_ARGS ?=
+
+.PHONY: bench bench-quick bench-build fuzz soak
 
 bench-build:
 	$(CARGO) build --release -p squib -p squib-bench
@@ -23,3 +28,13 @@ bench: bench-build
 
 bench-quick: bench-build
 	$(BENCH) --quick --out $(BENCH_JSON) $(BENCH_ARGS)
+
+# Every fuzz target (fuzz/, cargo-fuzz) for FUZZ_SECONDS each, niced; prints executions and
+# crashes per target. Not part of CI.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
+# The soak benchmark: 1 M mixed API requests over 64 connections against a running VM; fails on
+# an unexpected answer or squib's RSS growing by 1 MiB or more. Not part of CI.
+soak: bench-build
+	nice -n 10 $(BENCH) --only soak $(SOAK_ARGS)
