@@ -12,6 +12,7 @@ mod net;
 mod process;
 mod report;
 mod scenarios;
+mod soak;
 mod stats;
 mod vsock;
 
@@ -24,7 +25,7 @@ use serde_json::json;
 
 use crate::report::Figure;
 
-const USAGE: &str = "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness,net,vsock]";
+const USAGE: &str = "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness,net,vsock,soak]";
 
 /// How much of everything to run.
 #[derive(Clone, Debug)]
@@ -203,7 +204,9 @@ fn run(config: &Config) -> anyhow::Result<bool> {
             // Not run by default: needs root and /dev/net/tun (`--only net`).
             "net" => net::net(config),
             "vsock" => vsock::vsock(config),
-            other => bail!("unknown section {other:?} (api, startup, boot, liveness, net)"),
+            // Not run by default either: a million requests (`--only soak`, `make soak`).
+            "soak" => soak::soak(config, &runtime),
+            other => bail!("unknown section {other:?} (api, startup, boot, liveness, net, vsock, soak)"),
         };
         match result {
             Ok(mut f) => figures.append(&mut f),

@@ -26,7 +26,7 @@ const IDLE_GET: &str =
     "the same paced GET / loop on the same squib just before InstanceStart (idle)";
 
 pub const GUEST_MARKER: &str = "SQUIB-GUEST-INIT-OK";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 const MACHINE_CONFIG: &str = r#"{"vcpu_count":1,"mem_size_mib":256}"#;
 
@@ -45,7 +45,7 @@ fn mib(kib: Option<u64>) -> Option<f64> {
 /// squib with its API socket and its log file (`--log-path`) beside each other. The log goes
 /// to a file so that stdout carries only the guest console: squib's log and the console share
 /// stdout otherwise, and a busy API log splits console lines mid-line.
-fn squib_command(config: &Config, socket: &Path, id: &str) -> Command {
+pub(crate) fn squib_command(config: &Config, socket: &Path, id: &str) -> Command {
     let mut command = Command::new(&config.squib);
     command
         .arg("--api-sock")
@@ -64,7 +64,7 @@ fn log_path(socket: &Path) -> PathBuf {
 }
 
 /// The last lines of squib's log, for error messages.
-fn log_tail(socket: &Path) -> String {
+pub(crate) fn log_tail(socket: &Path) -> String {
     let text = std::fs::read_to_string(log_path(socket)).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -77,7 +77,7 @@ fn floor_command(socket: &Path) -> anyhow::Result<Command> {
 }
 
 /// A server started and answering.
-fn start_server(command: Command, socket: &Path) -> anyhow::Result<Proc> {
+pub(crate) fn start_server(command: Command, socket: &Path) -> anyhow::Result<Proc> {
     let proc = Proc::spawn(command)?;
     if let Err(e) = process::wait_answering(socket, SOCKET_TIMEOUT) {
         bail!(
@@ -464,7 +464,7 @@ fn boot_args() -> String {
 
 /// Configures a squib through the API: kernel, initrd, the shared root image read-only (so
 /// every run boots the same bits), 1 vCPU, 256 MiB.
-fn configure(socket: &Path, guest: &GuestPaths) -> anyhow::Result<()> {
+pub(crate) fn configure(socket: &Path, guest: &GuestPaths) -> anyhow::Result<()> {
     let boot = json!({
         "kernel_image_path": guest.kernel,
         "initrd_path": guest.initrd,
