@@ -206,7 +206,9 @@ fn run(config: &Config) -> anyhow::Result<bool> {
             "vsock" => vsock::vsock(config),
             // Not run by default either: a million requests (`--only soak`, `make soak`).
             "soak" => soak::soak(config, &runtime),
-            other => bail!("unknown section {other:?} (api, startup, boot, liveness, net, vsock, soak)"),
+            other => {
+                bail!("unknown section {other:?} (api, startup, boot, liveness, net, vsock, soak)")
+            }
         };
         match result {
             Ok(mut f) => figures.append(&mut f),
