@@ -101,6 +101,8 @@ fn snapshot_create_then_restore_in_new_processes() {
         // Dropping squib kills it and its QEMU.
     }
     let mem_before = std::fs::read(snap.path().join("vm.mem")).unwrap();
+    let snap2 = tempfile::tempdir().unwrap();
+    let ticks_at_second;
 
     // A new squib restores and resumes at once: the ticks go on from the snapshot's count.
     {
@@ -130,12 +132,38 @@ fn snapshot_create_then_restore_in_new_processes() {
             !squib.console().contains(GUEST_MARKER),
             "the guest booted again"
         );
+        // The restored guest maps the memory file copy-on-write; its own snapshot must still
+        // hold all of its memory (second generation, restored below).
+        squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+        ticks_at_second = last_tick(&squib);
+        let second = serde_json::json!({
+            "snapshot_path": snap2.path().join("vm.state"),
+            "mem_file_path": snap2.path().join("vm.mem"),
+        })
+        .to_string();
+        let started = Instant::now();
+        squib.ok("PUT", "/snapshot/create", &second);
+        eprintln!("create of a restored guest took {:?}", started.elapsed());
+        assert_eq!(
+            std::fs::metadata(snap2.path().join("vm.mem"))
+                .unwrap()
+                .len(),
+            256 << 20
+        );
     }
     // The restored guest ran, yet the user's memory file is untouched.
     assert!(
         std::fs::read(snap.path().join("vm.mem")).unwrap() == mem_before,
         "the memory file was modified"
     );
+
+    // The second-generation snapshot goes on from where the restored guest was paused.
+    {
+        let squib = Squib::start(&["--id", "e2e-snap-3"]);
+        squib.ok("PUT", "/snapshot/load", &load_body(snap2.path(), true));
+        squib.wait_for_line(&format!("SQUIB-TICK {}", ticks_at_second + 2), BOOT_TIMEOUT);
+        assert!(first_tick(&squib) > ticks_at_second, "{}", squib.console());
+    }
 
     // Without resume_vm, the restored guest waits, paused, for PATCH /vm.
     {

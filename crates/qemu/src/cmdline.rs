@@ -491,6 +491,26 @@ pub fn build_args(
     Ok(args)
 }
 
+/// Points QEMU's QMP monitor at a socket squib already listens on (`fd`, inherited by QEMU)
+/// instead of a path QEMU binds itself: squib connects the moment QEMU is spawned, and QEMU
+/// accepts when it is ready, with no polling for the socket file in between.
+/// Returns false when the argv holds no `-qmp` to replace.
+pub fn use_qmp_listener(args: &mut Vec<String>, fd: std::os::fd::RawFd) -> bool {
+    let Some(at) = args.iter().position(|a| a == "-qmp") else {
+        return false;
+    };
+    args.splice(
+        at..(at + 2).min(args.len()),
+        [
+            "-chardev".to_string(),
+            format!("socket,id=qmp,fd={fd},server=on,wait=off"),
+            "-mon".to_string(),
+            "chardev=qmp,mode=control".to_string(),
+        ],
+    );
+    true
+}
+
 /// `-blockdev` (a raw format node over a file node) and its `virtio-blk-device`.
 fn push_drive(
     args: &mut Vec<String>,
@@ -1046,6 +1066,26 @@ mod tests {
         // Taken verbatim by QEMU: not escaped.
         assert_eq!(values(&a, "-kernel"), ["/k,1/vmlinux"]);
         assert_eq!(values(&a, "-initrd"), ["/k,1/initrd"]);
+    }
+
+    #[test]
+    fn qmp_listener_replaces_the_qmp_path() {
+        let mut args: Vec<String> = ["-S", "-qmp", "unix:/q,server=on,wait=off", "-x"]
+            .map(String::from)
+            .to_vec();
+        assert!(use_qmp_listener(&mut args, 7));
+        assert_eq!(
+            args,
+            [
+                "-S",
+                "-chardev",
+                "socket,id=qmp,fd=7,server=on,wait=off",
+                "-mon",
+                "chardev=qmp,mode=control",
+                "-x"
+            ]
+        );
+        assert!(!use_qmp_listener(&mut args, 7));
     }
 
     #[test]

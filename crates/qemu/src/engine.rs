@@ -1,5 +1,6 @@
 //! [`QemuEngine`]: squib's [`Engine`] on QEMU, and [`QemuVm`], the handle of one running guest.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use squib_vmm::metrics::{DeviceClass, MetricsRegistry};
 use squib_vmm::{Engine, EngineError, ExitWatch, RunningVm, VmExit, VmResources};
 use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
 
 use squib_mmds::Mmds;
 use squib_vmm::config::rate_limiter::RateLimiterConfig;
@@ -26,13 +26,10 @@ use crate::serial::SerialRelay;
 
 /// The QEMU binary used when the configuration names none.
 pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
-/// How long QEMU may take to open its QMP socket.
+/// How long QEMU may take to answer on its QMP socket.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// After QEMU exits, how long to wait for its last QMP events.
 const EVENTS_DRAIN: Duration = Duration::from_secs(1);
-/// QEMU opens its QMP socket some tens of milliseconds after exec; every poll interval is added
-/// to `InstanceStart`'s latency, and a `stat` every 2 ms costs nothing measurable.
-const QMP_POLL: Duration = Duration::from_millis(2);
 
 /// How squib runs QEMU; filled by the binary from its flags and environment.
 #[derive(Clone, Debug)]
@@ -326,8 +323,13 @@ impl Engine for QemuEngine {
                 resources.machine_config.mem_size_mib
             ))
         })?;
-        let (snapshot, device_state) =
-            crate::snapshot::prepare(&mut args, accel, mem_bytes, restoring.as_ref())?;
+        let (snapshot, device_state) = crate::snapshot::prepare(
+            &mut args,
+            accel,
+            mem_bytes,
+            restoring.as_ref(),
+            crate::snapshot::private_mapping_allowed(resources),
+        )?;
         // The devices listen before QEMU starts: its vhost-user netdevs connect at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
         let nets = net::serve_devices(resources, &qmp_socket, mmds.as_ref())?;
@@ -343,8 +345,16 @@ impl Engine for QemuEngine {
             .map(|(i, d)| (d.id.clone(), cmdline::drive_names(i, &d.id)))
             .collect();
 
-        let process = QemuProcess::spawn(&self.config.qemu_binary, &args)
-            .map_err(|e| EngineError(e.to_string()))?;
+        // squib listens on QMP's socket and QEMU inherits it: the connection below is queued
+        // before QEMU even runs, and answered as soon as its monitor is up.
+        let qmp_listener = std::os::unix::net::UnixListener::bind(&qmp_socket)
+            .map_err(|e| EngineError(format!("cannot create QEMU's QMP socket: {e}")))?;
+        cmdline::use_qmp_listener(&mut args, qmp_listener.as_raw_fd());
+        let process =
+            QemuProcess::spawn(&self.config.qemu_binary, &args, &[qmp_listener.as_raw_fd()])
+                .map_err(|e| EngineError(e.to_string()))?;
+        // QEMU holds the only listening descriptor now: if it dies, the connection fails.
+        drop(qmp_listener);
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
         if let Some(device_state) = &device_state {
@@ -470,35 +480,33 @@ async fn last_shutdown_event(
     shutdown.borrow().clone()
 }
 
-/// Polls for the QMP socket until QEMU accepts, QEMU exits, or the deadline passes.
+/// Connects to QEMU's QMP socket (already listening) and negotiates, unless QEMU exits or
+/// the deadline passes first.
 async fn connect_qmp(
     process: &QemuProcess,
     socket: &std::path::Path,
     timeout: Duration,
 ) -> Result<QmpClient, EngineError> {
-    let deadline = Instant::now() + timeout;
-    let mut last_error = None;
-    loop {
-        if let Some(exit) = process.try_exit() {
-            return Err(EngineError(format!(
-                "QEMU ended before the guest started: {}",
-                exit.describe()
-            )));
-        }
-        if socket.exists() {
-            match tokio::time::timeout_at(deadline, QmpClient::connect(socket)).await {
-                Ok(Ok(client)) => return Ok(client),
-                Ok(Err(err)) => last_error = Some(err),
-                Err(_) => {}
-            }
-        }
-        if Instant::now() >= deadline {
-            let why = last_error.map(|e| format!(": {e}")).unwrap_or_default();
-            return Err(EngineError(format!(
-                "QEMU did not open its QMP socket within {timeout:?}{why}"
-            )));
-        }
-        tokio::time::sleep(QMP_POLL).await;
+    let ended = |exit: ProcessExit| {
+        EngineError(format!(
+            "QEMU ended before the guest started: {}",
+            exit.describe()
+        ))
+    };
+    let exited = process.exit_watch();
+    tokio::select! {
+        exit = exited => Err(ended(exit)),
+        connected = tokio::time::timeout(timeout, QmpClient::connect(socket)) => match connected {
+            Ok(Ok(client)) => Ok(client),
+            // QEMU closing the socket is QEMU ending: prefer its exit status and last words.
+            Ok(Err(err)) => match tokio::time::timeout(EVENTS_DRAIN, process.exit_watch()).await {
+                Ok(exit) => Err(ended(exit)),
+                Err(_) => Err(EngineError(format!("cannot talk to QEMU over QMP: {err}"))),
+            },
+            Err(_) => Err(EngineError(format!(
+                "QEMU did not answer on its QMP socket within {timeout:?}"
+            ))),
+        },
     }
 }
 

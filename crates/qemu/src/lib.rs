@@ -13,6 +13,7 @@ pub mod host_tsc;
 pub mod net;
 pub mod process;
 pub mod qmp;
+pub mod ram_stream;
 pub mod serial;
 pub mod snapshot;
 pub mod throttle;

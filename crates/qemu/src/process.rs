@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -98,7 +99,11 @@ impl QemuProcess {
     /// QEMU gets `SIGKILL` when squib dies (`PR_SET_PDEATHSIG`), and when this handle or the
     /// runtime goes away (`kill_on_drop`). The death signal follows the *thread* that spawned
     /// QEMU: call this from a runtime worker (not from `spawn_blocking`, whose threads retire).
-    pub fn spawn(program: &Path, args: &[String]) -> Result<Self, SpawnError> {
+    ///
+    /// `inherit`: descriptors of squib's that QEMU gets under the same numbers (their
+    /// close-on-exec flag is cleared in the child only, so no other child sees them).
+    pub fn spawn(program: &Path, args: &[String], inherit: &[RawFd]) -> Result<Self, SpawnError> {
+        let inherit = inherit.to_vec();
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -108,7 +113,7 @@ impl QemuProcess {
         // SAFETY: getpid is async-signal-safe and called before fork.
         let parent = unsafe { libc::getpid() };
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (prctl, getppid); it allocates nothing.
+        // system calls (prctl, getppid, fcntl); it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(
@@ -124,6 +129,11 @@ impl QemuProcess {
                 // squib may have died before the death signal was armed.
                 if libc::getppid() != parent {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                for &fd in &inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -261,6 +271,8 @@ async fn forward_stderr(stderr: ChildStderr, tail: Arc<Mutex<VecDeque<String>>>)
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     #[test]
@@ -290,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn spawn_failure_names_the_program() {
-        let err = match QemuProcess::spawn(Path::new("/nonexistent/qemu"), &[]) {
+        let err = match QemuProcess::spawn(Path::new("/nonexistent/qemu"), &[], &[]) {
             Err(err) => err,
             Ok(_) => panic!("spawned a missing program"),
         };
@@ -307,7 +319,7 @@ mod tests {
             "-c".to_string(),
             "echo one >&2; echo two >&2; exit 3".to_string(),
         ];
-        let process = QemuProcess::spawn(Path::new("sh"), &args).unwrap();
+        let process = QemuProcess::spawn(Path::new("sh"), &args, &[]).unwrap();
         let exit = tokio::time::timeout(Duration::from_secs(10), process.exit_watch())
             .await
             .unwrap();
@@ -318,9 +330,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_the_named_descriptors_are_inherited() {
+        let dir = tempfile::tempdir().unwrap();
+        // std opens files close-on-exec.
+        let passed = std::fs::File::create(dir.path().join("a")).unwrap();
+        let kept = std::fs::File::create(dir.path().join("b")).unwrap();
+        let (p, k) = (passed.as_raw_fd(), kept.as_raw_fd());
+        let args = [
+            "-c".to_string(),
+            format!("test -e /proc/self/fd/{p} && ! test -e /proc/self/fd/{k}"),
+        ];
+        let process = QemuProcess::spawn(Path::new("sh"), &args, &[p]).unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(10), process.exit_watch())
+            .await
+            .unwrap();
+        assert_eq!(exit.status.code(), Some(0), "{exit:?}");
+        // squib's own copy stays close-on-exec.
+        // SAFETY: F_GETFD on a descriptor this test owns.
+        let flags = unsafe { libc::fcntl(p, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+    }
+
+    #[tokio::test]
     async fn dropping_the_handle_kills_the_child() {
         let args = ["-c".to_string(), "sleep 60".to_string()];
-        let process = QemuProcess::spawn(Path::new("sh"), &args).unwrap();
+        let process = QemuProcess::spawn(Path::new("sh"), &args, &[]).unwrap();
         let watch = process.exit_watch();
         drop(process);
         let exit = tokio::time::timeout(Duration::from_secs(10), watch)

@@ -9,10 +9,15 @@
 //! * Save: `migrate unix:<socket>` with `x-ignore-shared` to a socket squib listens on; squib
 //!   writes what arrives into the device-state file; wait for `completed`, then copy the
 //!   memfd (sparse) to the memory file.
-//! * Restore: a fresh memfd is filled from the memory file (the file itself is never
-//!   written), QEMU starts with the same device set and `-incoming defer` (no kernel: the
-//!   guest's memory already holds it), then `migrate-incoming unix:<socket>` and squib sends
-//!   the stream.
+//! * Restore: QEMU maps the memory file itself, privately (`share=off`: copy-on-write, so
+//!   the file is never written and only the pages the guest touches cost memory or time),
+//!   starts with the same device set and `-incoming defer` (no kernel: the guest's memory
+//!   already holds it), then `migrate-incoming unix:<socket>` and squib sends the stream.
+//!   Where a private mapping is unsafe or impossible (see [`private_mapping_allowed`]), a
+//!   memfd is filled from the file instead, as for a boot.
+//! * Save of a restored guest: its RAM is private, which `x-ignore-shared` does not leave
+//!   out, so [`crate::ram_stream`] splits the RAM pages (into the memory file) from the
+//!   device state as the stream arrives.
 //!
 //! QEMU 7.2 has no `file:` migration URI, and `exec:` would need QEMU to spawn a shell, which
 //! its sandbox (`spawn=deny`) forbids and a jail does not contain.
@@ -43,11 +48,19 @@ pub struct PendingRestore {
     pub memory_file: PathBuf,
 }
 
-/// The guest's RAM: a memfd owned by squib.
+/// QEMU's id of the guest RAM object (and of its RAM block in the migration stream).
+const RAM_ID: &str = "ram";
+
+/// The guest's RAM: a memfd owned by squib (shared with QEMU), or the user's memory file
+/// mapped privately by QEMU.
 #[derive(Debug)]
 pub struct GuestRam {
+    /// The memfd, or squib's read-only descriptor of the user's memory file (QEMU opens it
+    /// through `/proc`, so it maps the very file squib checked).
     file: File,
     size: u64,
+    /// True when QEMU maps `file` privately (copy-on-write).
+    private: bool,
 }
 
 impl GuestRam {
@@ -67,23 +80,36 @@ impl GuestRam {
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)
             .map_err(|e| EngineError(format!("cannot size the guest memory: {e}")))?;
-        Ok(Self { file, size })
+        Ok(Self {
+            file,
+            size,
+            private: false,
+        })
+    }
+
+    /// The user's `memory_file` (exactly `size` bytes), for QEMU to map privately. `None`
+    /// when QEMU could not map it: QEMU 7.2 opens a mapped file read-write even when it maps
+    /// it privately, so the file must be writable by squib's user (it is still never
+    /// written).
+    pub fn map_private(memory_file: &Path, size: u64) -> Result<Option<Self>, EngineError> {
+        let file = open_memory_file(memory_file, size)?;
+        let reopen = format!("/proc/self/fd/{}", file.as_raw_fd());
+        if let Err(e) = File::options().read(true).write(true).open(&reopen) {
+            tracing::info!(
+                "the memory file cannot be mapped copy-on-write ({e}): guest memory is copied"
+            );
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            file,
+            size,
+            private: true,
+        }))
     }
 
     /// A memfd holding a copy of `memory_file`, which must be exactly `size` bytes.
     pub fn from_file(memory_file: &Path, size: u64) -> Result<Self, EngineError> {
-        let mut source = File::open(memory_file).map_err(|e| {
-            EngineError(format!(
-                "Failed to load guest memory: cannot open the memory file {}: {e}",
-                memory_file.display()
-            ))
-        })?;
-        let len = file_len(&mut source).map_err(|e| EngineError(e.to_string()))?;
-        if len != size {
-            return Err(EngineError(format!(
-                "Failed to load guest memory: the memory file is {len} bytes, the snapshot's guest has {size}"
-            )));
-        }
+        let source = open_memory_file(memory_file, size)?;
         let ram = Self::new(size)?;
         copy_sparse(&source, &ram.file, size)
             .map_err(|e| EngineError(format!("Failed to load guest memory: {e}")))?;
@@ -95,11 +121,50 @@ impl GuestRam {
         format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
     }
 
-    /// Copies the guest memory into `out` (sparse), then fsyncs it.
+    /// Copies the guest memory into `out` (sparse), then fsyncs it. Only for a memfd: the
+    /// pages of a private mapping live in QEMU.
     pub fn copy_to(&self, out: &File) -> std::io::Result<()> {
         copy_sparse(&self.file, out, self.size)?;
         out.sync_all()
     }
+
+    /// True when QEMU maps the user's memory file privately.
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+}
+
+/// The user's memory file, read-only, checked to hold exactly `size` bytes.
+fn open_memory_file(memory_file: &Path, size: u64) -> Result<File, EngineError> {
+    let mut source = File::open(memory_file).map_err(|e| {
+        EngineError(format!(
+            "Failed to load guest memory: cannot open the memory file {}: {e}",
+            memory_file.display()
+        ))
+    })?;
+    let len = file_len(&mut source).map_err(|e| EngineError(e.to_string()))?;
+    if len != size {
+        return Err(EngineError(format!(
+            "Failed to load guest memory: the memory file is {len} bytes, the snapshot's guest has {size}"
+        )));
+    }
+    Ok(source)
+}
+
+/// Whether a restored guest may map the user's memory file privately. Not with a balloon:
+/// QEMU 7.2 discards ballooned pages of a file mapping by punching holes into the file,
+/// which would write the user's file. Not with vhost-user devices (network interfaces,
+/// vsock, vhost-user drives): their backends map guest RAM, which must then be shared.
+pub fn private_mapping_allowed(resources: &VmResources) -> bool {
+    resources.balloon.is_none()
+        && resources.net.is_empty()
+        && resources.vsock.is_none()
+        && !resources.drives.iter().any(|d| {
+            matches!(
+                d.backend,
+                squib_vmm::config::drive::DriveBackend::VhostUser { .. }
+            )
+        })
 }
 
 /// What a QEMU guest needs to be snapshotted: its RAM, and the accelerator and `-cpu` it
@@ -151,6 +216,9 @@ impl Snapshottable {
         device_state: &Path,
         memory: &File,
     ) -> Result<(), EngineError> {
+        if self.ram.private {
+            return self.save_through_squib(qmp, device_state, memory).await;
+        }
         save_device_state(qmp, device_state).await?;
         let clone = |f: &File| f.try_clone().map_err(|e| EngineError(e.to_string()));
         let (ram, out) = (clone(&self.ram.file)?, clone(memory)?);
@@ -183,18 +251,91 @@ impl Snapshottable {
     }
 }
 
+impl Snapshottable {
+    /// Saves a guest whose RAM QEMU maps privately: the migration (RAM included) comes to
+    /// squib over a socket, its RAM pages go to `memory`, the rest is the device state.
+    async fn save_through_squib(
+        &self,
+        qmp: &QmpClient,
+        device_state: &Path,
+        memory: &File,
+    ) -> Result<(), EngineError> {
+        let io = |what: &str, e: std::io::Error| EngineError(format!("{what}: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("squib-migrate-")
+            .tempdir()
+            .map_err(|e| io("cannot create the migration socket's directory", e))?;
+        let socket = dir.path().join("migrate.sock");
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| io("cannot create the migration socket", e))?;
+        let err = |e: QmpError| EngineError(e.to_string());
+        qmp.migrate_set_capability(IGNORE_SHARED, true)
+            .await
+            .map_err(err)?;
+        qmp.migrate(&format!("unix:{}", socket.display()))
+            .await
+            .map_err(err)?;
+        let (stream, _) = tokio::time::timeout(MIGRATION_TIMEOUT, listener.accept())
+            .await
+            .map_err(|_| EngineError("QEMU did not connect its migration stream".into()))?
+            .map_err(|e| io("cannot accept QEMU's migration stream", e))?;
+        let stream = stream
+            .into_std()
+            .and_then(|s| {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(MIGRATION_TIMEOUT))?;
+                Ok(s)
+            })
+            .map_err(|e| io("cannot read QEMU's migration stream", e))?;
+        let out = memory
+            .try_clone()
+            .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))?;
+        let size = self.ram.size;
+        // QEMU stops writing once the split fails (its socket closes), and the split ends
+        // once QEMU's migration does: neither waits on the other for ever.
+        let split = tokio::task::spawn_blocking(move || {
+            crate::ram_stream::split_ram(
+                std::io::BufReader::with_capacity(1 << 20, stream),
+                &out,
+                RAM_ID,
+                size,
+            )
+        });
+        let migrated = wait_for_migration(qmp).await;
+        let stream = split
+            .await
+            .map_err(|e| EngineError(format!("the migration reader failed: {e}")))?;
+        migrated?;
+        let stream = stream.map_err(|e| match e {
+            crate::ram_stream::SplitError::Memory(e) => {
+                EngineError(format!("{MEMORY_WRITE_FAILED}{e}"))
+            }
+            crate::ram_stream::SplitError::Stream(e) => {
+                io("cannot split QEMU's migration stream", e)
+            }
+        })?;
+        std::fs::write(device_state, encode_device_state(&self.meta, &stream))
+            .map_err(|e| io("cannot write the device state", e))?;
+        memory
+            .sync_all()
+            .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+    }
+}
+
 /// Sets up guest RAM for a boot or a restore and adapts the argv; for a restore, also
-/// returns QEMU's migration stream to load.
+/// returns QEMU's migration stream to load. `map_privately`: a restore may have QEMU map the
+/// memory file itself (see [`private_mapping_allowed`]).
 pub fn prepare(
     args: &mut Vec<String>,
     accel: crate::accel::Accel,
     mem_bytes: u64,
     restoring: Option<&PendingRestore>,
+    map_privately: bool,
 ) -> Result<(Snapshottable, Option<Vec<u8>>), EngineError> {
     let cpu_at = args.iter().position(|a| a == "-cpu").map(|i| i + 1);
     let Some(restore) = restoring else {
         let ram = GuestRam::new(mem_bytes)?;
-        use_ram_file(args, &ram.qemu_path());
+        use_ram_file(args, &ram.qemu_path(), true);
         let meta = EngineMeta {
             accel: accel.qemu_name().to_string(),
             cpu: cpu_at
@@ -221,20 +362,33 @@ pub fn prepare(
     if let Some(slot) = cpu_at.and_then(|i| args.get_mut(i)) {
         slot.clone_from(&meta.cpu);
     }
-    let ram = GuestRam::from_file(&restore.memory_file, mem_bytes)?;
-    use_ram_file(args, &ram.qemu_path());
+    let private = if map_privately {
+        GuestRam::map_private(&restore.memory_file, mem_bytes)?
+    } else {
+        None
+    };
+    let ram = match private {
+        Some(ram) => ram,
+        None => GuestRam::from_file(&restore.memory_file, mem_bytes)?,
+    };
+    use_ram_file(args, &ram.qemu_path(), !ram.private);
     *args = restore_args(std::mem::take(args));
     Ok((Snapshottable { ram, meta }, Some(stream.to_vec())))
 }
 
-/// Swaps QEMU's guest RAM object for one mapping `mem_path` (shared).
-/// Returns false when the argv holds no guest RAM object to swap.
-pub fn use_ram_file(args: &mut [String], mem_path: &str) -> bool {
+/// Swaps QEMU's guest RAM object for one mapping `mem_path`, shared or private
+/// (copy-on-write). Returns false when the argv holds no guest RAM object to swap.
+pub fn use_ram_file(args: &mut [String], mem_path: &str, shared: bool) -> bool {
     const MEMFD: &str = "memory-backend-memfd,id=ram,";
     let Some(arg) = args.iter_mut().find(|a| a.starts_with(MEMFD)) else {
         return false;
     };
     let rest = &arg[MEMFD.len()..];
+    let rest = if shared {
+        rest.to_string()
+    } else {
+        rest.replace("share=on", "share=off")
+    };
     *arg = format!(
         "memory-backend-file,id=ram,{rest},mem-path={}",
         crate::cmdline::escape_option_value(mem_path)
@@ -408,14 +562,22 @@ mod tests {
     #[test]
     fn guest_ram_becomes_a_shared_file_mapping() {
         let mut args = boot_args();
-        assert!(use_ram_file(&mut args, "/proc/1/fd/7"));
+        assert!(use_ram_file(&mut args, "/proc/1/fd/7", true));
         assert!(
             args.contains(
                 &"memory-backend-file,id=ram,size=128M,share=on,mem-path=/proc/1/fd/7".to_string()
             ),
             "{args:?}"
         );
-        assert!(!use_ram_file(&mut args, "/proc/1/fd/7"));
+        assert!(!use_ram_file(&mut args, "/proc/1/fd/7", true));
+        let mut args = boot_args();
+        assert!(use_ram_file(&mut args, "/proc/1/fd/8", false));
+        assert!(
+            args.contains(
+                &"memory-backend-file,id=ram,size=128M,share=off,mem-path=/proc/1/fd/8".to_string()
+            ),
+            "{args:?}"
+        );
     }
 
     #[test]
@@ -451,7 +613,7 @@ mod tests {
             ),
             memory_file: "/nonexistent".into(),
         };
-        let err = prepare(&mut args, Accel::Tcg, 1 << 20, Some(&restore)).unwrap_err();
+        let err = prepare(&mut args, Accel::Tcg, 1 << 20, Some(&restore), true).unwrap_err();
         assert!(err.0.contains("kvm accelerator"), "{err}");
     }
 
@@ -469,5 +631,30 @@ mod tests {
         ram.copy_to(&out).unwrap();
         assert_eq!(std::fs::read(&out_path).unwrap(), content);
         assert_eq!(std::fs::read(ram.qemu_path()).unwrap().len(), content.len());
+    }
+
+    #[test]
+    fn a_private_mapping_pins_the_checked_file_and_never_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        std::fs::write(&path, vec![3u8; 1 << 20]).unwrap();
+        assert!(GuestRam::map_private(&path, 2 << 20).is_err());
+        let ram = GuestRam::map_private(&path, 1 << 20).unwrap().unwrap();
+        assert!(ram.is_private());
+        // Renaming another file over the path does not change what QEMU would map.
+        std::fs::write(dir.path().join("other"), b"x").unwrap();
+        std::fs::rename(dir.path().join("other"), &path).unwrap();
+        assert_eq!(std::fs::read(ram.qemu_path()).unwrap().len(), 1 << 20);
+        // squib's own descriptor is read-only.
+        use std::io::Write;
+        assert!((&ram.file).write(b"x").is_err());
+    }
+
+    #[test]
+    fn balloons_and_vhost_user_drives_keep_shared_ram() {
+        let mut resources = VmResources::default();
+        assert!(private_mapping_allowed(&resources));
+        resources.balloon = Some(Default::default());
+        assert!(!private_mapping_allowed(&resources));
     }
 }
