@@ -1,6 +1,6 @@
 //! The floor of the HTTP stack: hyper on a Unix socket, answering every request with a fixed
 //! body. Run as `squib-bench floor-server --api-sock PATH` in its own process, with the same
-//! runtime shape (two worker threads) and connection settings as squib's API server, so the
+//! connection settings as squib's API server on a default multi-thread runtime (two workers), so the
 //! difference to squib is squib's own work (routing, logging, the VMM round trip, JSON).
 
 use std::convert::Infallible;

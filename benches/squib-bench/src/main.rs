@@ -12,6 +12,7 @@ mod net;
 mod process;
 mod report;
 mod scenarios;
+mod snapshot;
 mod soak;
 mod stats;
 mod vsock;
@@ -25,7 +26,7 @@ use serde_json::json;
 
 use crate::report::Figure;
 
-const USAGE: &str = "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness,net,vsock,soak]";
+const USAGE: &str = "usage: squib-bench [--quick] [--squib PATH] [--out PATH] [--only api,startup,boot,liveness,snapshot,net,vsock,soak]";
 
 /// How much of everything to run.
 #[derive(Clone, Debug)]
@@ -58,6 +59,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Config> {
         "boot".into(),
         "liveness".into(),
         "vsock".into(),
+        "snapshot".into(),
     ];
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -201,13 +203,16 @@ fn run(config: &Config) -> anyhow::Result<bool> {
             "startup" => scenarios::startup(config),
             "boot" => scenarios::boot(config, &mut notes),
             "liveness" => scenarios::liveness(config, &runtime),
+            "snapshot" => snapshot::snapshot(config),
             // Not run by default: needs root and /dev/net/tun (`--only net`).
             "net" => net::net(config),
             "vsock" => vsock::vsock(config),
             // Not run by default either: a million requests (`--only soak`, `make soak`).
             "soak" => soak::soak(config, &runtime),
             other => {
-                bail!("unknown section {other:?} (api, startup, boot, liveness, net, vsock, soak)")
+                bail!(
+                    "unknown section {other:?} (api, startup, boot, liveness, snapshot, net, vsock, soak)"
+                )
             }
         };
         match result {

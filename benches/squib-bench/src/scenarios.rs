@@ -17,7 +17,7 @@ use crate::process::{self, Proc};
 use crate::report::Figure;
 use crate::stats::{median, median_u64, quantile};
 
-const FLOOR: &str = "floor: bare hyper HTTP/1.1 server on a Unix socket (2 tokio workers, like squib), fixed 96-byte body, same load generator";
+const FLOOR: &str = "floor: bare hyper HTTP/1.1 server on a Unix socket (default tokio runtime, 2 workers), fixed 96-byte body, same load generator";
 const TRUE: &str = "exec of /bin/true until it is reaped (wait4 rusage for CPU)";
 const FLOOR_EXEC: &str =
     "exec of the floor server until its socket answers GET / (CPU: SIGKILL then wait4 rusage)";
@@ -465,6 +465,11 @@ fn boot_args() -> String {
 /// Configures a squib through the API: kernel, initrd, the shared root image read-only (so
 /// every run boots the same bits), 1 vCPU, 256 MiB.
 pub(crate) fn configure(socket: &Path, guest: &GuestPaths) -> anyhow::Result<()> {
+    configure_with_memory(socket, guest, 256)
+}
+
+/// [`configure`] with `mib` MiB of guest RAM.
+pub fn configure_with_memory(socket: &Path, guest: &GuestPaths, mib: u32) -> anyhow::Result<()> {
     let boot = json!({
         "kernel_image_path": guest.kernel,
         "initrd_path": guest.initrd,
@@ -484,7 +489,8 @@ pub(crate) fn configure(socket: &Path, guest: &GuestPaths) -> anyhow::Result<()>
         Some(&drive.to_string()),
         204,
     )?;
-    process::api_expect(socket, "PUT", "/machine-config", Some(MACHINE_CONFIG), 204)?;
+    let machine = json!({"vcpu_count": 1, "mem_size_mib": mib}).to_string();
+    process::api_expect(socket, "PUT", "/machine-config", Some(&machine), 204)?;
     Ok(())
 }
 
@@ -556,6 +562,7 @@ fn boot_squib(config: &Config, guest: &GuestPaths, round: usize) -> anyhow::Resu
 pub fn raw_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::with_capacity(argv.len());
     let mut old_qmp = None;
+    let mut fd_qmp = false;
     let mut args = argv.iter();
     out.push(args.next().context("empty QEMU argv")?.clone());
     while let Some(arg) = args.next() {
@@ -565,6 +572,22 @@ pub fn raw_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
                 let value = args.next().context("-object without a value")?;
                 out.push("-object".to_string());
                 out.push(own_memfd(value)?);
+            }
+            // squib hands QEMU a QMP socket it listens on already (an inherited descriptor).
+            "-chardev"
+                if args
+                    .as_slice()
+                    .first()
+                    .is_some_and(|v| v.starts_with("socket,id=qmp,fd=")) =>
+            {
+                args.next();
+                let new = qmp.to_str().context("non-UTF-8 QMP path")?;
+                out.push("-chardev".to_string());
+                out.push(format!(
+                    "socket,id=qmp,path={},server=on,wait=off",
+                    new.replace(',', ",,")
+                ));
+                fd_qmp = true;
             }
             "-qmp" => {
                 let value = args.next().context("-qmp without a value")?;
@@ -583,6 +606,9 @@ pub fn raw_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
             _ => out.push(arg.clone()),
         }
     }
+    if fd_qmp {
+        return Ok(out);
+    }
     let old_qmp = old_qmp.context("squib's QEMU has no -qmp")?;
     let old_dir = Path::new(&old_qmp)
         .parent()
@@ -595,12 +621,12 @@ pub fn raw_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn is_squib_ram(object: &str) -> bool {
+pub fn is_squib_ram(object: &str) -> bool {
     object.starts_with("memory-backend-file,") && object.contains("mem-path=/proc/")
 }
 
 /// `memory-backend-file,id=ram,size=256M,share=on,mem-path=/proc/…` → the same RAM as a memfd.
-fn own_memfd(object: &str) -> anyhow::Result<String> {
+pub fn own_memfd(object: &str) -> anyhow::Result<String> {
     let field = |key: &str| {
         object
             .split(',')
@@ -923,6 +949,22 @@ mod tests {
         .to_vec();
         let out = raw_argv(&argv, Path::new("/b/q.sock")).unwrap();
         assert_eq!(out[2], "memory-backend-memfd,id=ram,size=256M,share=on");
+    }
+
+    #[test]
+    fn raw_argv_gives_qemu_a_qmp_path_for_the_inherited_socket() {
+        let argv: Vec<String> = [
+            "qemu-system-x86_64",
+            "-chardev",
+            "socket,id=qmp,fd=9,server=on,wait=off",
+            "-mon",
+            "chardev=qmp,mode=control",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = raw_argv(&argv, Path::new("/b/q.sock")).unwrap();
+        assert_eq!(out[2], "socket,id=qmp,path=/b/q.sock,server=on,wait=off");
+        assert_eq!(out[3..], ["-mon", "chardev=qmp,mode=control"]);
     }
 
     #[test]

@@ -1,0 +1,359 @@
+//! Snapshots: create and load times against guest size, and the memory a microVM costs
+//! beyond its guest RAM.
+//!
+//! For each guest size: one booted guest is paused and snapshotted, then restored (with
+//! `resume_vm`) by new squib processes; one restored guest is snapshotted again (its RAM is
+//! the memory file mapped copy-on-write, so that save takes another path). Loads are
+//! compared with `InstanceStart` of the same guest (QEMU's start, the floor of any load);
+//! creates with a sparse copy of the memory file they wrote (the floor of writing it).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::Config;
+use crate::process::{self, Proc};
+use crate::report::Figure;
+use crate::scenarios::{
+    GUEST_MARKER, GuestPaths, configure_with_memory, guest, is_squib_ram, log_tail, own_memfd,
+    squib_command, start_server,
+};
+use crate::stats::median;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+/// `(key, kB)` pairs of /proc/<pid>/status.
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no {key} for {pid}"))
+}
+
+fn timed_put(socket: &Path, path: &str, body: &str, squib: &Proc) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    process::api_expect(socket, "PUT", path, Some(body), 204).with_context(|| {
+        format!(
+            "PUT {path}; output:\n{}\nlog:\n{}",
+            squib.tail(20),
+            log_tail(socket)
+        )
+    })?;
+    Ok(t0.elapsed())
+}
+
+fn qemu_of(squib: &Proc) -> anyhow::Result<u32> {
+    match process::children(squib.pid()).as_slice() {
+        [pid] => Ok(*pid),
+        other => bail!("expected one QEMU child of squib, found {other:?}"),
+    }
+}
+
+/// QEMU alone, with squib's argv (`-S` kept, its own memfd for RAM, a QMP socket listening
+/// before it starts, as squib does it): exec → `qmp_capabilities` and `cont` answered. The
+/// floor of `InstanceStart`.
+fn raw_instance_start(argv: &[String]) -> anyhow::Result<Duration> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::Builder::new()
+        .prefix("squib-bench-raw-")
+        .tempdir()?;
+    let socket = dir.path().join("qmp.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+    let fd = listener.as_raw_fd();
+    let mut args = Vec::with_capacity(argv.len());
+    for arg in &argv[1..] {
+        if arg.starts_with("socket,id=qmp,fd=") {
+            args.push(format!("socket,id=qmp,fd={fd},server=on,wait=off"));
+        } else if is_squib_ram(arg) {
+            args.push(own_memfd(arg)?);
+        } else {
+            args.push(arg.clone());
+        }
+    }
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    process::die_with_parent(&mut command);
+    // SAFETY: fcntl on a descriptor this process owns, between fork and exec; no allocation.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let t0 = Instant::now();
+    let mut child = command.spawn()?;
+    drop(listener);
+    let result = (|| -> anyhow::Result<Duration> {
+        let stream = std::os::unix::net::UnixStream::connect(&socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        for command in ["qmp_capabilities", "cont"] {
+            writer.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 {
+                    bail!("QEMU closed QMP");
+                }
+                if line.contains("\"return\"") {
+                    break;
+                }
+                if line.contains("\"error\"") {
+                    bail!("{command}: {line}");
+                }
+            }
+        }
+        Ok(t0.elapsed())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+struct SizeRun {
+    mib: u32,
+    start: Vec<Duration>,
+    raw_start: Vec<Duration>,
+    create: Duration,
+    copy: Duration,
+    loads: Vec<Duration>,
+    create_restored: Duration,
+    /// RssAnon of squib and of QEMU, booted guest running (kB).
+    squib_anon: u64,
+    qemu_anon: u64,
+    /// RssAnon of QEMU restored (private RAM: the pages the guest touched count here).
+    restored_qemu_anon: u64,
+}
+
+fn create_body(dir: &Path, name: &str) -> String {
+    json!({
+        "snapshot_path": dir.join(format!("{name}.state")),
+        "mem_file_path": dir.join(format!("{name}.mem")),
+    })
+    .to_string()
+}
+
+fn load_body(dir: &Path, name: &str) -> String {
+    json!({
+        "snapshot_path": dir.join(format!("{name}.state")),
+        "mem_backend": {"backend_type": "File", "backend_path": dir.join(format!("{name}.mem"))},
+        "resume_vm": true,
+    })
+    .to_string()
+}
+
+const START: &str = r#"{"action_type":"InstanceStart"}"#;
+const PAUSE: &str = r#"{"state":"Paused"}"#;
+
+fn size_run(
+    config: &Config,
+    guest: &GuestPaths,
+    mib: u32,
+    loads: usize,
+) -> anyhow::Result<SizeRun> {
+    let dir = tempfile::Builder::new()
+        .prefix("squib-bench-snap-")
+        .tempdir()?;
+    let mut start = Vec::new();
+    // InstanceStart of this guest, the loads' floor: the booted run, plus one more start.
+    for k in 0..2 {
+        let socket = dir.path().join(format!("start{k}.sock"));
+        let mut squib = start_server(squib_command(config, &socket, "bench-snap-start"), &socket)?;
+        configure_with_memory(&socket, guest, mib)?;
+        start.push(timed_put(&socket, "/actions", START, &squib)?);
+        squib.stop(Duration::from_secs(10));
+    }
+    let socket = dir.path().join("boot.sock");
+    let mut squib = start_server(squib_command(config, &socket, "bench-snap-boot"), &socket)?;
+    configure_with_memory(&socket, guest, mib)?;
+    start.push(timed_put(&socket, "/actions", START, &squib)?);
+    squib
+        .wait_for_line(GUEST_MARKER, BOOT_TIMEOUT)
+        .with_context(|| format!("log:\n{}", log_tail(&socket)))?;
+    std::thread::sleep(config.settle);
+    let squib_anon = status_kib(squib.pid(), "RssAnon")?;
+    let qemu = qemu_of(&squib)?;
+    let qemu_anon = status_kib(qemu, "RssAnon")?;
+    let argv = process::cmdline(qemu)?;
+    process::api_expect(&socket, "PATCH", "/vm", Some(PAUSE), 204)?;
+    let create = timed_put(
+        &socket,
+        "/snapshot/create",
+        &create_body(dir.path(), "a"),
+        &squib,
+    )?;
+    squib.stop(Duration::from_secs(10));
+    let mut raw_start = Vec::new();
+    for _ in 0..start.len() {
+        raw_start.push(raw_instance_start(&argv).context("raw QEMU start")?);
+    }
+
+    // The floor of writing the memory file: a sparse copy of it.
+    let t0 = Instant::now();
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(dir.path().join("a.mem"))
+        .arg(dir.path().join("copy.mem"))
+        .status()?;
+    let copy = t0.elapsed();
+    if !status.success() {
+        bail!("cp --sparse=always failed: {status}");
+    }
+    std::fs::remove_file(dir.path().join("copy.mem"))?;
+
+    let mut load_times = Vec::new();
+    let mut create_restored = None;
+    let mut restored_qemu_anon = 0;
+    for k in 0..loads {
+        let socket = dir.path().join(format!("load{k}.sock"));
+        let mut squib = start_server(squib_command(config, &socket, "bench-snap-load"), &socket)?;
+        load_times.push(timed_put(
+            &socket,
+            "/snapshot/load",
+            &load_body(dir.path(), "a"),
+            &squib,
+        )?);
+        if k == 0 {
+            std::thread::sleep(config.settle);
+            restored_qemu_anon = status_kib(qemu_of(&squib)?, "RssAnon")?;
+            process::api_expect(&socket, "PATCH", "/vm", Some(PAUSE), 204)?;
+            create_restored = Some(timed_put(
+                &socket,
+                "/snapshot/create",
+                &create_body(dir.path(), "b"),
+                &squib,
+            )?);
+        }
+        squib.stop(Duration::from_secs(10));
+    }
+    Ok(SizeRun {
+        mib,
+        start,
+        raw_start,
+        create,
+        copy,
+        loads: load_times,
+        create_restored: create_restored.context("no load ran")?,
+        squib_anon,
+        qemu_anon,
+        restored_qemu_anon,
+    })
+}
+
+pub fn snapshot(config: &Config) -> anyhow::Result<Vec<Figure>> {
+    let guest = guest()?;
+    let loads = if config.quick { 2 } else { 5 };
+    let sizes: &[u32] = if config.quick { &[256] } else { &[256, 1024] };
+    let mut figures = Vec::new();
+    for &mib in sizes {
+        let run =
+            size_run(config, &guest, mib, loads).with_context(|| format!("{mib} MiB guest"))?;
+        eprintln!(
+            "  {mib} MiB: create {:.0} ms, loads {:?} ms, create of a restored guest {:.0} ms",
+            run.create.as_secs_f64() * 1000.0,
+            run.loads
+                .iter()
+                .map(|d| (d.as_secs_f64() * 1000.0).round())
+                .collect::<Vec<_>>(),
+            run.create_restored.as_secs_f64() * 1000.0,
+        );
+        let list = |v: &[Duration]| {
+            v.iter()
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .collect::<Vec<_>>()
+        };
+        figures.push(
+            Figure::new(
+                format!("start.instance_start.{}m", run.mib),
+                format!("PUT InstanceStart → 204, {} MiB guest, median", run.mib),
+                "ms",
+                ms(median(&run.start)),
+                ms(median(&run.raw_start)),
+                "raw QEMU with squib's argv: exec → qmp_capabilities and cont answered (QMP socket listening before exec), median",
+            )
+            .with_extra(json!({"squib_ms": list(&run.start), "baseline_ms": list(&run.raw_start)})),
+        );
+        figures.push(
+            Figure::new(
+                format!("snap.load.{}m", run.mib),
+                format!(
+                    "PUT /snapshot/load (resume_vm) → 204, {} MiB guest, median",
+                    run.mib
+                ),
+                "ms",
+                ms(median(&run.loads)),
+                ms(median(&run.start)),
+                "PUT InstanceStart → 204 of the same guest (QEMU's start), median",
+            )
+            .with_extra(json!({"squib_ms": list(&run.loads), "baseline_ms": list(&run.start)})),
+        );
+        figures.push(Figure::new(
+            format!("snap.create.{}m", run.mib),
+            format!("PUT /snapshot/create → 204, booted {} MiB guest", run.mib),
+            "ms",
+            ms(Some(run.create)),
+            ms(Some(run.copy)),
+            "cp --sparse=always of the memory file it wrote",
+        ));
+        figures.push(Figure::new(
+            format!("snap.create_restored.{}m", run.mib),
+            format!(
+                "PUT /snapshot/create → 204, restored {} MiB guest (RAM mapped copy-on-write)",
+                run.mib
+            ),
+            "ms",
+            ms(Some(run.create_restored)),
+            ms(Some(run.create)),
+            "the same create of the booted guest",
+        ));
+        if run.mib == sizes[0] {
+            figures.push(
+                Figure::new(
+                    "mem.beyond_guest_ram",
+                    format!(
+                        "private memory per microVM beyond guest RAM (squib + QEMU RssAnon), booted {} MiB guest running",
+                        run.mib
+                    ),
+                    "MiB",
+                    Some((run.squib_anon + run.qemu_anon) as f64 / 1024.0),
+                    None,
+                    "",
+                )
+                .informational()
+                .with_extra(json!({
+                    "squib_rss_anon_kib": run.squib_anon,
+                    "qemu_rss_anon_kib": run.qemu_anon,
+                    "restored_qemu_rss_anon_kib": run.restored_qemu_anon,
+                })),
+            );
+        }
+    }
+    Ok(figures)
+}
