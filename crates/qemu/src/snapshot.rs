@@ -216,9 +216,38 @@ impl Snapshottable {
         device_state: &Path,
         memory: &File,
     ) -> Result<(), EngineError> {
-        if self.ram.private {
-            return self.save_through_squib(qmp, device_state, memory).await;
+        let copied = if self.ram.private {
+            match self.save_through_squib(qmp, device_state, memory).await {
+                Ok(()) => Ok(()),
+                // QEMU did not complete its migration: the guest is still plainly paused.
+                Err(SaveFailure::Migration(e)) => return Err(e),
+                Err(SaveFailure::Output(e)) => Err(e),
+            }
+        } else {
+            self.save_shared(qmp, device_state, memory).await?
+        };
+        // After a save QEMU leaves the guest `postmigrate`, its drives inactive, and refuses
+        // another save until the guest ran again. A moment's run once the memory is copied
+        // (whether or not that worked) brings it back to a plain pause, so the client can
+        // retry a failed create, take another one or swap a drive.
+        let rearmed = async {
+            qmp.cont().await?;
+            qmp.stop().await
         }
+        .await
+        .map_err(|e| EngineError(format!("cannot pause the guest again after the save: {e}")));
+        copied.and(rearmed)
+    }
+
+    /// Saves a guest whose RAM is squib's memfd: the device state through QEMU's migration
+    /// (shared RAM left out), then the memfd copied. The outer error: QEMU's migration
+    /// failed; the inner one: the files could not be written.
+    async fn save_shared(
+        &self,
+        qmp: &QmpClient,
+        device_state: &Path,
+        memory: &File,
+    ) -> Result<Result<(), EngineError>, EngineError> {
         save_device_state(qmp, device_state).await?;
         let clone = |f: &File| f.try_clone().map_err(|e| EngineError(e.to_string()));
         let (ram, out) = (clone(&self.ram.file)?, clone(memory)?);
@@ -237,18 +266,16 @@ impl Snapshottable {
         .await
         .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
         .and_then(|copied| copied);
-        // After a save QEMU leaves the guest `postmigrate`, its drives inactive, and refuses
-        // another save until the guest ran again. A moment's run once the memory is copied
-        // (whether or not that worked) brings it back to a plain pause, so the client can
-        // retry a failed create, take another one or swap a drive.
-        let rearmed = async {
-            qmp.cont().await?;
-            qmp.stop().await
-        }
-        .await
-        .map_err(|e| EngineError(format!("cannot pause the guest again after the save: {e}")));
-        copied.and(rearmed)
+        Ok(copied)
     }
+}
+
+/// How a save of a privately mapped guest failed.
+enum SaveFailure {
+    /// Before QEMU completed its migration.
+    Migration(EngineError),
+    /// After it: the files could not be written.
+    Output(EngineError),
 }
 
 impl Snapshottable {
@@ -259,16 +286,18 @@ impl Snapshottable {
         qmp: &QmpClient,
         device_state: &Path,
         memory: &File,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), SaveFailure> {
         let io = |what: &str, e: std::io::Error| EngineError(format!("{what}: {e}"));
         let dir = tempfile::Builder::new()
             .prefix("squib-migrate-")
             .tempdir()
-            .map_err(|e| io("cannot create the migration socket's directory", e))?;
+            .map_err(|e| io("cannot create the migration socket's directory", e))
+            .map_err(SaveFailure::Migration)?;
         let socket = dir.path().join("migrate.sock");
         let listener = tokio::net::UnixListener::bind(&socket)
-            .map_err(|e| io("cannot create the migration socket", e))?;
-        let err = |e: QmpError| EngineError(e.to_string());
+            .map_err(|e| io("cannot create the migration socket", e))
+            .map_err(SaveFailure::Migration)?;
+        let err = |e: QmpError| SaveFailure::Migration(EngineError(e.to_string()));
         qmp.migrate_set_capability(IGNORE_SHARED, true)
             .await
             .map_err(err)?;
@@ -277,8 +306,11 @@ impl Snapshottable {
             .map_err(err)?;
         let (stream, _) = tokio::time::timeout(MIGRATION_TIMEOUT, listener.accept())
             .await
-            .map_err(|_| EngineError("QEMU did not connect its migration stream".into()))?
-            .map_err(|e| io("cannot accept QEMU's migration stream", e))?;
+            .map_err(|_| EngineError("QEMU did not connect its migration stream".into()))
+            .and_then(|accepted| {
+                accepted.map_err(|e| io("cannot accept QEMU's migration stream", e))
+            })
+            .map_err(SaveFailure::Migration)?;
         let stream = stream
             .into_std()
             .and_then(|s| {
@@ -286,10 +318,11 @@ impl Snapshottable {
                 s.set_read_timeout(Some(MIGRATION_TIMEOUT))?;
                 Ok(s)
             })
-            .map_err(|e| io("cannot read QEMU's migration stream", e))?;
-        let out = memory
-            .try_clone()
-            .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))?;
+            .map_err(|e| io("cannot read QEMU's migration stream", e))
+            .map_err(SaveFailure::Migration)?;
+        let out = memory.try_clone().map_err(|e| {
+            SaveFailure::Migration(EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+        })?;
         let size = self.ram.size;
         // QEMU stops writing once the split fails (its socket closes), and the split ends
         // once QEMU's migration does: neither waits on the other for ever.
@@ -304,21 +337,24 @@ impl Snapshottable {
         let migrated = wait_for_migration(qmp).await;
         let stream = split
             .await
-            .map_err(|e| EngineError(format!("the migration reader failed: {e}")))?;
-        migrated?;
-        let stream = stream.map_err(|e| match e {
-            crate::ram_stream::SplitError::Memory(e) => {
-                EngineError(format!("{MEMORY_WRITE_FAILED}{e}"))
-            }
-            crate::ram_stream::SplitError::Stream(e) => {
-                io("cannot split QEMU's migration stream", e)
-            }
-        })?;
-        std::fs::write(device_state, encode_device_state(&self.meta, &stream))
-            .map_err(|e| io("cannot write the device state", e))?;
-        memory
-            .sync_all()
-            .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+            .map_err(|e| EngineError(format!("the migration reader failed: {e}")));
+        migrated.map_err(SaveFailure::Migration)?;
+        let written = stream.and_then(|split| {
+            let stream = split.map_err(|e| match e {
+                crate::ram_stream::SplitError::Memory(e) => {
+                    EngineError(format!("{MEMORY_WRITE_FAILED}{e}"))
+                }
+                crate::ram_stream::SplitError::Stream(e) => {
+                    io("cannot split QEMU's migration stream", e)
+                }
+            })?;
+            std::fs::write(device_state, encode_device_state(&self.meta, &stream))
+                .map_err(|e| io("cannot write the device state", e))?;
+            memory
+                .sync_all()
+                .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+        });
+        written.map_err(SaveFailure::Output)
     }
 }
 
