@@ -90,3 +90,100 @@ echo "PCI-ROOTFS $(cat /etc/squib-rootfs)"
     let status = squib.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "{}", squib.transcript());
 }
+
+/// `MemTotal` in KiB on the last `MEM-TOTAL` console line.
+fn mem_total_kib(squib: &Squib) -> Option<u64> {
+    last_value(squib, "MEM-TOTAL ").and_then(|v| v.parse().ok())
+}
+
+fn hotplug_status(squib: &Squib) -> serde_json::Value {
+    let (status, body) = squib.api("GET", "/hotplug/memory", None);
+    assert_eq!(status, 200, "GET /hotplug/memory → {status} {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until the guest reports `MemTotal` equal to `want` KiB and the API reports `plugged`.
+fn wait_for_memory(squib: &Squib, want_kib: u64, plugged_mib: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = hotplug_status(squib);
+        let total = mem_total_kib(squib);
+        if total == Some(want_kib) && status["plugged_size_mib"] == plugged_mib {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MemTotal {total:?} KiB (want {want_kib}), status {status}\n{}",
+            squib.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// virtio-mem: the guest's MemTotal grows by what `PATCH /hotplug/memory` requests and
+/// shrinks back after an unplug request; `GET` reports QEMU's plugged size.
+#[test]
+fn memory_hotplug_grows_and_shrinks_the_guest() {
+    let guest = guest();
+    let squib = Squib::start(&[]);
+    let rootfs = rootfs_copy(&guest, squib.dir.path());
+    configure(
+        &squib,
+        &guest,
+        &rootfs,
+        "console=ttyS0 reboot=k panic=1 squib.action=wait squib.script=/dev/vdb memhp_default_state=online_movable",
+    );
+    let script = r#"
+last=""
+i=0
+while [ $i -lt 1200 ]; do
+  t=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+  if [ "$t" != "$last" ]; then echo "MEM-TOTAL $t"; last=$t; fi
+  i=$((i + 1)); sleep 0.2
+done
+"#;
+    let disk = script_disk(squib.dir.path(), script);
+    squib.ok(
+        "PUT",
+        "/drives/script",
+        &json!({"drive_id": "script", "path_on_host": disk, "is_root_device": false, "is_read_only": true})
+            .to_string(),
+    );
+    squib.ok("PUT", "/hotplug/memory", r#"{"total_size_mib":256}"#);
+    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    squib.wait_for_line("MEM-TOTAL ", Duration::from_secs(120));
+    let base = mem_total_kib(&squib).unwrap();
+    assert_eq!(
+        hotplug_status(&squib),
+        json!({"block_size_mib":2,"total_size_mib":256,"slot_size_mib":128,"plugged_size_mib":0,"requested_size_mib":0})
+    );
+
+    // Refusals with upstream's texts: a size that is not a multiple of the block size or
+    // beyond the total, and the pre-boot-only PUT.
+    let (status, body) = squib.api(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib":3}"#),
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("Memory hotplug update error: Size 3145728 is invalid: it must be a multiple of block size and less than the total size"), "{body}");
+    let (status, _) = squib.api(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib":512}"#),
+    );
+    assert_eq!(status, 400);
+    let (status, body) = squib.api("PUT", "/hotplug/memory", Some(r#"{"total_size_mib":256}"#));
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("The requested operation is not supported after starting the microVM."),
+        "{body}"
+    );
+
+    squib.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib":128}"#);
+    wait_for_memory(&squib, base + 128 * 1024, 128);
+    assert_eq!(hotplug_status(&squib)["requested_size_mib"], 128);
+
+    squib.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib":0}"#);
+    wait_for_memory(&squib, base, 0);
+}

@@ -10,6 +10,7 @@ use squib_vmm::config::balloon::BalloonDeviceConfig;
 use squib_vmm::config::boot_source::MAX_CMDLINE_LEN;
 use squib_vmm::config::drive::{CacheType, Drive, DriveBackend, IoEngine};
 use squib_vmm::config::entropy::EntropyDeviceConfig;
+use squib_vmm::config::memory_hotplug::MemoryHotplugConfig;
 use squib_vmm::config::net::NetworkInterfaceConfig;
 
 use crate::accel::Accel;
@@ -338,6 +339,7 @@ fn device_count(resources: &VmResources) -> usize {
         + usize::from(resources.balloon.is_some())
         + usize::from(resources.entropy.is_some())
         + usize::from(resources.vsock.is_some())
+        + usize::from(resources.memory_hotplug.is_some())
 }
 
 /// QEMU's arguments (without the program name) for booting `resources`.
@@ -404,7 +406,20 @@ pub fn build_args(
         |model| model.qemu_cpu(spec.accel.cpu_model()),
     );
     push(&["-accel", spec.accel.qemu_name(), "-cpu", &cpu]);
-    push(&["-smp", &machine_config.vcpu_count.to_string(), "-m", &mem]);
+    // Memory devices (virtio-mem) live above the boot RAM, in the room `maxmem` reserves.
+    let mem_arg = match &resources.memory_hotplug {
+        Some(hotplug) if machine.is_pci() => format!(
+            "{mem},slots=1,maxmem={}M",
+            machine_config.mem_size_mib as u64 + u64::from(hotplug.total_size_mib)
+        ),
+        _ => mem.clone(),
+    };
+    push(&[
+        "-smp",
+        &machine_config.vcpu_count.to_string(),
+        "-m",
+        &mem_arg,
+    ]);
     // Shared guest RAM: vhost-user backends (block drives) map it, and snapshots need it.
     push(&[
         "-object",
@@ -479,6 +494,15 @@ pub fn build_args(
         let port = ports.next();
         devs.push("-device".to_string());
         devs.push(machine.device(VirtioKind::VhostUserVsock, port, "chardev=vsock,id=vsock"));
+    if let Some(hotplug) = &resources.memory_hotplug {
+        let port = ports.next();
+        push_memory_hotplug(
+            &mut devs,
+            machine,
+            port,
+            hotplug,
+            resources.memory_requested_mib,
+        );
     }
     for index in 0..ports.total() {
         args.extend(["-device".to_string(), root_port(index)]);
@@ -691,6 +715,35 @@ fn push_entropy(
     args.push(machine.device(VirtioKind::Rng, port, &device));
 }
 
+/// QOM id of the virtio-mem device (QOM path `/machine/peripheral/<id>`).
+pub const MEMORY_HOTPLUG_ID: &str = "hotplug_mem";
+
+/// virtio-mem over its own private RAM backend of `total_size_mib` (unplugged blocks are
+/// discarded from it), in blocks of `block_size_mib` (QEMU's minimum on x86 is 2 MiB, the
+/// same as upstream's), starting at `requested_mib` plugged.
+fn push_memory_hotplug(
+    args: &mut Vec<String>,
+    machine: Machine,
+    port: Option<usize>,
+    hotplug: &MemoryHotplugConfig,
+    requested_mib: u32,
+) {
+    args.push("-object".to_string());
+    args.push(format!(
+        "memory-backend-ram,id={MEMORY_HOTPLUG_ID}_ram,size={}M",
+        hotplug.total_size_mib
+    ));
+    args.push("-device".to_string());
+    args.push(machine.device(
+        VirtioKind::Mem,
+        port,
+        &format!(
+            "id={MEMORY_HOTPLUG_ID},memdev={MEMORY_HOTPLUG_ID}_ram,block-size={}M,requested-size={requested_mib}M",
+            hotplug.block_size_mib
+        ),
+    ));
+}
+
 /// Where the serial console goes: `serial_out_path` from `PUT /serial` wins over squib's default.
 pub fn console_target(resources: &VmResources, default: &ConsoleTarget) -> ConsoleTarget {
     match resources
@@ -884,6 +937,26 @@ mod tests {
             .position(|a| a.starts_with("virtio-blk-pci"))
             .unwrap();
         assert!(first_port < first_dev);
+    }
+
+    #[test]
+    fn memory_hotplug_is_a_virtio_mem_device_above_maxmem() {
+        let mut res = resources(vec![]);
+        res.memory_hotplug = Some(squib_vmm::config::memory_hotplug::MemoryHotplugConfig {
+            total_size_mib: 1024,
+            block_size_mib: 4,
+            slot_size_mib: 128,
+        });
+        res.memory_requested_mib = 512;
+        let argv = args(&res);
+        assert_eq!(values(&argv, "-M"), ["q35,sata=off,smbus=off,vmport=off"]);
+        assert_eq!(values(&argv, "-m"), ["256M,slots=1,maxmem=1280M"]);
+        assert!(
+            values(&argv, "-object").contains(&"memory-backend-ram,id=hotplug_mem_ram,size=1024M")
+        );
+        assert!(values(&argv, "-device").contains(
+            &"virtio-mem-pci,bus=rp0,id=hotplug_mem,memdev=hotplug_mem_ram,block-size=4M,requested-size=512M"
+        ));
     }
 
     #[test]

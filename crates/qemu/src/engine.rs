@@ -97,6 +97,8 @@ pub struct QemuVm {
     // Writes `serial_out_path`; stopped after QEMU is killed.
     serial: Option<SerialRelay>,
     devices: DeviceState,
+    /// The guest has a virtio-mem device.
+    memory_hotplug: bool,
     /// The guest's RAM (QEMU maps it; squib reads it for snapshots) and the CPU it runs.
     snapshot: crate::snapshot::Snapshottable,
     _runtime_dir: TempDir,
@@ -208,6 +210,24 @@ impl RunningVm for QemuVm {
         self.devices
             .set_drive_rate_limiter(&self.qmp, names, limiter.as_ref())
             .await
+    }
+
+    async fn set_memory_hotplug_size(&mut self, requested_mib: u32) -> Result<(), EngineError> {
+        if !self.memory_hotplug {
+            return Err(squib_vmm::action::device_not_found());
+        }
+        self.qmp
+            .qom_set(
+                &format!("/machine/peripheral/{}", cmdline::MEMORY_HOTPLUG_ID),
+                "requested-size",
+                serde_json::json!(u64::from(requested_mib) << 20),
+            )
+            .await
+            .map_err(engine_error)
+    }
+
+    fn plugged_memory_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.memory_hotplug.then(|| self.qmp.memory_size_events())
     }
 
     async fn set_balloon_target(&mut self, amount_mib: u32) -> Result<(), EngineError> {
@@ -377,6 +397,18 @@ impl Engine for QemuEngine {
         if let Some(model) = &cpu_model {
             crate::cpu_model::applied::warn_unapplied(&qmp, model, accel).await;
         }
+        let memory_hotplug = resources.memory_hotplug.is_some();
+        if memory_hotplug {
+            // Events only report changes: a restored guest starts with what it had plugged.
+            let size = qmp
+                .qom_get(
+                    &format!("/machine/peripheral/{}", cmdline::MEMORY_HOTPLUG_ID),
+                    "size",
+                )
+                .await
+                .map_err(|e| startup_error(&process, e))?;
+            qmp.seed_memory_size(size.as_u64().unwrap_or(0));
+        }
         if restoring.is_some() {
             // A restored guest stays paused until the VMM resumes it.
             tracing::info!(pid = process.pid(), "guest restored, paused");
@@ -423,6 +455,7 @@ impl Engine for QemuEngine {
                 mmds,
                 serial,
                 devices,
+                memory_hotplug,
                 snapshot,
                 _runtime_dir: runtime_dir,
             },

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Sink, StreamExt};
@@ -54,6 +55,8 @@ pub struct QmpClient {
     service: QapiService<Writer>,
     events: JoinHandle<()>,
     shutdown: watch::Receiver<Option<ShutdownEvent>>,
+    memory_tx: Arc<watch::Sender<u64>>,
+    memory_size: watch::Receiver<u64>,
     timeout: Duration,
 }
 
@@ -70,6 +73,9 @@ impl QmpClient {
         // Once released, dropping the service also ends the event stream.
         let _ = events.release();
         let (tx, shutdown) = watch::channel(None);
+        let (memory_tx, memory_size) = watch::channel(0u64);
+        let memory_tx = Arc::new(memory_tx);
+        let memory_events = memory_tx.clone();
         let events = tokio::spawn(async move {
             while let Some(item) = events.next().await {
                 match item {
@@ -83,6 +89,13 @@ impl QmpClient {
                             guest: data.guest,
                             reason,
                         }));
+                    }
+                    Ok(Event::MEMORY_DEVICE_SIZE_CHANGE { data, .. }) => {
+                        tracing::debug!(
+                            size = data.size,
+                            "the guest resized its hot-pluggable memory"
+                        );
+                        memory_events.send_replace(data.size);
                     }
                     Ok(event) => tracing::debug!(?event, "QMP event"),
                     Err(err) => {
@@ -100,8 +113,21 @@ impl QmpClient {
             service,
             events,
             shutdown,
+            memory_tx,
+            memory_size,
             timeout: DEFAULT_COMMAND_TIMEOUT,
         })
+    }
+
+    /// The size of the virtio-mem device (QEMU's `MEMORY_DEVICE_SIZE_CHANGE` events; squib
+    /// runs at most one), seeded by [`QmpClient::seed_memory_size`].
+    pub fn memory_size_events(&self) -> watch::Receiver<u64> {
+        self.memory_size.clone()
+    }
+
+    /// Records a size read from the device (events only report changes).
+    pub fn seed_memory_size(&self, bytes: u64) {
+        self.memory_tx.send_replace(bytes);
     }
 
     /// The last `SHUTDOWN` event seen. The sender side closes when the QMP connection ends,

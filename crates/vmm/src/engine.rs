@@ -115,6 +115,19 @@ pub trait RunningVm: Send + 'static {
     ) -> impl Future<Output = Result<(), EngineError>> + Send {
         async { Err(EngineError("this engine cannot save snapshots".into())) }
     }
+    /// `PATCH /hotplug/memory`: asks the guest to plug `requested_mib` MiB of the
+    /// hot-pluggable memory (the guest plugs or unplugs blocks to get there).
+    fn set_memory_hotplug_size(
+        &mut self,
+        _requested_mib: u32,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(crate::action::device_not_found()) }
+    }
+    /// The hot-pluggable memory the guest has plugged, in bytes, as it changes; `None`
+    /// without a memory hot-plug device.
+    fn plugged_memory_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
     /// Hands the registry the counters the engine keeps live (network relays, MMDS), read
     /// at every flush. Engines that keep none register nothing.
     fn register_metrics(&self, _metrics: &crate::metrics::MetricsRegistry) {}

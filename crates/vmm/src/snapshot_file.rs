@@ -90,6 +90,11 @@ pub struct SnapshotResources {
     /// The VM ran on the PCI machine (`--enable-pci`): the restore must rebuild it.
     #[serde(default)]
     pub pci_enabled: bool,
+    /// The virtio-mem device and the size the guest was asked to plug.
+    #[serde(default)]
+    pub memory_hotplug: Option<crate::config::memory_hotplug::MemoryHotplugConfig>,
+    #[serde(default)]
+    pub memory_requested_mib: u32,
 }
 
 impl SnapshotResources {
@@ -102,6 +107,8 @@ impl SnapshotResources {
             balloon: resources.balloon,
             entropy: resources.entropy.map(EntropyDeviceConfig::to_config),
             pci_enabled: resources.pci_enabled,
+            memory_hotplug: resources.memory_hotplug,
+            memory_requested_mib: resources.memory_requested_mib,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct VmmSnapshot {
     pub resources: VmResources,
     /// The balloon's last statistics, refreshed by the VMM loop while stats are enabled.
     pub balloon_stats: Option<BalloonStats>,
+    /// The hot-pluggable memory the guest has plugged, in bytes, as QEMU last reported it.
+    pub memory_plugged_bytes: u64,
 }
 
 impl VmmSnapshot {
@@ -55,6 +57,7 @@ impl VmmSnapshot {
             state: VmState::NotStarted,
             resources: VmResources::default(),
             balloon_stats: None,
+            memory_plugged_bytes: 0,
         }
     }
 
@@ -122,10 +125,16 @@ impl VmmSnapshot {
         if !self.state.is_booted() {
             return Err(VmmActionError::OperationNotSupportedPreBoot);
         }
-        if self.resources.memory_hotplug.is_none() {
+        let Some(cfg) = self.resources.memory_hotplug else {
             return Err(VmmActionError::InternalVmm(device_not_found()));
-        }
-        Err(VmmActionError::NotSupportedBySquib("Memory hotplug"))
+        };
+        Ok(MemoryHotplugStatus {
+            block_size_mib: cfg.block_size_mib,
+            total_size_mib: cfg.total_size_mib,
+            slot_size_mib: cfg.slot_size_mib,
+            plugged_size_mib: (self.memory_plugged_bytes >> 20) as u32,
+            requested_size_mib: self.resources.memory_requested_mib,
+        })
     }
 
     /// `GET /mmds`: pre-boot always; post-boot only with an MMDS-enabled interface.

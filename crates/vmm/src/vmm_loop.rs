@@ -76,6 +76,9 @@ pub struct Vmm<E: Engine> {
     metrics: Arc<MetricsRegistry>,
     /// Ticks every [`METRICS_PERIOD`] while a guest runs and metrics are configured.
     metrics_timer: Option<tokio::time::Interval>,
+    /// What the engine reports of the guest's plugged hot-pluggable memory.
+    plugged_memory: Option<tokio::sync::watch::Receiver<u64>>,
+    memory_plugged_bytes: u64,
 }
 
 /// How often metrics are written while the guest runs (contract §10.2).
@@ -103,6 +106,8 @@ impl<E: Engine> Vmm<E> {
             stats_timer: None,
             metrics: metrics.clone(),
             metrics_timer: None,
+            plugged_memory: None,
+            memory_plugged_bytes: 0,
         };
         (
             vmm,
@@ -196,6 +201,13 @@ impl<E: Engine> Vmm<E> {
                         tracing::warn!("{e}");
                     }
                 }
+                plugged = next_change(&mut self.plugged_memory) => {
+                    match plugged {
+                        Some(bytes) => self.memory_plugged_bytes = bytes,
+                        None => self.plugged_memory = None,
+                    }
+                    self.publish();
+                }
                 exit = wait_for_exit(&mut self.exit) => {
                     self.vm = None;
                     self.final_metrics();
@@ -211,6 +223,7 @@ impl<E: Engine> Vmm<E> {
             state: self.state,
             resources: self.resources.clone(),
             balloon_stats: self.balloon_stats.clone(),
+            memory_plugged_bytes: self.memory_plugged_bytes,
         }));
     }
 
@@ -369,9 +382,26 @@ impl<E: Engine> Vmm<E> {
                 self.resources.memory_hotplug = Some(cfg);
                 Ok(VmmData::Empty)
             }
-            UpdateMemoryHotplugSize(_) => Err(VmmActionError::MemoryHotplugUpdate(
-                crate::action::device_not_found().0,
-            )),
+            UpdateMemoryHotplugSize(update) => {
+                let Some(cfg) = self.resources.memory_hotplug else {
+                    return Err(VmmActionError::MemoryHotplugUpdate(
+                        crate::action::device_not_found().0,
+                    ));
+                };
+                let requested = update.requested_size_mib;
+                if requested > cfg.total_size_mib || !requested.is_multiple_of(cfg.block_size_mib) {
+                    return Err(VmmActionError::MemoryHotplugUpdate(format!(
+                        "Size {} is invalid: it must be a multiple of block size and less than the total size",
+                        u64::from(requested) << 20
+                    )));
+                }
+                self.running_vm()?
+                    .set_memory_hotplug_size(requested)
+                    .await
+                    .map_err(|e| VmmActionError::MemoryHotplugUpdate(e.0))?;
+                self.resources.memory_requested_mib = requested;
+                Ok(VmmData::Empty)
+            }
             CreateSnapshot(params) => {
                 if self.state != VmState::Paused {
                     return Err(CreateSnapshotError::VmRunning.into());
@@ -629,6 +659,10 @@ impl<E: Engine> Vmm<E> {
     fn adopt_vm(&mut self, vm: E::Vm, exit: ExitWatch, state: VmState) {
         self.metrics.clear_devices(DeviceClass::Net);
         vm.register_metrics(&self.metrics);
+        self.plugged_memory = vm.plugged_memory_watch();
+        if let Some(watch) = self.plugged_memory.as_mut() {
+            self.memory_plugged_bytes = *watch.borrow_and_update();
+        }
         self.vm = Some(vm);
         self.exit = Some(exit);
         self.state = state;
@@ -703,6 +737,18 @@ async fn next_tick(timer: &mut Option<tokio::time::Interval>) {
         Some(timer) => {
             timer.tick().await;
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next value of a watched engine figure; `None` once the engine stops reporting it,
+/// never when nothing is watched.
+async fn next_change(watch: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<u64> {
+    match watch {
+        Some(watch) => match watch.changed().await {
+            Ok(()) => Some(*watch.borrow_and_update()),
+            Err(_) => None,
+        },
         None => std::future::pending().await,
     }
 }

@@ -293,6 +293,8 @@ impl<E: Engine> Vmm<E> {
             balloon: saved.balloon,
             entropy: saved.entropy,
             pci_enabled: saved.pci_enabled,
+            memory_hotplug: saved.memory_hotplug,
+            memory_requested_mib: saved.memory_requested_mib,
             ..self.resources.clone()
         };
         let restore = |what: String| VmmActionError::from(LoadSnapshotError::Restore(what));
