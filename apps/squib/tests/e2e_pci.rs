@@ -187,3 +187,84 @@ done
     squib.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib":0}"#);
     wait_for_memory(&squib, base, 0);
 }
+
+/// virtio-pmem: the root file system on a pmem device (`root=/dev/pmem0`, as upstream), and
+/// a read-only pmem image mounted with DAX shows its content; the image is never written.
+#[test]
+fn pmem_boots_as_root_and_mounts_a_read_only_image() {
+    let guest = guest();
+    let squib = Squib::start(&[]);
+    let dir = squib.dir.path();
+    let rootfs = rootfs_copy(&guest, dir);
+    let content = dir.join("content");
+    std::fs::create_dir(&content).unwrap();
+    std::fs::write(content.join("hello"), "SQUIB-PMEM-CONTENT\n").unwrap();
+    let image = dir.join("data.ext4");
+    let made = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg("4M")
+        .status()
+        .expect("run mke2fs");
+    assert!(made.success());
+    let before = std::fs::read(&image).unwrap();
+
+    squib.ok(
+        "PUT",
+        "/boot-source",
+        &json!({
+            "kernel_image_path": guest.kernel,
+            "initrd_path": guest.initrd,
+            "boot_args": "console=ttyS0 reboot=k panic=1 squib.action=wait squib.script=/dev/vda",
+        })
+        .to_string(),
+    );
+    squib.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count":1,"mem_size_mib":256}"#,
+    );
+    let script = r#"
+echo "PMEM-ROOT $(grep ' / ' /proc/mounts | cut -d' ' -f1,4 | cut -d, -f1)"
+echo "PMEM-ROOTFS $(cat /etc/squib-rootfs)"
+mkdir -p /mnt/p
+mount -t ext4 -o ro,dax /dev/pmem1 /mnt/p && echo "PMEM-DAX $(grep -c ' /mnt/p .*dax' /proc/mounts)"
+echo "PMEM-DATA $(cat /mnt/p/hello)"
+"#;
+    let disk = script_disk(dir, script);
+    squib.ok(
+        "PUT",
+        "/drives/script",
+        &json!({"drive_id": "script", "path_on_host": disk, "is_root_device": false, "is_read_only": true})
+            .to_string(),
+    );
+    squib.ok(
+        "PUT",
+        "/pmem/root",
+        &json!({"id": "root", "path_on_host": rootfs, "root_device": true}).to_string(),
+    );
+    squib.ok(
+        "PUT",
+        "/pmem/data",
+        &json!({"id": "data", "path_on_host": image, "read_only": true}).to_string(),
+    );
+    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    squib.wait_for_line(SCRIPT_DONE, Duration::from_secs(120));
+    assert_eq!(
+        last_value(&squib, "PMEM-ROOT ").as_deref(),
+        Some("/dev/pmem0 rw"),
+        "{}",
+        squib.transcript()
+    );
+    assert_eq!(
+        last_value(&squib, "PMEM-ROOTFS ").as_deref(),
+        Some("squib test rootfs v1")
+    );
+    assert_eq!(last_value(&squib, "PMEM-DAX ").as_deref(), Some("1"));
+    assert_eq!(
+        last_value(&squib, "PMEM-DATA ").as_deref(),
+        Some("SQUIB-PMEM-CONTENT")
+    );
+    assert_eq!(std::fs::read(&image).unwrap(), before);
+}

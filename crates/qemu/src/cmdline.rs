@@ -12,6 +12,7 @@ use squib_vmm::config::drive::{CacheType, Drive, DriveBackend, IoEngine};
 use squib_vmm::config::entropy::EntropyDeviceConfig;
 use squib_vmm::config::memory_hotplug::MemoryHotplugConfig;
 use squib_vmm::config::net::NetworkInterfaceConfig;
+use squib_vmm::config::pmem::PmemConfig;
 
 use crate::accel::Accel;
 
@@ -200,6 +201,9 @@ pub struct LaunchSpec<'a> {
     pub console: &'a ConsoleTarget,
     /// The host's TSC rate, handed to a TCG guest so it skips calibrating its clock.
     pub tsc_khz: Option<u64>,
+    /// The size in bytes of each pmem device's backing file, in the resources' order (the
+    /// engine reads them at start, when upstream opens the files).
+    pub pmem_sizes: &'a [u64],
 }
 
 /// QEMU's seccomp sandbox: on (QEMU's own syscall blacklist), and no obsolete syscalls, no
@@ -229,6 +233,10 @@ pub enum CmdlineError {
     TooManyPciDevices { count: usize },
     #[error("the kernel command line with the root device parameters is too long ({len} bytes, at most {} allowed)", MAX_CMDLINE_LEN - 1)]
     CmdlineTooLong { len: usize },
+    #[error(
+        "the pmem backing file {path} is {size} bytes long: squib needs a size that is a non-zero multiple of 2 MiB"
+    )]
+    PmemSize { path: String, size: u64 },
     #[error("the {what} path is not valid UTF-8: {path:?}")]
     NonUtf8Path { what: &'static str, path: PathBuf },
 }
@@ -296,6 +304,15 @@ pub fn kernel_cmdline(
             None => parts.push("root=/dev/vda".to_string()),
         }
         parts.push(if root.is_read_only() { "ro" } else { "rw" }.to_string());
+    } else if let Some((index, root)) = resources
+        .pmem
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.root_device)
+    {
+        // The guest names pmem devices in the order they are configured, as upstream's do.
+        parts.push(format!("root=/dev/pmem{index}"));
+        parts.push(if root.read_only { "ro" } else { "rw" }.to_string());
     }
     if let Some(khz) = tsc_khz.filter(|_| !boot.cmdline().contains("tsc_early_khz=")) {
         parts.push(format!("tsc_early_khz={khz}"));
@@ -340,6 +357,7 @@ fn device_count(resources: &VmResources) -> usize {
         + usize::from(resources.entropy.is_some())
         + usize::from(resources.vsock.is_some())
         + usize::from(resources.memory_hotplug.is_some())
+        + resources.pmem.iter().count()
 }
 
 /// QEMU's arguments (without the program name) for booting `resources`.
@@ -407,12 +425,17 @@ pub fn build_args(
     );
     push(&["-accel", spec.accel.qemu_name(), "-cpu", &cpu]);
     // Memory devices (virtio-mem) live above the boot RAM, in the room `maxmem` reserves.
-    let mem_arg = match &resources.memory_hotplug {
-        Some(hotplug) if machine.is_pci() => format!(
+    let pmem_bytes: u64 = spec.pmem_sizes.iter().sum();
+    let hotplug_mib = resources
+        .memory_hotplug
+        .map_or(0, |h| u64::from(h.total_size_mib));
+    let mem_arg = if machine.is_pci() && (hotplug_mib > 0 || pmem_bytes > 0) {
+        format!(
             "{mem},slots=1,maxmem={}M",
-            machine_config.mem_size_mib as u64 + u64::from(hotplug.total_size_mib)
-        ),
-        _ => mem.clone(),
+            machine_config.mem_size_mib as u64 + hotplug_mib + pmem_bytes.div_ceil(1 << 20)
+        )
+    } else {
+        mem.clone()
     };
     push(&[
         "-smp",
@@ -494,6 +517,18 @@ pub fn build_args(
         let port = ports.next();
         devs.push("-device".to_string());
         devs.push(machine.device(VirtioKind::VhostUserVsock, port, "chardev=vsock,id=vsock"));
+    }
+    for (index, pmem) in resources.pmem.iter().enumerate() {
+        let size = spec.pmem_sizes.get(index).copied().unwrap_or(0);
+        if size == 0 || !size.is_multiple_of(PMEM_ALIGN) {
+            return Err(CmdlineError::PmemSize {
+                path: pmem.path_on_host.clone(),
+                size,
+            });
+        }
+        let port = ports.next();
+        push_pmem(&mut devs, machine, port, index, pmem, size);
+    }
     if let Some(hotplug) = &resources.memory_hotplug {
         let port = ports.next();
         push_memory_hotplug(
@@ -715,6 +750,34 @@ fn push_entropy(
     args.push(machine.device(VirtioKind::Rng, port, &device));
 }
 
+/// virtio-pmem regions are mapped in 2 MiB units.
+const PMEM_ALIGN: u64 = 2 << 20;
+
+/// virtio-pmem over the file itself (`share=on`: the guest's writes reach the file, as with
+/// upstream's shared mapping); `read_only` maps it read-only.
+fn push_pmem(
+    args: &mut Vec<String>,
+    machine: Machine,
+    port: Option<usize>,
+    index: usize,
+    pmem: &PmemConfig,
+    size: u64,
+) {
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    args.push("-object".to_string());
+    args.push(format!(
+        "memory-backend-file,id=pmem_mem{index},mem-path={},size={size},share=on,readonly={}",
+        escape_option_value(&pmem.path_on_host),
+        on_off(pmem.read_only)
+    ));
+    args.push("-device".to_string());
+    args.push(machine.device(
+        VirtioKind::Pmem,
+        port,
+        &format!("id=pmem{index},memdev=pmem_mem{index}"),
+    ));
+}
+
 /// QOM id of the virtio-mem device (QOM path `/machine/peripheral/<id>`).
 pub const MEMORY_HOTPLUG_ID: &str = "hotplug_mem";
 
@@ -821,6 +884,7 @@ mod tests {
                 qmp_socket: Path::new("/run/squib/qmp.sock"),
                 console: &ConsoleTarget::Stdio,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap()
@@ -1010,6 +1074,7 @@ mod tests {
                 qmp_socket: Path::new("/q"),
                 console: &ConsoleTarget::Stdio,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap();
@@ -1124,6 +1189,7 @@ mod tests {
                 qmp_socket: Path::new("/run/a,b/qmp.sock"),
                 console: &ConsoleTarget::File("/log/c,d.log".into()),
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap();
@@ -1171,6 +1237,7 @@ mod tests {
                 qmp_socket: Path::new("/q"),
                 console: &ConsoleTarget::Null,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap();
@@ -1228,6 +1295,7 @@ mod tests {
                 qmp_socket: Path::new("/q"),
                 console: &ConsoleTarget::Stdio,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap_err();
@@ -1315,6 +1383,7 @@ mod tests {
             qmp_socket: Path::new("/q"),
             console: &ConsoleTarget::Stdio,
             tsc_khz: None,
+            pmem_sizes: &[],
         };
         let drives = |n: usize| {
             (0..n)
@@ -1392,6 +1461,7 @@ mod tests {
             qmp_socket: Path::new("/q"),
             console: &ConsoleTarget::Stdio,
             tsc_khz: None,
+            pmem_sizes: &[],
         }
     }
 
@@ -1416,6 +1486,7 @@ mod tests {
             qmp_socket: Path::new("/q"),
             console: &ConsoleTarget::Stdio,
             tsc_khz: None,
+            pmem_sizes: &[],
         };
         let drives = |n: usize| {
             (0..n)
@@ -1452,6 +1523,7 @@ mod tests {
                 qmp_socket: Path::new("/run/x,y/qmp.sock"),
                 console: &ConsoleTarget::Stdio,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap();
@@ -1508,6 +1580,7 @@ mod tests {
                 qmp_socket: Path::new("/q"),
                 console: &ConsoleTarget::Stdio,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap_err();
@@ -1585,6 +1658,7 @@ mod tests {
             qmp_socket: Path::new("/q"),
             console: &ConsoleTarget::Stdio,
             tsc_khz: None,
+            pmem_sizes: &[],
         };
         assert!(build_args(&res, &spec).is_ok());
         res.entropy = Some(EntropyDeviceConfig::default());

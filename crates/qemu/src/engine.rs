@@ -327,6 +327,7 @@ impl Engine for QemuEngine {
                     Accel::Tcg => crate::host_tsc::host_tsc_khz(),
                     Accel::Kvm => None,
                 },
+                pmem_sizes: &pmem_sizes(resources)?,
             },
         )
         .map_err(|e| EngineError(e.to_string()))?;
@@ -480,6 +481,29 @@ fn start_vsock(
     squib_vsock::Vsock::start(&spec, &cmdline::vsock_socket(qmp_socket))
         .map(Some)
         .map_err(|e| EngineError(format!("Cannot start the vsock device: {e}")))
+}
+
+/// The size of each pmem backing file. Upstream opens them at `InstanceStart` (read-only
+/// when asked), so a missing or unreadable file fails the start here too.
+fn pmem_sizes(resources: &VmResources) -> Result<Vec<u64>, EngineError> {
+    resources
+        .pmem
+        .iter()
+        .map(|pmem| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!pmem.read_only)
+                .open(&pmem.path_on_host)
+                .and_then(|file| file.metadata())
+                .map(|meta| meta.len())
+                .map_err(|e| {
+                    EngineError(format!(
+                        "Cannot open the pmem backing file {}: {e}",
+                        pmem.path_on_host
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// How a QEMU exit maps to the guest's fate.

@@ -590,6 +590,7 @@ mod tests {
                 qmp_socket: Path::new("/run/q/qmp.sock"),
                 console: &ConsoleTarget::Null,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap()

@@ -95,6 +95,9 @@ pub struct SnapshotResources {
     pub memory_hotplug: Option<crate::config::memory_hotplug::MemoryHotplugConfig>,
     #[serde(default)]
     pub memory_requested_mib: u32,
+    /// The pmem devices (their files are mapped again, never copied).
+    #[serde(default)]
+    pub pmem: Vec<crate::config::pmem::PmemConfig>,
 }
 
 impl SnapshotResources {
@@ -109,6 +112,7 @@ impl SnapshotResources {
             pci_enabled: resources.pci_enabled,
             memory_hotplug: resources.memory_hotplug,
             memory_requested_mib: resources.memory_requested_mib,
+            pmem: resources.pmem.to_configs(),
         }
     }
 }

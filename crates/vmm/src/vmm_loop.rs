@@ -309,10 +309,16 @@ impl<E: Engine> Vmm<E> {
                 self.resources.pmem.insert(cfg, block_root)?;
                 Ok(VmmData::Empty)
             }
-            // As upstream, only a rate limiter makes the device be looked up (and a booted
-            // squib VM never has pmem devices: InstanceStart refuses them).
+            // As upstream, only a rate limiter makes the device be looked up. QEMU's
+            // virtio-pmem has no rate limiter: the new one is recorded, not applied
+            // (docs/deviations.md).
             UpdatePmemDevice(update) if update.rate_limiter.is_none() => Ok(VmmData::Empty),
-            UpdatePmemDevice(_) => Err(PmemConfigError::DeviceNotFound.into()),
+            UpdatePmemDevice(update) => {
+                self.resources
+                    .pmem
+                    .update_rate_limiter(&update.id, update.rate_limiter)?;
+                Ok(VmmData::Empty)
+            }
             RemoveDevice(..) => Err(VmmActionError::OperationNotSupportedPreBoot),
             SetVsockDevice(cfg) => {
                 let vsock = Vsock::bind(cfg, self.resources.vsock.as_ref())?;

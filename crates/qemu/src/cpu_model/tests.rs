@@ -270,6 +270,7 @@ fn build_args_puts_the_template_on_the_cpu_argument() {
                 qmp_socket: std::path::Path::new("/run/qmp.sock"),
                 console: &ConsoleTarget::Null,
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap();

@@ -62,6 +62,23 @@ impl PmemDevices {
         Ok(())
     }
 
+    /// `PATCH /pmem/{id}`: a new rate limiter for an existing device.
+    pub fn update_rate_limiter(
+        &mut self,
+        id: &str,
+        limiter: Option<RateLimiterConfig>,
+    ) -> Result<(), PmemConfigError> {
+        let device = self
+            .list
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or(PmemConfigError::DeviceNotFound)?;
+        if limiter.is_some() {
+            device.rate_limiter = limiter;
+        }
+        Ok(())
+    }
+
     pub fn has_root(&self) -> bool {
         self.list.iter().any(|p| p.root_device)
     }

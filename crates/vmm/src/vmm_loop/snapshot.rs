@@ -295,6 +295,14 @@ impl<E: Engine> Vmm<E> {
             pci_enabled: saved.pci_enabled,
             memory_hotplug: saved.memory_hotplug,
             memory_requested_mib: saved.memory_requested_mib,
+            pmem: {
+                let mut pmem = crate::config::pmem::PmemDevices::default();
+                for cfg in &saved.pmem {
+                    pmem.insert(cfg.clone(), false)
+                        .map_err(|e| LoadSnapshotError::Restore(format!("pmem {}: {e}", cfg.id)))?;
+                }
+                pmem
+            },
             ..self.resources.clone()
         };
         let restore = |what: String| VmmActionError::from(LoadSnapshotError::Restore(what));
