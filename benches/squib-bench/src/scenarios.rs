@@ -511,13 +511,20 @@ fn qemu_child(squib: &Proc) -> anyhow::Result<u32> {
     }
 }
 
-fn boot_squib(config: &Config, guest: &GuestPaths, round: usize) -> anyhow::Result<SquibBoot> {
+/// One boot through squib; `pci` adds `--enable-pci` (the q35 machine).
+fn boot_squib(
+    config: &Config,
+    guest: &GuestPaths,
+    round: usize,
+    pci: bool,
+) -> anyhow::Result<SquibBoot> {
     let dir = tempfile::Builder::new().prefix("squib-bench-").tempdir()?;
     let socket = dir.path().join("api.sock");
-    let mut squib = start_server(
-        squib_command(config, &socket, &format!("bench-boot-{round}")),
-        &socket,
-    )?;
+    let mut command = squib_command(config, &socket, &format!("bench-boot-{round}"));
+    if pci {
+        command.arg("--enable-pci");
+    }
+    let mut squib = start_server(command, &socket)?;
     configure(&socket, guest)?;
     let squib_rss_configured = process::rss_kib(squib.pid())?;
     let t0 = Instant::now();
@@ -675,7 +682,7 @@ pub fn boot(
         let squib_first = round % 2 == 0;
         for step in 0..2 {
             if (step == 0) == squib_first {
-                let run = boot_squib(config, &guest, round)
+                let run = boot_squib(config, &guest, round, false)
                     .with_context(|| format!("squib boot, round {round}"))?;
                 eprintln!(
                     "  round {round}: squib InstanceStart → marker {:.0} ms (PUT {:.0} ms)",
@@ -697,6 +704,17 @@ pub fn boot(
     }
     if let Some(run) = squib_runs.first() {
         notes.insert("qemu_argv".into(), json!(run.argv));
+    }
+    // The same configuration with --enable-pci (q35, virtio-*-pci), against microvm's boots.
+    let mut pci_marker: Vec<Duration> = Vec::new();
+    for round in 0..config.boot_rounds {
+        let run = boot_squib(config, &guest, round, true)
+            .with_context(|| format!("squib --enable-pci boot, round {round}"))?;
+        eprintln!(
+            "  round {round}: squib --enable-pci InstanceStart → marker {:.0} ms",
+            run.to_marker.as_secs_f64() * 1000.0
+        );
+        pci_marker.push(run.to_marker);
     }
     let ms_list = |v: Vec<Duration>| {
         v.iter()
@@ -721,6 +739,15 @@ pub fn boot(
             "squib_ms": ms_list(squib_marker),
             "baseline_ms": ms_list(raw_marker),
         })),
+        Figure::new(
+            "boot.pci_to_marker",
+            "InstanceStart → guest init marker with --enable-pci (q35), median",
+            "ms",
+            ms(median(&pci_marker)),
+            ms(median(&squib_runs.iter().map(|r| r.to_marker).collect::<Vec<_>>())),
+            "squib on microvm (boot.to_marker)",
+        )
+        .with_extra(json!({"squib_ms": ms_list(pci_marker)})),
         Figure::new(
             "boot.put_instance_start",
             "PUT InstanceStart response time, median",

@@ -19,7 +19,6 @@ use crate::config::logger::{LoggerConfig, LoggerConfigError, LoggerControl, Noop
 use crate::config::machine_config::{MachineConfigError, MachineConfigUpdate};
 use crate::config::metrics::{Metrics, MetricsConfig, MetricsConfigError};
 use crate::config::net::NetworkInterfaceError;
-use crate::config::pmem::PmemConfigError;
 use crate::config::rate_limiter::RateLimiterConfig;
 use crate::config::vsock::Vsock;
 use crate::engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
