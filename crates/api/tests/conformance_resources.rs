@@ -402,15 +402,6 @@ async fn device_bodies_and_messages() {
     );
     assert_eq!(cfg["pmem"][0]["root_device"], true);
     assert_eq!(cfg["metrics"], serde_json::Value::Null);
-
-    // Accepted but not runnable yet: InstanceStart names every such resource.
-    s.configure_bootable().await;
-    assert_fault(
-        &s.put("/actions", r#"{"action_type":"InstanceStart"}"#)
-            .await,
-        "Start microvm error: pmem is not supported by squib yet.",
-    );
-    assert_eq!(s.get("/").await.json()["state"], "Not started");
 }
 
 #[tokio::test]
