@@ -744,7 +744,9 @@ pub fn boot(
             "InstanceStart → guest init marker with --enable-pci (q35), median",
             "ms",
             ms(median(&pci_marker)),
-            ms(median(&squib_runs.iter().map(|r| r.to_marker).collect::<Vec<_>>())),
+            ms(median(
+                &squib_runs.iter().map(|r| r.to_marker).collect::<Vec<_>>(),
+            )),
             "squib on microvm (boot.to_marker)",
         )
         .with_extra(json!({"squib_ms": ms_list(pci_marker)})),
