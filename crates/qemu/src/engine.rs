@@ -334,7 +334,11 @@ impl Engine for QemuEngine {
         if self.config.sandbox {
             cmdline::add_sandbox(&mut args);
         }
-        if let Some(qboot) = crate::firmware::qboot(&self.config.qemu_binary).await {
+        // qboot is microvm's firmware; q35 (PCI) keeps QEMU's SeaBIOS, which sets up its
+        // root ports and memory devices.
+        if cmdline::Machine::for_resources(resources) == cmdline::Machine::Microvm
+            && let Some(qboot) = crate::firmware::qboot(&self.config.qemu_binary).await
+        {
             args.push("-bios".to_string());
             args.push(qboot.to_string_lossy().into_owned());
         }
