@@ -1255,6 +1255,7 @@ mod tests {
                 qmp_socket: Path::new("/q"),
                 console: &ConsoleTarget::Socket("/run/x,y/serial.sock".into()),
                 tsc_khz: None,
+                pmem_sizes: &[],
             },
         )
         .unwrap();
