@@ -658,10 +658,6 @@ impl VhostUserBackendMut for NetBackend {
             }
         }
         let tap = &self.config.tap;
-        eprintln!(
-            "DBG acked {features:#x} hdr_len={} flags={flags:#x}",
-            self.hdr_len
-        );
         if let Err(err) = tap
             .set_vnet_hdr_size(self.hdr_len)
             .and_then(|()| tap.set_offload(flags))
@@ -704,13 +700,6 @@ impl VhostUserBackendMut for NetBackend {
             return Ok(());
         };
         let m = &self.config.shared.metrics;
-        eprintln!(
-            "DBG ev={device_event} rxq ready={} en={} txq ready={} en={}",
-            rx.get_ref().get_queue().ready(),
-            rx.get_ref().is_enabled(),
-            tx.get_ref().get_queue().ready(),
-            tx.get_ref().is_enabled()
-        );
         match device_event {
             RX_QUEUE => {
                 inc(&m.rx_queue_event_count);
