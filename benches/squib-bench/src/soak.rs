@@ -75,6 +75,32 @@ fn mix() -> Vec<(Request, u16)> {
     ]
 }
 
+/// A TAP in the host namespace for the MMDS binding; deleted on drop. It stays down and
+/// unaddressed, so nothing the guest sends leaves it.
+struct SoakTap(String);
+
+impl SoakTap {
+    fn new() -> anyhow::Result<SoakTap> {
+        let name = format!("sqbsoak{}", std::process::id() % 100_000);
+        let status = std::process::Command::new("ip")
+            .args(["tuntap", "add", "dev", &name, "mode", "tap"])
+            .status()
+            .context("ip tuntap add")?;
+        if !status.success() {
+            bail!("ip tuntap add dev {name} failed ({status}); the soak needs CAP_NET_ADMIN");
+        }
+        Ok(SoakTap(name))
+    }
+}
+
+impl Drop for SoakTap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     sent: AtomicU64,
@@ -141,6 +167,19 @@ pub fn soak(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Figure>> {
     command.args(["--level", "Warning"]);
     let mut squib = scenarios::start_server(command, &socket)?;
     scenarios::configure(&socket, &guest)?;
+    // After boot the MMDS store only answers with an MMDS-bound interface (upstream's rule):
+    // a TAP of the soak's own, never brought up, carries the binding.
+    let tap = SoakTap::new()?;
+    let iface = json!({"iface_id": "eth0", "host_dev_name": tap.0}).to_string();
+    process::api_expect(
+        &socket,
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(&iface),
+        204,
+    )?;
+    let mmds = json!({"network_interfaces": ["eth0"], "version": "V2"}).to_string();
+    process::api_expect(&socket, "PUT", "/mmds/config", Some(&mmds), 204)?;
     process::api_expect(
         &socket,
         "PUT",
