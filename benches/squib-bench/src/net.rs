@@ -24,6 +24,7 @@ use crate::Config;
 use crate::process::{self, Proc};
 use crate::report::Figure;
 use crate::scenarios::{self, GuestPaths};
+use crate::stats::median_f64;
 
 const HOST_IP: &str = "10.0.0.1";
 const TAP: &str = "sqbbench0";
@@ -314,12 +315,6 @@ fn raw_run(
     result
 }
 
-fn median(values: &[f64]) -> Option<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len().checked_sub(1)? / 2).copied()
-}
-
 pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
@@ -359,8 +354,8 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "net_tx_throughput",
             "guest→host TCP throughput, median (higher is better)",
             "MB/s",
-            median(&squib.tx),
-            median(&qemu.tx),
+            median_f64(&squib.tx),
+            median_f64(&qemu.tx),
             RAW_TAP,
         )
         .with_extra(json!({
@@ -373,8 +368,8 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "net_rx_throughput",
             "host→guest TCP throughput, median (higher is better)",
             "MB/s",
-            median(&squib.rx),
-            median(&qemu.rx),
+            median_f64(&squib.rx),
+            median_f64(&qemu.rx),
             RAW_TAP,
         )
         .with_extra(json!({ "squib_mb_s": squib.rx, "raw_tap_mb_s": qemu.rx })),

@@ -33,6 +33,13 @@ pub fn median_u64(values: &[u64]) -> Option<u64> {
     }
 }
 
+/// Median of floating-point figures (the lower middle for an even count); `None` when empty.
+pub fn median_f64(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().checked_sub(1)? / 2).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,15 +19,11 @@ use crate::Config;
 use crate::process::{self, Proc};
 use crate::report::Figure;
 use crate::scenarios;
+use crate::stats::median_f64;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 const FLOOR: &str =
     "a host Unix-socket pair (socketpair) with a thread at the other end, same process, same run";
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len().checked_sub(1)? / 2).copied()
-}
 
 fn mb_s(bytes: usize, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64().max(1e-9)
@@ -73,7 +69,7 @@ fn ping_pong(stream: &mut UnixStream, rounds: usize) -> anyhow::Result<f64> {
         stream.read_exact(&mut byte)?;
         rtts.push(started.elapsed().as_secs_f64() * 1e6);
     }
-    median(&mut rtts).context("no round trips")
+    median_f64(&rtts).context("no round trips")
 }
 
 fn hybrid_connect(uds: &Path, port: u32) -> anyhow::Result<UnixStream> {
@@ -168,16 +164,7 @@ fn squib_run(
     });
 
     let socket = dir.path().join("api.sock");
-    let mut command = std::process::Command::new(&config.squib);
-    command
-        .arg("--api-sock")
-        .arg(&socket)
-        .arg("--log-path")
-        .arg(dir.path().join("squib.log"))
-        .args(["--id", "bench-vsock"]);
-    if std::env::var_os("SQUIB_ACCEL").is_none() {
-        command.env("SQUIB_ACCEL", "tcg");
-    }
+    let command = scenarios::squib_command(config, &socket, "bench-vsock");
     let mut squib = Proc::spawn(command)?;
     process::wait_answering(&socket, Duration::from_secs(10))?;
     let put =
@@ -223,8 +210,8 @@ pub fn vsock(config: &Config) -> anyhow::Result<Vec<Figure>> {
     let transfers = if config.quick { 2 } else { 5 };
     let bytes: usize = if config.quick { 4 << 20 } else { 16 << 20 };
     let rounds = if config.quick { 200 } else { 2000 };
-    let mut squib = squib_run(config, transfers, bytes, rounds)?;
-    let mut base = floor(transfers, bytes, rounds)?;
+    let squib = squib_run(config, transfers, bytes, rounds)?;
+    let base = floor(transfers, bytes, rounds)?;
     eprintln!(
         "vsock: squib g2h MB/s {:.1?}, h2g MB/s {:.1?}, rtt {:.1} µs; unix pair g2h {:.1?}, h2g {:.1?}, rtt {:.1} µs",
         squib.g2h, squib.h2g, squib.rtt_us, base.g2h, base.h2g, base.rtt_us
@@ -239,8 +226,8 @@ pub fn vsock(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "vsock_g2h_throughput",
             "guest→host vsock throughput, median (higher is better)",
             "MB/s",
-            median(&mut squib.g2h),
-            median(&mut base.g2h),
+            median_f64(&squib.g2h),
+            median_f64(&base.g2h),
             FLOOR,
         )
         .with_extra(extra),
@@ -248,8 +235,8 @@ pub fn vsock(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "vsock_h2g_throughput",
             "host→guest vsock throughput, median (higher is better)",
             "MB/s",
-            median(&mut squib.h2g),
-            median(&mut base.h2g),
+            median_f64(&squib.h2g),
+            median_f64(&base.h2g),
             FLOOR,
         ),
         Figure::new(
