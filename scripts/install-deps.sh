@@ -56,37 +56,44 @@ apt_get() {
 # Never remove or downgrade a package the user has: simulate first and stop, saying why, if
 # the install would. (Installing Debian's QEMU 7.2 over a QEMU 10 from bookworm-backports, for
 # one, removes the user's qemu-utils 10.)
+HARM=()
 refuses_to_harm() {
+  # refuses_to_harm [apt options] -- packages...
+  local opts=()
+  while [ "$1" != "--" ]; do opts+=("$1"); shift; done
+  shift
   local sim rc=0
-  sim="$(apt-get -s -o Debug::NoLocking=1 install --no-install-recommends "${missing[@]}" 2>&1)" || rc=$?
+  sim="$(apt-get -s -o Debug::NoLocking=1 install --no-install-recommends "${opts[@]}" "$@" 2>&1)" || rc=$?
   if [ "$rc" -ne 0 ]; then
     echo "$sim" >&2
     return 2
   fi
-  local harm=() upgrade='^\[([^]]+)\] \(([^ ]+)'
+  HARM=()
+  local upgrade='^\[([^]]+)\] \(([^ ]+)'
   while read -r verb pkg rest; do
     case "$verb" in
-      Remv) harm+=("remove $pkg ${rest%% (*}") ;;
+      Remv) HARM+=("remove $pkg ${rest%% (*}") ;;
       Inst)
         # `Inst pkg [installed] (candidate …)`: only an upgrade or downgrade has the bracket.
         if [[ "$rest" =~ $upgrade ]]; then
           if dpkg --compare-versions "${BASH_REMATCH[2]}" lt "${BASH_REMATCH[1]}"; then
-            harm+=("downgrade $pkg ${BASH_REMATCH[1]} -> ${BASH_REMATCH[2]}")
+            HARM+=("downgrade $pkg ${BASH_REMATCH[1]} -> ${BASH_REMATCH[2]}")
           fi
         fi
         ;;
     esac
   done <<<"$sim"
-  if [ "${#harm[@]}" -ne 0 ]; then
-    {
-      echo "install-deps: NOT installing ${missing[*]}: apt would"
-      printf '  %s\n' "${harm[@]}"
-      echo "install-deps: squib never removes or downgrades a package you have. Install what is missing"
-      echo "  yourself in a way that keeps your packages, or point SQUIB_QEMU at a QEMU (>= 7.2, with"
-      echo "  the microvm machine); scripts/private-qemu.sh extracts one into a private prefix."
-    } >&2
-    return 1
-  fi
+  [ "${#HARM[@]}" -eq 0 ] || return 1
+}
+
+report_harm() {
+  {
+    echo "install-deps: NOT installing $*: apt would"
+    printf '  %s\n' "${HARM[@]}"
+    echo "install-deps: squib never removes or downgrades a package you have. Install what is missing"
+    echo "  yourself in a way that keeps your packages, or point SQUIB_QEMU at a QEMU (>= 7.2, with"
+    echo "  the microvm machine); scripts/private-qemu.sh extracts one into a private prefix."
+  } >&2
 }
 
 # An install without a package list fails on a fresh machine; update first if the lists are
@@ -94,20 +101,68 @@ refuses_to_harm() {
 if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true)" ]; then
   apt_get update
 fi
-guard=0
-refuses_to_harm || guard=$?
-if [ "$guard" -eq 2 ]; then
+
+# QEMU 7.2 from bookworm cannot sit beside a QEMU 10 from bookworm-backports that the machine
+# already has (qemu-utils 10 breaks qemu-system-common << 8.0, so apt would remove it). Then
+# the QEMU of bookworm-backports is the one that fits: its source is derived from the machine's
+# own Debian entry (same URIs and keys, only the suite swapped), and its packages are pinned
+# by `-t`, so nothing else on the machine moves to backports.
+BACKPORTS_SOURCES=/etc/apt/sources.list.d/squib-bookworm-backports.sources
+add_backports_source() {
+  [ -f "$BACKPORTS_SOURCES" ] && return 0
+  local sources=/etc/apt/sources.list.d/debian.sources
+  [ -r "$sources" ] || { echo "install-deps: no $sources to derive bookworm-backports from" >&2; return 1; }
+  awk 'BEGIN { RS = ""; FS = "\n" }
+    !done && /(^|\n)Suites:/ && !/security/ {
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /^Suites:/) print "Suites: bookworm-backports"; else print $i
+      }
+      done = 1
+    }' "$sources" | "${SUDO[@]}" tee "$BACKPORTS_SOURCES" >/dev/null
+  echo "install-deps: added $BACKPORTS_SOURCES (derived from $sources)"
   apt_get update
-  guard=0
-  refuses_to_harm || guard=$?
+}
+
+install_checked() {
+  # install_checked [apt options] -- packages...
+  local opts=() pkgs
+  while [ "$1" != "--" ]; do opts+=("$1"); shift; done
+  shift
+  pkgs=("$@")
+  local guard=0
+  refuses_to_harm "${opts[@]}" -- "${pkgs[@]}" || guard=$?
+  if [ "$guard" -eq 2 ]; then
+    apt_get update
+    guard=0
+    refuses_to_harm "${opts[@]}" -- "${pkgs[@]}" || guard=$?
+  fi
+  [ "$guard" -eq 0 ] || return "$guard"
+  if ! apt_get install --no-install-recommends "${opts[@]}" "${pkgs[@]}"; then
+    # Stale lists name files the archive no longer has: refresh, check again, retry.
+    apt_get update
+    refuses_to_harm "${opts[@]}" -- "${pkgs[@]}" || return 1
+    apt_get install --no-install-recommends "${opts[@]}" "${pkgs[@]}"
+  fi
+}
+
+others=()
+qemu=()
+for p in "${missing[@]}"; do
+  case "$p" in
+    qemu-*) qemu+=("$p") ;;
+    *) others+=("$p") ;;
+  esac
+done
+
+if [ "${#others[@]}" -ne 0 ]; then
+  install_checked -- "${others[@]}" || { report_harm "${others[@]}"; exit 1; }
 fi
-if [ "$guard" -ne 0 ]; then
-  exit 1
-fi
-if ! apt_get install --no-install-recommends "${missing[@]}"; then
-  # Stale lists name files the archive no longer has: refresh, check again, retry.
-  apt_get update
-  refuses_to_harm || exit 1
-  apt_get install --no-install-recommends "${missing[@]}"
+if [ "${#qemu[@]}" -ne 0 ]; then
+  if ! install_checked -- "${qemu[@]}" 2>/dev/null; then
+    echo "install-deps: bookworm's QEMU would remove or downgrade a package of this machine;" \
+      "trying bookworm-backports' QEMU"
+    add_backports_source
+    install_checked -t bookworm-backports -- "${qemu[@]}" || { report_harm "${qemu[@]}"; exit 1; }
+  fi
 fi
 echo "install-deps: done"

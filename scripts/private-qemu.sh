@@ -30,6 +30,8 @@ log() { echo "private-qemu: $*" >&2; }
 APT="$DEST/apt"
 mkdir -p "$APT/sources.list.d" "$APT/preferences.d" "$APT/lists/partial" \
   "$APT/cache/archives/partial" "$APT/debs"
+# An empty package database: the candidates are the suite's own, whatever the system has.
+: >"$APT/status"
 # The first stanza of the main archive (not -security): same URIs, keys and components.
 awk -v suite="$SUITE" 'BEGIN { RS = ""; FS = "\n" }
   !done && /(^|\n)Suites:/ && !/security/ {
@@ -48,6 +50,7 @@ opts=(
   -o "Dir::Etc::PreferencesParts=$APT/preferences.d"
   -o "Dir::State::Lists=$APT/lists"
   -o "Dir::Cache=$APT/cache"
+  -o "Dir::State::status=$APT/status"
   -o "Debug::NoLocking=1"
   -o "APT::Sandbox::User=root"
 )
