@@ -149,6 +149,7 @@ async fn serve_connection(stream: UnixStream, router: Router) {
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
+        head: HeadMethod::default(),
     });
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -237,6 +238,42 @@ impl Drop for BusyGuard {
 struct Watched {
     inner: UnixStream,
     activity: Arc<Activity>,
+    head: HeadMethod,
+}
+
+/// Spells the method `HEAD` as `HEAd` in what hyper reads. Upstream refuses `HEAD` like any
+/// other unknown method, with its 110-byte body; hyper never writes a body in answer to a
+/// `HEAD`, but passes the extension method `HEAd` through untouched, so squib answers it as
+/// upstream does. Any line starting `HEAD` is rewritten (bytes are matched across reads):
+/// a header name is case-insensitive, and a request body holding a line break is not JSON,
+/// which fails with the same text whatever the letter's case.
+#[derive(Debug)]
+struct HeadMethod {
+    /// How much of `\nHEA` the bytes read so far end with (the stream starts at a line start).
+    matched: usize,
+}
+
+impl Default for HeadMethod {
+    fn default() -> Self {
+        Self { matched: 1 }
+    }
+}
+
+impl HeadMethod {
+    const PATTERN: &[u8] = b"\nHEA";
+
+    fn rewrite(&mut self, bytes: &mut [u8]) {
+        for byte in bytes {
+            if self.matched == Self::PATTERN.len() && *byte == b'D' {
+                *byte = b'd';
+                self.matched = 0;
+            } else if self.matched < Self::PATTERN.len() && *byte == Self::PATTERN[self.matched] {
+                self.matched += 1;
+            } else {
+                self.matched = usize::from(*byte == b'\n');
+            }
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -249,6 +286,8 @@ impl AsyncRead for Watched {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.stamp();
+            let this = &mut *self;
+            this.head.rewrite(&mut buf.filled_mut()[before..]);
         }
         polled
     }
@@ -428,6 +467,41 @@ fn log_reply(reply: &ApiResponse) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rewritten(chunks: &[&str]) -> String {
+        let mut head = HeadMethod::default();
+        let mut out = String::new();
+        for chunk in chunks {
+            let mut bytes = chunk.as_bytes().to_vec();
+            head.rewrite(&mut bytes);
+            out.push_str(std::str::from_utf8(&bytes).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn head_is_spelled_as_an_extension_method() {
+        assert_eq!(
+            rewritten(&["HEAD / HTTP/1.1\r\n\r\n"]),
+            "HEAd / HTTP/1.1\r\n\r\n"
+        );
+        assert_eq!(
+            rewritten(&["GET / HTTP/1.1\r\n\r\nHE", "AD /x HTTP/1.1\r\n"]),
+            "GET / HTTP/1.1\r\n\r\nHEAd /x HTTP/1.1\r\n"
+        );
+        assert_eq!(
+            rewritten(&["GET / HTTP/1.1\r", "\n", "H", "E", "A", "D"]),
+            "GET / HTTP/1.1\r\nHEAd"
+        );
+        // Only at a line start, and only the method's spelling.
+        assert_eq!(
+            rewritten(&["GET /HEAD HTTP/1.1\r\n"]),
+            "GET /HEAD HTTP/1.1\r\n"
+        );
+        assert_eq!(rewritten(&["HHEAD / HTTP/1.1"]), "HHEAD / HTTP/1.1");
+        assert_eq!(rewritten(&["\n\nHEAD"]), "\n\nHEAd");
+        assert_eq!(rewritten(&["HEAT\nHEAD"]), "HEAT\nHEAd");
+    }
 
     #[test]
     fn log_method_spelling() {

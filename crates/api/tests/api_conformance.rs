@@ -377,6 +377,21 @@ async fn http_layer_errors() {
         post.body,
         "{ \"error\": \"Invalid HTTP Method: Unsupported HTTP method.\nAll previous unanswered requests will be dropped.\" }"
     );
+    // HEAD too, body included (hyper would drop it for a HEAD), and the connection stays usable.
+    let mut stream = UnixStream::connect(&server.socket).await.unwrap();
+    stream
+        .write_all(b"HEAD / HTTP/1.1\r\n\r\nGET /version HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let head = read_reply(&mut stream, &mut buffer).await;
+    assert_eq!(
+        head.head,
+        "HTTP/1.1 400 Bad Request\r\nServer: Firecracker API\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: 110"
+    );
+    assert_eq!(head.body, post.body);
+    let next = read_reply(&mut stream, &mut buffer).await;
+    assert_eq!(next.status(), 200);
     let unknown = server.send("GET", "/foo/bar", None).await;
     assert_eq!(unknown.status(), 400);
     assert_eq!(
