@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use squib_vmm::config::logger::{LogLevel, LoggerControl, LoggerUpdate, open_target};
+use squib_vmm::resources::logger::{LogLevel, LoggerControl, LoggerUpdate, open_target};
 use tracing::field::{Field, Visit};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};

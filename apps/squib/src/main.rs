@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use squib_api::Controller;
-use squib_vmm::config::logger::LogLevel;
-use squib_vmm::config::metrics::MetricsConfig;
 use squib_vmm::metrics::MetricsRegistry;
+use squib_vmm::resources::logger::LogLevel;
+use squib_vmm::resources::metrics::MetricsConfig;
 use squib_vmm::{VmExit, Vmm, VmmExit};
 use tokio::signal::unix::{SignalKind, signal};
 

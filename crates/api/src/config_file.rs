@@ -4,19 +4,19 @@
 use serde::Deserialize;
 use serde_json::Value;
 use squib_vmm::VmmAction;
-use squib_vmm::config::balloon::BalloonDeviceConfig;
-use squib_vmm::config::boot_source::BootSourceConfig;
-use squib_vmm::config::cpu_config::CustomCpuTemplate;
-use squib_vmm::config::drive::BlockDeviceConfig;
-use squib_vmm::config::entropy::EntropyDeviceConfig;
-use squib_vmm::config::logger::LoggerConfig;
-use squib_vmm::config::machine_config::MachineConfig;
-use squib_vmm::config::memory_hotplug::MemoryHotplugConfig;
-use squib_vmm::config::metrics::MetricsConfig;
-use squib_vmm::config::mmds::MmdsConfigRequest;
-use squib_vmm::config::net::NetworkInterfaceConfig;
-use squib_vmm::config::pmem::PmemConfig;
-use squib_vmm::config::vsock::VsockDeviceConfig;
+use squib_vmm::resources::balloon::BalloonDeviceConfig;
+use squib_vmm::resources::boot_source::BootSourceConfig;
+use squib_vmm::resources::cpu_config::CustomCpuTemplate;
+use squib_vmm::resources::drive::BlockDeviceConfig;
+use squib_vmm::resources::entropy::EntropyDeviceConfig;
+use squib_vmm::resources::logger::LoggerConfig;
+use squib_vmm::resources::machine_config::MachineConfig;
+use squib_vmm::resources::memory_hotplug::MemoryHotplugConfig;
+use squib_vmm::resources::metrics::MetricsConfig;
+use squib_vmm::resources::mmds::MmdsConfigRequest;
+use squib_vmm::resources::net::NetworkInterfaceConfig;
+use squib_vmm::resources::pmem::PmemConfig;
+use squib_vmm::resources::vsock::VsockDeviceConfig;
 
 use crate::controller::{Controller, DispatchError};
 

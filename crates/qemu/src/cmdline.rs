@@ -6,13 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use squib_vmm::VmResources;
-use squib_vmm::config::balloon::BalloonDeviceConfig;
-use squib_vmm::config::boot_source::MAX_CMDLINE_LEN;
-use squib_vmm::config::drive::{CacheType, Drive, DriveBackend, IoEngine};
-use squib_vmm::config::entropy::EntropyDeviceConfig;
-use squib_vmm::config::memory_hotplug::MemoryHotplugConfig;
-use squib_vmm::config::net::NetworkInterfaceConfig;
-use squib_vmm::config::pmem::PmemConfig;
+use squib_vmm::resources::balloon::BalloonDeviceConfig;
+use squib_vmm::resources::boot_source::MAX_CMDLINE_LEN;
+use squib_vmm::resources::drive::{CacheType, Drive, DriveBackend, IoEngine};
+use squib_vmm::resources::entropy::EntropyDeviceConfig;
+use squib_vmm::resources::memory_hotplug::MemoryHotplugConfig;
+use squib_vmm::resources::net::NetworkInterfaceConfig;
+use squib_vmm::resources::pmem::PmemConfig;
 
 use crate::accel::Accel;
 
@@ -829,8 +829,8 @@ fn utf8<'p>(path: &'p Path, what: &'static str) -> Result<&'p str, CmdlineError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use squib_vmm::config::boot_source::{BootSource, BootSourceConfig, DEFAULT_KERNEL_CMDLINE};
-    use squib_vmm::config::machine_config::MachineConfig;
+    use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig, DEFAULT_KERNEL_CMDLINE};
+    use squib_vmm::resources::machine_config::MachineConfig;
 
     fn boot(args: Option<&str>, initrd: Option<&str>) -> BootSource {
         BootSource {
@@ -1006,7 +1006,7 @@ mod tests {
     #[test]
     fn memory_hotplug_is_a_virtio_mem_device_above_maxmem() {
         let mut res = resources(vec![]);
-        res.memory_hotplug = Some(squib_vmm::config::memory_hotplug::MemoryHotplugConfig {
+        res.memory_hotplug = Some(squib_vmm::resources::memory_hotplug::MemoryHotplugConfig {
             total_size_mib: 1024,
             block_size_mib: 4,
             slot_size_mib: 128,
@@ -1050,7 +1050,7 @@ mod tests {
         );
         // pmem and memory hot-plug need the PCI machine even without --enable-pci.
         let res = VmResources {
-            memory_hotplug: Some(squib_vmm::config::memory_hotplug::MemoryHotplugConfig {
+            memory_hotplug: Some(squib_vmm::resources::memory_hotplug::MemoryHotplugConfig {
                 total_size_mib: 128,
                 block_size_mib: 2,
                 slot_size_mib: 128,
@@ -1676,7 +1676,7 @@ mod tests {
             console_target(&res, &ConsoleTarget::Stdio),
             ConsoleTarget::Stdio
         );
-        res.serial = Some(squib_vmm::config::serial::SerialConfig {
+        res.serial = Some(squib_vmm::resources::serial::SerialConfig {
             serial_out_path: Some("/tmp/serial.log".into()),
             rate_limiter: None,
         });

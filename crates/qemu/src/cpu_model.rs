@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use squib_vmm::VmResources;
-use squib_vmm::config::cpu_config::{CpuidRegister, CustomCpuTemplate, KvmCapability};
-use squib_vmm::config::machine_config::StaticCpuTemplate;
+use squib_vmm::resources::cpu_config::{CpuidRegister, CustomCpuTemplate, KvmCapability};
+use squib_vmm::resources::machine_config::StaticCpuTemplate;
 
 /// True when `cpu` is a `-cpu` argument squib itself writes for `base`: the base model, then
 /// `+name`/`-name` for features of squib's tables and numeric `family`/`model`/`stepping`.

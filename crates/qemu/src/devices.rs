@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use squib_vmm::config::balloon::BalloonStats;
-use squib_vmm::config::drive::{CacheType, Drive, DriveBackend};
-use squib_vmm::config::rate_limiter::RateLimiterConfig;
+use squib_vmm::resources::balloon::BalloonStats;
+use squib_vmm::resources::drive::{CacheType, Drive, DriveBackend};
+use squib_vmm::resources::rate_limiter::RateLimiterConfig;
 use squib_vmm::{EngineError, VmResources};
 
 use crate::cmdline::{self, BALLOON_ID, DriveNames};

@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use squib_vmm::config::balloon::BalloonStats;
-use squib_vmm::config::drive::{Drive, DriveBackend, IoEngine};
-use squib_vmm::config::machine_config::HugePages;
 use squib_vmm::metrics::{DeviceClass, MetricsRegistry};
+use squib_vmm::resources::balloon::BalloonStats;
+use squib_vmm::resources::drive::{Drive, DriveBackend, IoEngine};
+use squib_vmm::resources::machine_config::HugePages;
 use squib_vmm::{Engine, EngineError, ExitWatch, RunningVm, VmExit, VmResources};
 use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
 
 use squib_mmds::Mmds;
-use squib_vmm::config::rate_limiter::RateLimiterConfig;
+use squib_vmm::resources::rate_limiter::RateLimiterConfig;
 
 use crate::accel::{Accel, AccelChoice};
 use crate::cmdline::{self, ConsoleTarget, DriveNames, LaunchSpec};

@@ -11,8 +11,8 @@ use squib_net::{
     BucketConfig, FrameDetour, FrontendRelay, LimiterConfig, NetBackend, NetDeviceConfig,
     NetShared, ServiceLink, Tap,
 };
-use squib_vmm::config::mmds::MmdsVersion as ApiMmdsVersion;
-use squib_vmm::config::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+use squib_vmm::resources::mmds::MmdsVersion as ApiMmdsVersion;
+use squib_vmm::resources::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use squib_vmm::{EngineError, VmResources};
 
 use crate::cmdline;

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use squib_net::{BucketConfig, TokenBucket};
-use squib_vmm::config::rate_limiter::TokenBucketConfig;
+use squib_vmm::resources::rate_limiter::TokenBucketConfig;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;

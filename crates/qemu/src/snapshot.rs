@@ -27,8 +27,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use squib_vmm::config::boot_source::{BootSource, BootSourceConfig};
 use squib_vmm::engine::MEMORY_WRITE_FAILED;
+use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig};
 use squib_vmm::snapshot_file::{copy_sparse, file_len};
 use squib_vmm::{EngineError, VmResources};
 use tokio::time::Instant;
@@ -162,7 +162,7 @@ pub fn private_mapping_allowed(resources: &VmResources) -> bool {
         && !resources.drives.iter().any(|d| {
             matches!(
                 d.backend,
-                squib_vmm::config::drive::DriveBackend::VhostUser { .. }
+                squib_vmm::resources::drive::DriveBackend::VhostUser { .. }
             )
         })
 }

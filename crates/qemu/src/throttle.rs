@@ -14,7 +14,7 @@
 //! `one_time_burst` is spent once; QEMU's burst length is whole seconds.
 
 use serde_json::{Value, json};
-use squib_vmm::config::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+use squib_vmm::resources::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
 /// QEMU refuses limits above 10^15.
 const THROTTLE_VALUE_MAX: u64 = 1_000_000_000_000_000;

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use squib_qemu::{AccelChoice, ConsoleTarget, EngineConfig, QemuEngine};
-use squib_vmm::config::boot_source::{BootSource, BootSourceConfig};
-use squib_vmm::config::drive::{BlockDeviceConfig, Drive};
-use squib_vmm::config::machine_config::MachineConfig;
+use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig};
+use squib_vmm::resources::drive::{BlockDeviceConfig, Drive};
+use squib_vmm::resources::machine_config::MachineConfig;
 use squib_vmm::{Engine, ExitWatch, RunningVm, VmExit, VmResources};
 use tempfile::TempDir;
 

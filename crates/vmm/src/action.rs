@@ -3,30 +3,30 @@
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::config::balloon::{
+use crate::engine::EngineError;
+use crate::mmds_store::MmdsStoreError;
+use crate::resources::balloon::{
     BalloonConfigError, BalloonDeviceConfig, BalloonUpdateConfig, BalloonUpdateError,
     BalloonUpdateStatsConfig, StartHintingCmd,
 };
-use crate::config::boot_source::{BootSourceConfig, BootSourceError};
-use crate::config::cpu_config::CustomCpuTemplate;
-use crate::config::drive::{BlockDeviceConfig, BlockDeviceUpdateConfig, DriveError};
-use crate::config::entropy::EntropyDeviceConfig;
-use crate::config::logger::{LoggerConfig, LoggerConfigError};
-use crate::config::machine_config::{MachineConfig, MachineConfigError, MachineConfigUpdate};
-use crate::config::memory_hotplug::{
+use crate::resources::boot_source::{BootSourceConfig, BootSourceError};
+use crate::resources::cpu_config::CustomCpuTemplate;
+use crate::resources::drive::{BlockDeviceConfig, BlockDeviceUpdateConfig, DriveError};
+use crate::resources::entropy::EntropyDeviceConfig;
+use crate::resources::logger::{LoggerConfig, LoggerConfigError};
+use crate::resources::machine_config::{MachineConfig, MachineConfigError, MachineConfigUpdate};
+use crate::resources::memory_hotplug::{
     MemoryHotplugConfig, MemoryHotplugConfigError, MemoryHotplugSizeUpdate,
 };
-use crate::config::metrics::{MetricsConfig, MetricsConfigError};
-use crate::config::mmds::{MmdsConfigError, MmdsConfigRequest};
-use crate::config::net::{
+use crate::resources::metrics::{MetricsConfig, MetricsConfigError};
+use crate::resources::mmds::{MmdsConfigError, MmdsConfigRequest};
+use crate::resources::net::{
     NetworkInterfaceConfig, NetworkInterfaceError, NetworkInterfaceUpdateConfig,
 };
-use crate::config::pmem::{PmemConfig, PmemConfigError, PmemUpdateConfig};
-use crate::config::serial::SerialConfig;
-use crate::config::snapshot::{CreateSnapshotParams, LoadSnapshotParams};
-use crate::config::vsock::{VsockConfigError, VsockDeviceConfig};
-use crate::engine::EngineError;
-use crate::mmds_store::MmdsStoreError;
+use crate::resources::pmem::{PmemConfig, PmemConfigError, PmemUpdateConfig};
+use crate::resources::serial::SerialConfig;
+use crate::resources::snapshot::{CreateSnapshotParams, LoadSnapshotParams};
+use crate::resources::vsock::{VsockConfigError, VsockDeviceConfig};
 
 /// Devices that `DELETE /{kind}/{id}` hot-unplugs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

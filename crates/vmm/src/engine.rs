@@ -4,10 +4,10 @@ use std::future::Future;
 
 use tokio::sync::oneshot;
 
-use crate::config::balloon::BalloonStats;
-use crate::config::drive::Drive;
-use crate::config::rate_limiter::RateLimiterConfig;
 use crate::resources::VmResources;
+use crate::resources::balloon::BalloonStats;
+use crate::resources::drive::Drive;
+use crate::resources::rate_limiter::RateLimiterConfig;
 
 /// An engine failure, described for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -80,8 +80,8 @@ impl RunningVm for FakeVm {
     fn update_net_rate_limiters(
         &mut self,
         _iface_id: &str,
-        _rx: Option<crate::config::rate_limiter::RateLimiterConfig>,
-        _tx: Option<crate::config::rate_limiter::RateLimiterConfig>,
+        _rx: Option<crate::resources::rate_limiter::RateLimiterConfig>,
+        _tx: Option<crate::resources::rate_limiter::RateLimiterConfig>,
     ) -> Result<(), EngineError> {
         self.engine.record("update-net");
         Ok(())
@@ -89,7 +89,7 @@ impl RunningVm for FakeVm {
 
     async fn swap_drive(
         &mut self,
-        _drive: &crate::config::drive::Drive,
+        _drive: &crate::resources::drive::Drive,
     ) -> Result<(), EngineError> {
         self.engine.record("swap-drive");
         Ok(())
@@ -98,7 +98,7 @@ impl RunningVm for FakeVm {
     async fn set_drive_rate_limiter(
         &mut self,
         _drive_id: &str,
-        _limiter: Option<crate::config::rate_limiter::RateLimiterConfig>,
+        _limiter: Option<crate::resources::rate_limiter::RateLimiterConfig>,
     ) -> Result<(), EngineError> {
         self.engine.record("drive-rate-limiter");
         Ok(())
@@ -114,8 +114,10 @@ impl RunningVm for FakeVm {
         Ok(())
     }
 
-    async fn balloon_stats(&mut self) -> Result<crate::config::balloon::BalloonStats, EngineError> {
-        Ok(crate::config::balloon::BalloonStats::default())
+    async fn balloon_stats(
+        &mut self,
+    ) -> Result<crate::resources::balloon::BalloonStats, EngineError> {
+        Ok(crate::resources::balloon::BalloonStats::default())
     }
 }
 

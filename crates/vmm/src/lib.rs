@@ -3,7 +3,6 @@
 //! drives an [`engine::Engine`]. It knows nothing of HTTP or of QEMU.
 
 pub mod action;
-pub mod config;
 pub mod engine;
 #[cfg(feature = "fake-engine")]
 pub mod fake_engine;

@@ -25,13 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::balloon::BalloonDeviceConfig;
-use crate::config::boot_source::BootSourceConfig;
-use crate::config::drive::BlockDeviceConfig;
-use crate::config::entropy::EntropyDeviceConfig;
-use crate::config::machine_config::MachineConfig;
-use crate::config::net::NetworkInterfaceConfig;
 use crate::resources::VmResources;
+use crate::resources::balloon::BalloonDeviceConfig;
+use crate::resources::boot_source::BootSourceConfig;
+use crate::resources::drive::BlockDeviceConfig;
+use crate::resources::entropy::EntropyDeviceConfig;
+use crate::resources::machine_config::MachineConfig;
+use crate::resources::net::NetworkInterfaceConfig;
 
 /// `"SQUIBSNP"`, read as a little-endian `u64`.
 pub const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"SQUIBSNP");
@@ -92,12 +92,12 @@ pub struct SnapshotResources {
     pub pci_enabled: bool,
     /// The virtio-mem device and the size the guest was asked to plug.
     #[serde(default)]
-    pub memory_hotplug: Option<crate::config::memory_hotplug::MemoryHotplugConfig>,
+    pub memory_hotplug: Option<crate::resources::memory_hotplug::MemoryHotplugConfig>,
     #[serde(default)]
     pub memory_requested_mib: u32,
     /// The pmem devices (their files are mapped again, never copied).
     #[serde(default)]
-    pub pmem: Vec<crate::config::pmem::PmemConfig>,
+    pub pmem: Vec<crate::resources::pmem::PmemConfig>,
 }
 
 impl SnapshotResources {

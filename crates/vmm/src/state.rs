@@ -3,13 +3,13 @@
 use serde::Serialize;
 
 use crate::action::{VmmActionError, device_not_found};
-use crate::config::balloon::{
-    BalloonConfigError, BalloonDeviceConfig, BalloonStats, BalloonUpdateError, HintingStatus,
-};
-use crate::config::memory_hotplug::MemoryHotplugStatus;
 use crate::engine::EngineError;
 use crate::mmds_store::MmdsStoreError;
 use crate::resources::VmResources;
+use crate::resources::balloon::{
+    BalloonConfigError, BalloonDeviceConfig, BalloonStats, BalloonUpdateError, HintingStatus,
+};
+use crate::resources::memory_hotplug::MemoryHotplugStatus;
 
 /// The Firecracker API level squib implements (contract §13: not upstream's `-dev` suffix).
 pub const FIRECRACKER_API_VERSION: &str = "1.17.0";

@@ -12,18 +12,18 @@ use crate::action::{
     ActionRequest, ActionResult, CreateSnapshotError, LoadSnapshotError, StartMicroVmError,
     VmmAction, VmmActionError, VmmData,
 };
-use crate::config::balloon::{BalloonStats, BalloonUpdateError, BalloonUpdateStatsConfig};
-use crate::config::boot_source::BootSource;
-use crate::config::drive::{BlockDeviceUpdateConfig, Drive, DriveBackend, DriveError};
-use crate::config::logger::{LoggerConfig, LoggerConfigError, LoggerControl, NoopLoggerControl};
-use crate::config::machine_config::{MachineConfigError, MachineConfigUpdate};
-use crate::config::metrics::{Metrics, MetricsConfig, MetricsConfigError};
-use crate::config::net::NetworkInterfaceError;
-use crate::config::rate_limiter::RateLimiterConfig;
-use crate::config::vsock::Vsock;
 use crate::engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
 use crate::metrics::{DeviceClass, MetricsRegistry};
 use crate::resources::VmResources;
+use crate::resources::balloon::{BalloonStats, BalloonUpdateError, BalloonUpdateStatsConfig};
+use crate::resources::boot_source::BootSource;
+use crate::resources::drive::{BlockDeviceUpdateConfig, Drive, DriveBackend, DriveError};
+use crate::resources::logger::{LoggerConfig, LoggerConfigError, LoggerControl, NoopLoggerControl};
+use crate::resources::machine_config::{MachineConfigError, MachineConfigUpdate};
+use crate::resources::metrics::{Metrics, MetricsConfig, MetricsConfigError};
+use crate::resources::net::NetworkInterfaceError;
+use crate::resources::rate_limiter::RateLimiterConfig;
+use crate::resources::vsock::Vsock;
 use crate::state::{VmState, VmmSnapshot};
 use crate::tap::{TapOpener, host_tap_opener};
 
@@ -535,7 +535,7 @@ impl<E: Engine> Vmm<E> {
             return Err(DriveError::PatchDifferentBackend.into());
         }
         if let Some(new_path) = &update.path_on_host {
-            crate::config::drive::open_backing_file(new_path, !*read_only)
+            crate::resources::drive::open_backing_file(new_path, !*read_only)
                 .map_err(|e| DriveError::PatchBackingFile(e, new_path.clone()))?;
             *path = new_path.clone();
         }

@@ -1,7 +1,7 @@
 //! `/balloon`, `/balloon/statistics`, `/balloon/hinting/{start,stop,status}`.
 
 use squib_vmm::VmmAction;
-use squib_vmm::config::balloon::StartHintingCmd;
+use squib_vmm::resources::balloon::StartHintingCmd;
 
 use crate::endpoints::reads::GetRequest;
 use crate::request_error::{RequestError, parse_body};

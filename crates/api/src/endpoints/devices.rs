@@ -2,7 +2,7 @@
 //! `/serial`, `/logger`, `/metrics`, `/cpu-config`, `/hotplug/memory`.
 
 use squib_vmm::VmmAction;
-use squib_vmm::config::vsock::VsockDeviceConfig;
+use squib_vmm::resources::vsock::VsockDeviceConfig;
 
 use crate::request_error::{RequestError, parse_body};
 use crate::routing::ParsedRequest;

@@ -2,7 +2,7 @@
 
 use squib_vmm::VmmAction;
 use squib_vmm::action::DeviceKind;
-use squib_vmm::config::drive::{BlockDeviceConfig, BlockDeviceUpdateConfig};
+use squib_vmm::resources::drive::{BlockDeviceConfig, BlockDeviceUpdateConfig};
 
 use crate::request_error::{RequestError, checked_id, parse_body};
 use crate::routing::ParsedRequest;

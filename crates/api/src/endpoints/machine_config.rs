@@ -1,7 +1,7 @@
 //! `PUT` and `PATCH /machine-config` (`GET` is a snapshot read).
 
 use squib_vmm::VmmAction;
-use squib_vmm::config::machine_config::{MachineConfig, MachineConfigUpdate};
+use squib_vmm::resources::machine_config::{MachineConfig, MachineConfigUpdate};
 
 use crate::request_error::{RequestError, parse_body};
 use crate::routing::ParsedRequest;

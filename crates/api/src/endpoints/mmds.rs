@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use squib_vmm::VmmAction;
-use squib_vmm::config::mmds::MmdsConfigRequest;
+use squib_vmm::resources::mmds::MmdsConfigRequest;
 
 use crate::request_error::{RequestError, parse_body};
 use crate::routing::ParsedRequest;

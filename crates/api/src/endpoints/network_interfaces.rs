@@ -1,7 +1,7 @@
 //! `PUT`/`PATCH /network-interfaces/{id}`.
 
 use squib_vmm::VmmAction;
-use squib_vmm::config::net::{NetworkInterfaceConfig, NetworkInterfaceUpdateConfig};
+use squib_vmm::resources::net::{NetworkInterfaceConfig, NetworkInterfaceUpdateConfig};
 
 use crate::request_error::{RequestError, checked_id, parse_body};
 use crate::routing::ParsedRequest;

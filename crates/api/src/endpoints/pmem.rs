@@ -1,7 +1,7 @@
 //! `PUT`/`PATCH /pmem/{id}`.
 
 use squib_vmm::VmmAction;
-use squib_vmm::config::pmem::{PmemConfig, PmemUpdateConfig};
+use squib_vmm::resources::pmem::{PmemConfig, PmemUpdateConfig};
 
 use crate::request_error::{RequestError, checked_id, parse_body};
 use crate::routing::ParsedRequest;

@@ -2,7 +2,7 @@
 
 use serde::de::Error as _;
 use squib_vmm::VmmAction;
-use squib_vmm::config::snapshot::LoadSnapshotConfig;
+use squib_vmm::resources::snapshot::LoadSnapshotConfig;
 
 use crate::request_error::{RequestError, parse_body};
 use crate::routing::ParsedRequest;

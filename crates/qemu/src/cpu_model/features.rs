@@ -6,7 +6,7 @@
 //! AMD's copies of MMX/FXSR in leaf 0x8000_0001) are absent: a template that forces them
 //! gets a warning instead.
 
-use squib_vmm::config::cpu_config::CpuidRegister::{self, Eax, Ebx, Ecx, Edx};
+use squib_vmm::resources::cpu_config::CpuidRegister::{self, Eax, Ebx, Ecx, Edx};
 
 /// One CPUID bit and the QEMU feature that controls it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

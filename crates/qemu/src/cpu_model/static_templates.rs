@@ -5,11 +5,11 @@
 //! `value` what it forces them to (Firecracker's `RegisterValueFilter`). The resulting QEMU
 //! flags per template are spelled out, and checked, in `cpu_model/tests.rs`.
 
-use squib_vmm::config::cpu_config::CpuidRegister::{self, Eax, Ebx, Ecx, Edx};
-use squib_vmm::config::cpu_config::{
+use squib_vmm::resources::cpu_config::CpuidRegister::{self, Eax, Ebx, Ecx, Edx};
+use squib_vmm::resources::cpu_config::{
     CpuidLeafModifier, CpuidRegisterModifier, CustomCpuTemplate, MsrModifier, RegisterValueFilter,
 };
-use squib_vmm::config::machine_config::StaticCpuTemplate;
+use squib_vmm::resources::machine_config::StaticCpuTemplate;
 
 /// One CPUID register modifier: leaf, subleaf, register, filter, value.
 type Row = (u32, u32, CpuidRegister, u32, u32);

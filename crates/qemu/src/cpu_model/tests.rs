@@ -10,7 +10,7 @@
 //! | T2A | T2CL's + `-clzero,-xsaveerptr` | + 0x8000_0008 EBX 18 19 (IbrsPreferred/SameMode) → 1 |
 
 use super::*;
-use squib_vmm::config::cpu_config::{
+use squib_vmm::resources::cpu_config::{
     CpuidLeafModifier, CpuidRegisterModifier, RegisterValueFilter,
 };
 
@@ -250,7 +250,7 @@ fn ranges() {
 fn build_args_puts_the_template_on_the_cpu_argument() {
     use crate::accel::Accel;
     use crate::cmdline::{ConsoleTarget, LaunchSpec, build_args};
-    use squib_vmm::config::boot_source::{BootSource, BootSourceConfig};
+    use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig};
 
     let mut resources = VmResources {
         boot_source: Some(BootSource {

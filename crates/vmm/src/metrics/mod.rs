@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use schema::{DeviceClass, Kind};
 use schema::{SECTIONS, Section};
 
-use crate::config::metrics::MetricsConfig;
+use crate::resources::metrics::MetricsConfig;
 
 /// Why a metrics line could not be written.
 #[derive(Debug, thiserror::Error)]

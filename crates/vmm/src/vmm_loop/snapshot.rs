@@ -18,13 +18,13 @@ use super::{METRICS_PERIOD, Vmm};
 use crate::action::{
     ActionResult, CreateSnapshotError, LoadSnapshotError, VmmActionError, VmmData,
 };
-use crate::config::drive::{Drive, DriveBackend};
-use crate::config::machine_config::{HugePages, MachineConfig};
-use crate::config::snapshot::{
-    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
-};
 use crate::engine::{Engine, RestoreSource, RunningVm};
 use crate::resources::VmResources;
+use crate::resources::drive::{Drive, DriveBackend};
+use crate::resources::machine_config::{HugePages, MachineConfig};
+use crate::resources::snapshot::{
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
+};
 use crate::snapshot_file::{
     self, PairFile, ReadStateError, SnapshotResources, SnapshotState, TempFile,
 };
@@ -296,7 +296,7 @@ impl<E: Engine> Vmm<E> {
             memory_hotplug: saved.memory_hotplug,
             memory_requested_mib: saved.memory_requested_mib,
             pmem: {
-                let mut pmem = crate::config::pmem::PmemDevices::default();
+                let mut pmem = crate::resources::pmem::PmemDevices::default();
                 for cfg in &saved.pmem {
                     pmem.insert(cfg.clone(), false)
                         .map_err(|e| LoadSnapshotError::Restore(format!("pmem {}: {e}", cfg.id)))?;

@@ -1,21 +1,42 @@
 //! Everything the client has configured for the microVM, and the rules that span resources.
+//!
+//! One module per configurable resource: its serde shape (the wire format), its error enum
+//! (whose display texts are the client-visible messages) and its validated form.
+
+pub mod balloon;
+pub mod boot_source;
+pub mod cpu_config;
+pub mod drive;
+pub mod entropy;
+pub mod logger;
+pub mod machine_config;
+pub mod memory_hotplug;
+pub mod metrics;
+pub mod mmds;
+pub mod net;
+mod path_string;
+pub mod pmem;
+pub mod rate_limiter;
+pub mod serial;
+pub mod snapshot;
+pub mod vsock;
 
 use serde::Serialize;
 
-use crate::config::balloon::BalloonDeviceConfig;
-use crate::config::boot_source::{BootSource, BootSourceConfig};
-use crate::config::cpu_config::CustomCpuTemplate;
-use crate::config::drive::{BlockDeviceConfig, Drives};
-use crate::config::entropy::EntropyDeviceConfig;
-use crate::config::machine_config::MachineConfig;
-use crate::config::memory_hotplug::MemoryHotplugConfig;
-use crate::config::metrics::Metrics;
-use crate::config::mmds::MmdsConfig;
-use crate::config::net::{NetworkInterfaceConfig, NetworkInterfaces};
-use crate::config::pmem::{PmemConfig, PmemDevices};
-use crate::config::serial::SerialConfig;
-use crate::config::vsock::{Vsock, VsockDeviceConfig};
 use crate::mmds_store::MmdsStore;
+use crate::resources::balloon::BalloonDeviceConfig;
+use crate::resources::boot_source::{BootSource, BootSourceConfig};
+use crate::resources::cpu_config::CustomCpuTemplate;
+use crate::resources::drive::{BlockDeviceConfig, Drives};
+use crate::resources::entropy::EntropyDeviceConfig;
+use crate::resources::machine_config::MachineConfig;
+use crate::resources::memory_hotplug::MemoryHotplugConfig;
+use crate::resources::metrics::Metrics;
+use crate::resources::mmds::MmdsConfig;
+use crate::resources::net::{NetworkInterfaceConfig, NetworkInterfaces};
+use crate::resources::pmem::{PmemConfig, PmemDevices};
+use crate::resources::serial::SerialConfig;
+use crate::resources::vsock::{Vsock, VsockDeviceConfig};
 
 /// Upstream's default MMDS store limit (= the default API payload limit).
 pub const DEFAULT_MMDS_SIZE_LIMIT: usize = 51_200;
