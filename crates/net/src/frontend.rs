@@ -10,7 +10,10 @@
 //! of the enable state just before the features.) The relay holds back a `SET_VRING_ENABLE` that
 //! arrives while no `SET_FEATURES` with that bit has been seen, and passes the latest state of
 //! each ring on right after such a `SET_FEATURES`; everything else goes on unchanged, in order,
-//! file descriptors included.
+//! file descriptors included. QEMU 10 asks for an acknowledgement of the early request
+//! (`NEED_REPLY`, with `REPLY_ACK` negotiated) and waits for it before going on: the relay
+//! answers it itself (success: the state is kept and passed on), and the copy it passes on later
+//! no longer asks for a reply, which QEMU would not be reading.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,6 +29,11 @@ const HEADER: usize = 12;
 const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
 const PROTOCOL_FEATURES: u64 = 1 << 30;
+// Header flags: the protocol version every message carries, "this is a reply", and "answer me"
+// (`VHOST_USER_PROTOCOL_F_REPLY_ACK`).
+const VERSION_1: u32 = 0x1;
+const REPLY: u32 = 0x4;
+const NEED_REPLY: u32 = 0x8;
 // The vhost-user messages QEMU sends are far smaller (a memory table of 8 regions is 264 bytes).
 const MAX_PAYLOAD: usize = 64 * 1024;
 // At most 8 descriptors travel with one message (`VHOST_MEMORY_BASELINE_NREGIONS`).
@@ -107,15 +115,17 @@ fn relay(qemu: UnixStream, device: UnixStream) -> io::Result<()> {
             let _ = io::copy(&mut from, &mut to);
             let _ = to.shutdown(std::net::Shutdown::Both);
         })?;
-    let result = requests(&qemu_r, &device_w);
+    let result = requests(&qemu_r, &device_w, &qemu_r);
     let _ = device_w.shutdown(std::net::Shutdown::Both);
     let _ = qemu_r.shutdown(std::net::Shutdown::Both);
     let _ = replies.join();
     result
 }
 
-/// Relays QEMU's requests one message at a time.
-fn requests(from: &UnixStream, to: &UnixStream) -> io::Result<()> {
+/// Relays QEMU's requests one message at a time; `reply_to` (QEMU) gets the acknowledgements
+/// the relay gives itself. Nothing else is written to QEMU meanwhile: QEMU waits for this reply
+/// before it sends anything that the device would answer.
+fn requests(from: &UnixStream, to: &UnixStream, reply_to: &UnixStream) -> io::Result<()> {
     let mut protocol_features = false;
     let mut held: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut payload = Vec::new();
@@ -137,6 +147,16 @@ fn requests(from: &UnixStream, to: &UnixStream) -> io::Result<()> {
         if request == SET_VRING_ENABLE && !protocol_features && size >= 4 {
             // The latest state of each ring, replayed once the features allow it.
             let ring = u32::from_le_bytes(payload[..4].try_into().unwrap_or_default());
+            let flags = word(4);
+            if flags & NEED_REPLY != 0 {
+                let mut ack = Vec::with_capacity(HEADER + 8);
+                ack.extend_from_slice(&request.to_le_bytes());
+                ack.extend_from_slice(&(VERSION_1 | REPLY).to_le_bytes());
+                ack.extend_from_slice(&8u32.to_le_bytes());
+                ack.extend_from_slice(&0u64.to_le_bytes());
+                (&mut &*reply_to).write_all(&ack)?;
+                header[4..8].copy_from_slice(&(flags & !NEED_REPLY).to_le_bytes());
+            }
             held.retain(|(r, _)| *r != ring);
             if held.len() < MAX_HELD {
                 held.push((ring, [&header[..], &payload[..]].concat()));
@@ -254,6 +274,37 @@ mod tests {
         let mut rest = Vec::new();
         (&device).read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
+        drop(relay);
+    }
+
+    #[test]
+    fn an_early_enable_that_asks_for_a_reply_is_acknowledged_by_the_relay() {
+        // QEMU 10 with REPLY_ACK: it waits for the answer before sending the features.
+        let dir = tempfile::tempdir().unwrap();
+        let backend_path = dir.path().join("be.sock");
+        let backend = UnixListener::bind(&backend_path).unwrap();
+        let public = dir.path().join("fe.sock");
+        let relay = FrontendRelay::spawn(&public, backend_path, "t").unwrap();
+        let qemu = UnixStream::connect(&public).unwrap();
+        let (device, _) = backend.accept().unwrap();
+
+        let mut enable = message(SET_VRING_ENABLE, &[1, 0, 0, 0, 1, 0, 0, 0]);
+        enable[4..8].copy_from_slice(&(VERSION_1 | NEED_REPLY).to_le_bytes());
+        (&qemu).write_all(&enable).unwrap();
+        let mut ack = [0u8; HEADER + 8];
+        (&qemu).read_exact(&mut ack).unwrap();
+        let mut want = message(SET_VRING_ENABLE, &0u64.to_le_bytes());
+        want[4..8].copy_from_slice(&(VERSION_1 | REPLY).to_le_bytes());
+        assert_eq!(&ack[..], &want[..]);
+
+        // Passed on after the features, no longer asking for a reply.
+        let features = message(SET_FEATURES, &PROTOCOL_FEATURES.to_le_bytes());
+        (&qemu).write_all(&features).unwrap();
+        let mut got = vec![0u8; features.len() + enable.len()];
+        (&device).read_exact(&mut got).unwrap();
+        let plain = message(SET_VRING_ENABLE, &[1, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(got, [features, plain].concat());
+        drop(qemu);
         drop(relay);
     }
 }
