@@ -1,4 +1,4 @@
-//! The process logger: Firecracker's line format (contract §10.1), on stdout or on a file or
+//! The process logger: Firecracker's line format (docs/api-contract.md §10.1), on stdout or on a file or
 //! FIFO opened like upstream opens it (create, no truncation, no append). `--log-path`,
 //! `--level` & co. set it up at start; `PUT /logger` changes it later through [`LoggerControl`].
 

@@ -1,5 +1,5 @@
-//! End-to-end: the real `squib` binary's log lines (contract §10.1) and metrics lines
-//! (contract §10.2), with a real guest where the metrics need one.
+//! End-to-end: the real `squib` binary's log lines (docs/api-contract.md §10.1) and metrics lines
+//! (docs/api-contract.md §10.2), with a real guest where the metrics need one.
 
 mod common;
 

@@ -1,18 +1,18 @@
 //! Hands parsed requests to the VMM loop (bounded channel, one reply channel per action,
-//! a per-action time-out) and answers GETs from the published snapshot.
+//! a per-action time-out) and answers GETs from the published [`VmView`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use squib_vmm::{ActionRequest, ActionResult, VmmAction, VmmData, VmmHandle, VmmSnapshot};
+use squib_vmm::{ActionRequest, ActionResult, VmView, VmmAction, VmmData, VmmHandle};
 use tokio::sync::oneshot;
 
 use crate::endpoints::reads;
 use crate::response::ApiResponse;
 use crate::routing::ParsedRequest;
 
-/// Default limit on one action before the client gets squib's 504 (contract §13).
+/// Default limit on one action before the client gets squib's 504 (docs/api-contract.md §13).
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why an action got no answer from the VMM loop.
@@ -43,8 +43,8 @@ impl Controller {
         &self.handle.metrics
     }
 
-    pub fn snapshot(&self) -> Arc<VmmSnapshot> {
-        self.handle.snapshot.load_full()
+    pub fn view(&self) -> Arc<VmView> {
+        self.handle.view.load_full()
     }
 
     /// Sends one action and waits for its result, at most the action time-out. A timed-out
@@ -73,7 +73,7 @@ impl Controller {
             return std::future::pending().await;
         }
         match request {
-            ParsedRequest::Get(get) => reads::render(get, &self.snapshot()),
+            ParsedRequest::Get(get) => reads::render(get, &self.view()),
             ParsedRequest::Action { action, deprecated } => {
                 let response = match self.execute(action).await {
                     Ok(Ok(VmmData::Empty)) => ApiResponse::no_content(),

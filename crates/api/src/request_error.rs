@@ -1,4 +1,4 @@
-//! Errors found while parsing a request, before it reaches the VMM (contract §3).
+//! Errors found while parsing a request, before it reaches the VMM (docs/api-contract.md §3).
 
 /// A request refused by the API layer; always a 400 with the display text as fault message.
 #[derive(Debug, thiserror::Error)]

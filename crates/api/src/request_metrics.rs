@@ -1,4 +1,4 @@
-//! Which API requests count where (contract §10.2): a request that reaches an endpoint's
+//! Which API requests count where (docs/api-contract.md §10.2): a request that reaches an endpoint's
 //! parser increments its `*_count`; one the parser rejects (JSON, id or field errors) also
 //! increments its `*_fails`. Errors the VMM returns later do not count as fails.
 

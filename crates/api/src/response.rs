@@ -8,7 +8,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiResponse {
     pub status: StatusCode,
-    /// `Deprecation: true`, when the request used a deprecated field or version (contract §3.6).
+    /// `Deprecation: true`, when the request used a deprecated field or version (docs/api-contract.md §3.6).
     pub deprecation: bool,
     /// `None` renders no Content-Type and no Content-Length (upstream's 204).
     pub body: Option<String>,
@@ -54,7 +54,7 @@ impl ApiResponse {
         }
     }
 
-    /// The HTTP-layer error body of contract §2.3: not valid JSON (a raw LF in the string).
+    /// The HTTP-layer error body of docs/api-contract.md §2.3: not valid JSON (a raw LF in the string).
     pub fn http_layer_error(message: &str) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,

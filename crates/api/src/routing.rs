@@ -1,4 +1,4 @@
-//! The route table of contract §3.2, in its fall-through order: method, first path segment
+//! The route table of docs/api-contract.md §3.2, in its fall-through order: method, first path segment
 //! and body presence select a parser; everything else is upstream's generic 400.
 
 use squib_vmm::VmmAction;
@@ -28,7 +28,7 @@ impl ParsedRequest {
         }
     }
 
-    /// Marks a request that used a deprecated field (`Deprecation: true`, contract §3.6).
+    /// Marks a request that used a deprecated field (`Deprecation: true`, docs/api-contract.md §3.6).
     pub fn deprecated(self, deprecated: bool) -> Self {
         match self {
             Self::Action { action, .. } => Self::Action { action, deprecated },

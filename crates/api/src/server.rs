@@ -393,7 +393,7 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
     crate::request_metrics::record(metrics, &method, &path, !body.is_empty(), parsed.is_ok());
     let reply = match parsed {
         Ok(parsed) => {
-            // Pause and resume latencies at the API level (contract §10.2 `latencies_us`).
+            // Pause and resume latencies at the API level (docs/api-contract.md §10.2 `latencies_us`).
             let latency = match &parsed {
                 ParsedRequest::Action { deprecated, action } => {
                     if *deprecated {

@@ -1,4 +1,4 @@
-//! The guest-facing HTTP/1.x wire format of the MMDS (contract §8.3 and §2.1): request parsing
+//! The guest-facing HTTP/1.x wire format of the MMDS (docs/api-contract.md §8.3 and §2.1): request parsing
 //! with micro_http's rules and response bytes with Firecracker's exact framing.
 //!
 //! Hand-written rather than built on a general HTTP parser because the rules to reproduce are

@@ -1,4 +1,4 @@
-//! squib-mmds: the guest-facing MMDS (Firecracker contract §8): session tokens, V1/V2 access,
+//! squib-mmds: the guest-facing MMDS (docs/api-contract.md §8): session tokens, V1/V2 access,
 //! IMDS/JSON answers, served over a real TCP/IP stack (smoltcp) at 169.254.169.254:80.
 //! The VMM owns the data and publishes it into an [`MmdsData`]; the net device feeds frames in.
 

@@ -1,4 +1,4 @@
-//! What the MMDS answers to a parsed request (contract §8.4–8.6): tokens, V1/V2 access rules,
+//! What the MMDS answers to a parsed request (docs/api-contract.md §8.4–8.6): tokens, V1/V2 access rules,
 //! JSON-pointer lookup and the IMDS/JSON renderings.
 //!
 //! The data lives with the VMM, which publishes every change into an [`MmdsData`] handle; this

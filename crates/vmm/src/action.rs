@@ -116,7 +116,7 @@ impl VmmAction {
     }
 
     /// Pre-boot calls that commit the process to booting rather than loading a snapshot
-    /// (contract §4.2), even when the VMM then refuses them.
+    /// (docs/api-contract.md §4.2), even when the VMM then refuses them.
     pub fn sets_boot_path(&self) -> bool {
         use VmmAction::*;
         matches!(

@@ -18,5 +18,5 @@ pub mod vmm_loop;
 pub use action::{ActionRequest, ActionResult, VmmAction, VmmActionError, VmmData};
 pub use engine::{Engine, EngineError, ExitWatch, RestoreSource, RunningVm, VmExit};
 pub use resources::VmResources;
-pub use state::{FIRECRACKER_API_VERSION, InstanceInfo, VmState, VmmSnapshot};
+pub use state::{FIRECRACKER_API_VERSION, InstanceInfo, VmState, VmView};
 pub use vmm_loop::{Vmm, VmmExit, VmmHandle};

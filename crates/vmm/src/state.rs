@@ -1,4 +1,4 @@
-//! The VM's lifecycle state and the read-only snapshot the VMM loop publishes for GETs.
+//! The VM's lifecycle state and [`VmView`], the read-only view the VMM loop publishes for GETs.
 
 use serde::Serialize;
 
@@ -11,7 +11,7 @@ use crate::resources::balloon::{
 };
 use crate::resources::memory_hotplug::MemoryHotplugStatus;
 
-/// The Firecracker API level squib implements (contract §13: not upstream's `-dev` suffix).
+/// The Firecracker API level squib implements (docs/api-contract.md §13: not upstream's `-dev` suffix).
 pub const FIRECRACKER_API_VERSION: &str = "1.17.0";
 
 /// Lifecycle state as `GET /` reports it.
@@ -40,7 +40,7 @@ pub struct InstanceInfo {
 
 /// Everything GET handlers may read, as of the last action the VMM loop finished.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmmSnapshot {
+pub struct VmView {
     pub instance_id: String,
     pub state: VmState,
     pub resources: VmResources,
@@ -50,7 +50,7 @@ pub struct VmmSnapshot {
     pub memory_plugged_bytes: u64,
 }
 
-impl VmmSnapshot {
+impl VmView {
     pub fn new(instance_id: String) -> Self {
         Self {
             instance_id,
@@ -72,7 +72,7 @@ impl VmmSnapshot {
 }
 
 /// The GETs whose answer depends on the lifecycle state; the error texts are upstream's.
-impl VmmSnapshot {
+impl VmView {
     /// `GET /balloon`.
     pub fn balloon_config(&self) -> Result<BalloonDeviceConfig, VmmActionError> {
         match (self.resources.balloon, self.state.is_booted()) {
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn instance_info_shape() {
-        let info = VmmSnapshot::new("anonymous-instance".into()).instance_info();
+        let info = VmView::new("anonymous-instance".into()).instance_info();
         assert_eq!(
             serde_json::to_string(&info).unwrap(),
             r#"{"id":"anonymous-instance","state":"Not started","vmm_version":"1.17.0","app_name":"Firecracker"}"#

@@ -1,5 +1,5 @@
 //! The VMM loop: the only owner of VM state. It serves actions one at a time, in arrival
-//! order, publishes a snapshot after each, and watches the running guest.
+//! order, publishes a [`VmView`] after each, and watches the running guest.
 
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ use crate::resources::metrics::{Metrics, MetricsConfig, MetricsConfigError};
 use crate::resources::net::NetworkInterfaceError;
 use crate::resources::rate_limiter::RateLimiterConfig;
 use crate::resources::vsock::Vsock;
-use crate::state::{VmState, VmmSnapshot};
+use crate::state::{VmState, VmView};
 use crate::tap::{TapOpener, host_tap_opener};
 
 mod snapshot;
@@ -39,16 +39,16 @@ pub enum VmmExit {
     Vm(VmExit),
     /// Every sender is gone and no guest was ever started.
     NoMoreActions,
-    /// An error upstream treats as fatal (a failed snapshot load, contract §4.3): the client
+    /// An error upstream treats as fatal (a failed snapshot load, docs/api-contract.md §4.3): the client
     /// got its 400 and the process must now exit with code 1.
     FatalError(String),
 }
 
-/// What the API side holds: a way to send actions and a view of the latest snapshot.
+/// What the API side holds: a way to send actions and the latest published [`VmView`].
 #[derive(Clone)]
 pub struct VmmHandle {
     pub actions: mpsc::Sender<ActionRequest>,
-    pub snapshot: Arc<ArcSwap<VmmSnapshot>>,
+    pub view: Arc<ArcSwap<VmView>>,
     /// The metrics registry, for the API's request counters.
     pub metrics: Arc<MetricsRegistry>,
 }
@@ -60,9 +60,9 @@ pub struct Vmm<E: Engine> {
     engine: E,
     vm: Option<E::Vm>,
     exit: Option<ExitWatch>,
-    published: Arc<ArcSwap<VmmSnapshot>>,
+    published: Arc<ArcSwap<VmView>>,
     actions: mpsc::Receiver<ActionRequest>,
-    /// Set by the first call that configures the VM for booting (contract §4.2).
+    /// Set by the first call that configures the VM for booting (docs/api-contract.md §4.2).
     boot_path: bool,
     /// Set when an action failed fatally; the loop ends after replying.
     fatal: Option<String>,
@@ -80,13 +80,13 @@ pub struct Vmm<E: Engine> {
     memory_plugged_bytes: u64,
 }
 
-/// How often metrics are written while the guest runs (contract §10.2).
+/// How often metrics are written while the guest runs (docs/api-contract.md §10.2).
 pub const METRICS_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl<E: Engine> Vmm<E> {
     pub fn new(instance_id: String, engine: E) -> (Self, VmmHandle) {
         let (tx, rx) = mpsc::channel(ACTION_QUEUE_DEPTH);
-        let published = Arc::new(ArcSwap::from_pointee(VmmSnapshot::new(instance_id.clone())));
+        let published = Arc::new(ArcSwap::from_pointee(VmView::new(instance_id.clone())));
         let metrics = MetricsRegistry::new();
         let vmm = Self {
             instance_id,
@@ -112,7 +112,7 @@ impl<E: Engine> Vmm<E> {
             vmm,
             VmmHandle {
                 actions: tx,
-                snapshot: published,
+                view: published,
                 metrics,
             },
         )
@@ -217,7 +217,7 @@ impl<E: Engine> Vmm<E> {
     }
 
     fn publish(&self) {
-        self.published.store(Arc::new(VmmSnapshot {
+        self.published.store(Arc::new(VmView {
             instance_id: self.instance_id.clone(),
             state: self.state,
             resources: self.resources.clone(),
@@ -417,7 +417,7 @@ impl<E: Engine> Vmm<E> {
                 if self.boot_path {
                     return Err(LoadSnapshotError::LoadSnapshotNotAllowed.into());
                 }
-                // Upstream exits after a failed load (contract §4.3): set in there.
+                // Upstream exits after a failed load (docs/api-contract.md §4.3): set in there.
                 self.load_snapshot(params).await
             }
             StartMicroVm => self.start().await,

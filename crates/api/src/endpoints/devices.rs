@@ -9,7 +9,7 @@ use crate::routing::ParsedRequest;
 
 pub fn parse_put_vsock(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     let config: VsockDeviceConfig = parse_body(body)?;
-    // `vsock_id` is deprecated (contract §3.6).
+    // `vsock_id` is deprecated (docs/api-contract.md §3.6).
     let deprecated = config.vsock_id.is_some();
     Ok(ParsedRequest::action(VmmAction::SetVsockDevice(config)).deprecated(deprecated))
 }

@@ -8,7 +8,7 @@ use crate::routing::ParsedRequest;
 
 pub fn parse_put_machine_config(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     let config: MachineConfig = parse_body(body)?;
-    // Any cpu_template, even "None", is a deprecated field (contract §3.6).
+    // Any cpu_template, even "None", is a deprecated field (docs/api-contract.md §3.6).
     let deprecated = config.cpu_template.is_some();
     Ok(ParsedRequest::action(VmmAction::PutMachineConfig(config)).deprecated(deprecated))
 }

@@ -1,8 +1,8 @@
-//! GETs, answered from the snapshot the VMM loop published last: they never wait for an action.
+//! GETs, answered from the [`VmView`] the VMM loop published last: they never wait for an action.
 
 use axum::http::StatusCode;
 use serde::Serialize;
-use squib_vmm::{FIRECRACKER_API_VERSION, VmmActionError, VmmSnapshot};
+use squib_vmm::{FIRECRACKER_API_VERSION, VmView, VmmActionError};
 
 use crate::response::ApiResponse;
 
@@ -32,19 +32,19 @@ fn answer<T: Serialize>(result: Result<T, VmmActionError>) -> ApiResponse {
     }
 }
 
-pub fn render(request: GetRequest, snapshot: &VmmSnapshot) -> ApiResponse {
+pub fn render(request: GetRequest, vm: &VmView) -> ApiResponse {
     match request {
-        GetRequest::InstanceInfo => ApiResponse::json(&snapshot.instance_info()),
+        GetRequest::InstanceInfo => ApiResponse::json(&vm.instance_info()),
         GetRequest::Version => ApiResponse::json(&Version {
             firecracker_version: FIRECRACKER_API_VERSION,
         }),
-        GetRequest::MachineConfig => ApiResponse::json(&snapshot.resources.machine_config),
-        GetRequest::FullVmConfig => ApiResponse::json_text(snapshot.resources.full_config_json()),
-        GetRequest::Balloon => answer(snapshot.balloon_config()),
-        GetRequest::BalloonStatistics => answer(snapshot.balloon_stats()),
-        GetRequest::BalloonHintingStatus => answer(snapshot.hinting_status()),
-        GetRequest::MemoryHotplug => answer(snapshot.memory_hotplug_status()),
-        GetRequest::Mmds => match snapshot.mmds_json() {
+        GetRequest::MachineConfig => ApiResponse::json(&vm.resources.machine_config),
+        GetRequest::FullVmConfig => ApiResponse::json_text(vm.resources.full_config_json()),
+        GetRequest::Balloon => answer(vm.balloon_config()),
+        GetRequest::BalloonStatistics => answer(vm.balloon_stats()),
+        GetRequest::BalloonHintingStatus => answer(vm.hinting_status()),
+        GetRequest::MemoryHotplug => answer(vm.memory_hotplug_status()),
+        GetRequest::Mmds => match vm.mmds_json() {
             Ok(json) => ApiResponse::json_text(json),
             Err(e) => ApiResponse::fault(StatusCode::BAD_REQUEST, &e.to_string()),
         },

@@ -1,4 +1,4 @@
-//! squib's metrics system (contract §10.2): a registry of counters and stored values that the
+//! squib's metrics system (docs/api-contract.md §10.2): a registry of counters and stored values that the
 //! API, the VMM loop and device back-ends fill, and a writer that turns them into one compact
 //! JSON line per flush, with counters as deltas since the previous line.
 //!

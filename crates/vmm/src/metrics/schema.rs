@@ -1,4 +1,4 @@
-//! The shape of a metrics line (contract §10.2): top-level sections in upstream's order and
+//! The shape of a metrics line (docs/api-contract.md §10.2): top-level sections in upstream's order and
 //! every sub-key of each, in upstream's order.
 
 /// How a value is reported.

@@ -15,7 +15,7 @@ pub enum MmdsVersion {
 }
 
 /// Body of `PUT /mmds/config`. `version` stays optional here because omitting it is itself
-/// deprecated (contract §3.6).
+/// deprecated (docs/api-contract.md §3.6).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MmdsConfigRequest {

@@ -101,7 +101,7 @@ pub const MISSING_MEM_FIELD: &str =
     "missing field: either `mem_backend` or `mem_file_path` is required";
 
 impl LoadSnapshotConfig {
-    /// `mem_file_path` or `enable_diff_snapshots` were used (contract §3.6).
+    /// `mem_file_path` or `enable_diff_snapshots` were used (docs/api-contract.md §3.6).
     pub fn is_deprecated(&self) -> bool {
         self.mem_file_path.is_some() || self.enable_diff_snapshots
     }

@@ -133,7 +133,7 @@ impl<E: Engine> Vmm<E> {
     }
 
     /// `PUT /snapshot/load` (the boot-path rule is checked by the caller). Any failure is
-    /// fatal (contract §4.3).
+    /// fatal (docs/api-contract.md §4.3).
     pub(super) async fn load_snapshot(&mut self, params: LoadSnapshotParams) -> ActionResult {
         let started = Instant::now();
         match self.try_load_snapshot(params).await {
