@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use squib_api::routing::parse_request;
+use squib_api::parse_request;
 
 const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/actions"),

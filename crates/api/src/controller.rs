@@ -9,8 +9,8 @@ use squib_vmm::{ActionRequest, ActionResult, VmView, VmmAction, VmmData, VmmHand
 use tokio::sync::oneshot;
 
 use crate::endpoints::reads;
+use crate::request::ParsedRequest;
 use crate::response::ApiResponse;
-use crate::routing::ParsedRequest;
 
 /// Default limit on one action before the client gets squib's 504 (docs/api-contract.md §13).
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,11 +39,11 @@ impl Controller {
     }
 
     /// The metrics registry the API's request counters go to.
-    pub fn metrics(&self) -> &Arc<squib_vmm::metrics::MetricsRegistry> {
+    pub(crate) fn metrics(&self) -> &Arc<squib_vmm::metrics::MetricsRegistry> {
         &self.handle.metrics
     }
 
-    pub fn view(&self) -> Arc<VmView> {
+    pub(crate) fn view(&self) -> Arc<VmView> {
         self.handle.view.load_full()
     }
 
@@ -66,7 +66,7 @@ impl Controller {
     }
 
     /// Turns a parsed request into the client's answer.
-    pub async fn respond(&self, request: ParsedRequest) -> ApiResponse {
+    pub(crate) async fn respond(&self, request: ParsedRequest) -> ApiResponse {
         if self.handle.actions.is_closed() {
             // The VMM ended on a fatal error (a failed snapshot load) and squib is exiting: as
             // upstream, whose process is gone by then, nothing more is answered.

@@ -6,12 +6,12 @@ use serde::Serialize;
 
 /// A reply before it is rendered to HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiResponse {
-    pub status: StatusCode,
+pub(crate) struct ApiResponse {
+    pub(crate) status: StatusCode,
     /// `Deprecation: true`, when the request used a deprecated field or version (docs/api-contract.md §3.6).
-    pub deprecation: bool,
+    pub(crate) deprecation: bool,
     /// `None` renders no Content-Type and no Content-Length (upstream's 204).
-    pub body: Option<String>,
+    pub(crate) body: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -20,7 +20,7 @@ struct Fault<'a> {
 }
 
 impl ApiResponse {
-    pub fn no_content() -> Self {
+    pub(crate) fn no_content() -> Self {
         Self {
             status: StatusCode::NO_CONTENT,
             deprecation: false,
@@ -28,12 +28,12 @@ impl ApiResponse {
         }
     }
 
-    pub fn json<T: Serialize>(value: &T) -> Self {
+    pub(crate) fn json<T: Serialize>(value: &T) -> Self {
         Self::json_text(serde_json::to_string(value).expect("API response types always serialize"))
     }
 
     /// A 200 whose body is already compact JSON.
-    pub fn json_text(body: String) -> Self {
+    pub(crate) fn json_text(body: String) -> Self {
         Self {
             status: StatusCode::OK,
             deprecation: false,
@@ -42,7 +42,7 @@ impl ApiResponse {
     }
 
     /// `{"fault_message":"…"}` with serde_json escaping.
-    pub fn fault(status: StatusCode, message: &str) -> Self {
+    pub(crate) fn fault(status: StatusCode, message: &str) -> Self {
         let body = serde_json::to_string(&Fault {
             fault_message: message,
         })
@@ -55,7 +55,7 @@ impl ApiResponse {
     }
 
     /// The HTTP-layer error body of docs/api-contract.md §2.3: not valid JSON (a raw LF in the string).
-    pub fn http_layer_error(message: &str) -> Self {
+    pub(crate) fn http_layer_error(message: &str) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             deprecation: false,
@@ -65,14 +65,14 @@ impl ApiResponse {
         }
     }
 
-    pub fn with_deprecation(mut self, deprecation: bool) -> Self {
+    pub(crate) fn with_deprecation(mut self, deprecation: bool) -> Self {
         self.deprecation = deprecation;
         self
     }
 
     /// Renders the reply with `Server`, `Connection`, `Deprecation`, `Content-Type`, `Content-Length`
     /// in that order; the HTTP stack writes headers in insertion order.
-    pub fn into_http(self) -> Response<Body> {
+    pub(crate) fn into_http(self) -> Response<Body> {
         let mut builder = Response::builder()
             .status(self.status)
             .header(header::SERVER, HeaderValue::from_static("Firecracker API"))

@@ -1,45 +1,173 @@
-//! The route table of docs/api-contract.md §3.2, in its fall-through order: method, first path segment
-//! and body presence select a parser; everything else is upstream's generic 400.
+//! The route table of docs/api-contract.md §3.2: one row per (method, path) that reaches an endpoint, with
+//! its parser and the API request counter it feeds (docs/api-contract.md §10.2). Dispatch and the request
+//! metrics both read this table, so a route cannot be counted under another route's key.
+//! Whatever no row takes gets upstream's fall-through answers, in upstream's order.
 
-use squib_vmm::VmmAction;
-use squib_vmm::action::DeviceKind;
+use std::str::SplitTerminator;
+
+use squib_vmm::metrics::MetricsRegistry;
 
 use crate::endpoints::reads::GetRequest;
 use crate::endpoints::{
-    actions, balloon, boot_source, devices, drives, machine_config, mmds, network_interfaces, pmem,
-    snapshot, vm,
+    actions, balloon, boot_source, cpu_config, drives, entropy, hotplug_memory, logger,
+    machine_config, metrics, mmds, network_interfaces, pmem, serial, snapshot, vm, vsock,
 };
-use crate::request_error::RequestError;
+use crate::request::{ParsedRequest, RequestError};
 
-/// A request that passed HTTP, routing, id and JSON checks.
-#[derive(Debug, PartialEq)]
-pub enum ParsedRequest {
-    /// Answered from the published snapshot.
-    Get(GetRequest),
-    /// Sent to the VMM loop.
-    Action { action: VmmAction, deprecated: bool },
+/// The path segments after the resource (and after the sub-resource, for rows that name one).
+pub(crate) type Segments<'a> = SplitTerminator<'a, char>;
+
+type Parser = fn(&[u8], Segments<'_>) -> Result<ParsedRequest, RequestError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Get,
+    Put,
+    Patch,
+    Delete,
 }
 
-impl ParsedRequest {
-    pub fn action(action: VmmAction) -> Self {
-        Self::Action {
-            action,
-            deprecated: false,
-        }
-    }
+/// Whether a row takes requests with a body, without one, or both.
+#[derive(Clone, Copy, Debug)]
+enum Body {
+    Empty,
+    Required,
+    Any,
+}
 
-    /// Marks a request that used a deprecated field (`Deprecation: true`, docs/api-contract.md §3.6).
-    pub fn deprecated(self, deprecated: bool) -> Self {
-        match self {
-            Self::Action { action, .. } => Self::Action { action, deprecated },
-            other => other,
+/// The `*_count` (and, for PUT/PATCH, `*_fails`) counters of a route. A request a row takes
+/// increments its `*_count`; one the row's parser rejects (JSON, id or field errors) also its
+/// `*_fails`. Errors the VMM returns later do not count as fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RequestMetric {
+    section: &'static str,
+    count: &'static str,
+    fails: Option<&'static str>,
+}
+
+impl RequestMetric {
+    /// Counts one request that this metric's route took; `parsed` is false when its parser
+    /// rejected it.
+    pub(crate) fn record(self, metrics: &MetricsRegistry, parsed: bool) {
+        metrics.inc(self.section, self.count);
+        if let Some(fails) = self.fails
+            && !parsed
+        {
+            metrics.inc(self.section, fails);
         }
     }
+}
+
+const fn get(count: &'static str) -> Option<RequestMetric> {
+    Some(RequestMetric {
+        section: "get_api_requests",
+        count,
+        fails: None,
+    })
+}
+
+const fn put(count: &'static str, fails: &'static str) -> Option<RequestMetric> {
+    Some(RequestMetric {
+        section: "put_api_requests",
+        count,
+        fails: Some(fails),
+    })
+}
+
+const fn patch(count: &'static str, fails: &'static str) -> Option<RequestMetric> {
+    Some(RequestMetric {
+        section: "patch_api_requests",
+        count,
+        fails: Some(fails),
+    })
+}
+
+struct Route {
+    method: Method,
+    /// The first path segment, compared as is (a query string stays part of it, as upstream).
+    resource: &'static str,
+    /// The second path segment the row requires, if any.
+    sub: Option<&'static str>,
+    body: Body,
+    parse: Parser,
+    metric: Option<RequestMetric>,
+}
+
+use Body::{Any, Empty, Required};
+use Method::{Delete, Get, Patch, Put};
+
+const fn row(
+    method: Method,
+    resource: &'static str,
+    sub: Option<&'static str>,
+    body: Body,
+    parse: Parser,
+    metric: Option<RequestMetric>,
+) -> Route {
+    Route {
+        method,
+        resource,
+        sub,
+        body,
+        parse,
+        metric,
+    }
+}
+
+fn read(request: GetRequest) -> Result<ParsedRequest, RequestError> {
+    Ok(ParsedRequest::Get(request))
+}
+
+#[rustfmt::skip]
+const ROUTES: &[Route] = &[
+    row(Get, "", None, Empty, |_, _| read(GetRequest::InstanceInfo), get("instance_info_count")),
+    row(Get, "balloon", None, Empty, |_, s| balloon::parse_get_balloon(s), None),
+    row(Get, "version", None, Empty, |_, _| read(GetRequest::Version), get("vmm_version_count")),
+    row(Get, "vm", Some("config"), Empty, |_, _| read(GetRequest::FullVmConfig), None),
+    row(Get, "machine-config", None, Empty, |_, _| read(GetRequest::MachineConfig), get("machine_cfg_count")),
+    row(Get, "mmds", None, Empty, |_, _| read(GetRequest::Mmds), get("mmds_count")),
+    row(Get, "hotplug", Some("memory"), Empty, |_, _| read(GetRequest::MemoryHotplug), get("hotplug_memory_count")),
+
+    row(Put, "actions", None, Required, |b, _| actions::parse_put(b), put("actions_count", "actions_fails")),
+    row(Put, "balloon", None, Required, |b, _| balloon::parse_put(b), None),
+    row(Put, "boot-source", None, Required, |b, _| boot_source::parse_put(b), put("boot_source_count", "boot_source_fails")),
+    row(Put, "cpu-config", None, Required, |b, _| cpu_config::parse_put(b), put("cpu_cfg_count", "cpu_cfg_fails")),
+    row(Put, "drives", None, Required, |b, mut s| drives::parse_put(b, s.next()), put("drive_count", "drive_fails")),
+    row(Put, "pmem", None, Required, |b, mut s| pmem::parse_put(b, s.next()), put("pmem_count", "pmem_fails")),
+    row(Put, "logger", None, Required, |b, _| logger::parse_put(b), put("logger_count", "logger_fails")),
+    row(Put, "serial", None, Required, |b, _| serial::parse_put(b), put("serial_count", "serial_fails")),
+    row(Put, "machine-config", None, Required, |b, _| machine_config::parse_put(b), put("machine_cfg_count", "machine_cfg_fails")),
+    row(Put, "metrics", None, Required, |b, _| metrics::parse_put(b), put("metrics_count", "metrics_fails")),
+    row(Put, "mmds", None, Required, |b, mut s| mmds::parse_put(b, s.next()), put("mmds_count", "mmds_fails")),
+    row(Put, "network-interfaces", None, Required, |b, mut s| network_interfaces::parse_put(b, s.next()), put("network_count", "network_fails")),
+    row(Put, "snapshot", None, Required, |b, mut s| snapshot::parse_put(b, s.next()), None),
+    row(Put, "vsock", None, Required, |b, _| vsock::parse_put(b), put("vsock_count", "vsock_fails")),
+    row(Put, "entropy", None, Required, |b, _| entropy::parse_put(b), None),
+    row(Put, "hotplug", Some("memory"), Required, |b, _| hotplug_memory::parse_put(b), put("hotplug_memory_count", "hotplug_memory_fails")),
+
+    row(Patch, "balloon", None, Any, balloon::parse_patch, None),
+    row(Patch, "drives", None, Required, |b, mut s| drives::parse_patch(b, s.next()), patch("drive_count", "drive_fails")),
+    row(Patch, "machine-config", None, Required, |b, _| machine_config::parse_patch(b), patch("machine_cfg_count", "machine_cfg_fails")),
+    row(Patch, "mmds", None, Required, |b, _| mmds::parse_patch(b), patch("mmds_count", "mmds_fails")),
+    row(Patch, "network-interfaces", None, Required, |b, mut s| network_interfaces::parse_patch(b, s.next()), patch("network_count", "network_fails")),
+    row(Patch, "pmem", None, Required, |b, mut s| pmem::parse_patch(b, s.next()), patch("pmem_count", "pmem_fails")),
+    row(Patch, "vm", None, Required, |b, _| vm::parse_patch(b), None),
+    row(Patch, "hotplug", Some("memory"), Required, |b, _| hotplug_memory::parse_patch(b), patch("hotplug_memory_count", "hotplug_memory_fails")),
+
+    row(Delete, "drives", None, Empty, |_, mut s| drives::parse_delete(s.next()), None),
+    row(Delete, "pmem", None, Empty, |_, mut s| pmem::parse_delete(s.next()), None),
+    row(Delete, "network-interfaces", None, Empty, |_, mut s| network_interfaces::parse_delete(s.next()), None),
+];
+
+/// A request after the route table: what its parser made of it, and the counter its row feeds.
+pub(crate) struct Routed {
+    pub(crate) parsed: Result<ParsedRequest, RequestError>,
+    pub(crate) metric: Option<RequestMetric>,
 }
 
 /// Routes one request. `method` is one of GET, PUT, PATCH, DELETE (others never get here);
 /// `path` is the raw path, query string included, as upstream keeps it.
-pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn route(method: &str, path: &str, body: &[u8]) -> Routed {
     let mut segments = path.trim_start_matches('/').split_terminator('/');
     let resource = segments.next().unwrap_or("");
     let has_body = !body.is_empty();
@@ -47,65 +175,48 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequ
         method: method.to_string(),
         path: resource.to_string(),
     };
-    let get = |request| Ok(ParsedRequest::Get(request));
-
-    match (method, resource, has_body) {
-        ("GET", "", false) => get(GetRequest::InstanceInfo),
-        ("GET", "balloon", false) => balloon::parse_get_balloon(segments),
-        ("GET", "version", false) => get(GetRequest::Version),
-        ("GET", "vm", false) if segments.next() == Some("config") => get(GetRequest::FullVmConfig),
-        ("GET", "machine-config", false) => get(GetRequest::MachineConfig),
-        ("GET", "mmds", false) => get(GetRequest::Mmds),
-        ("GET", "hotplug", false) if segments.next() == Some("memory") => {
-            get(GetRequest::MemoryHotplug)
+    let unrouted = |error| Routed {
+        parsed: Err(error),
+        metric: None,
+    };
+    let method = match method {
+        "GET" => Get,
+        "PUT" => Put,
+        "PATCH" => Patch,
+        "DELETE" => Delete,
+        _ => return unrouted(invalid()),
+    };
+    let taken = ROUTES.iter().find(|r| {
+        r.method == method
+            && r.resource == resource
+            && match r.body {
+                Empty => !has_body,
+                Required => has_body,
+                Any => true,
+            }
+            && r.sub.is_none_or(|sub| segments.clone().next() == Some(sub))
+    });
+    if let Some(r) = taken {
+        if r.sub.is_some() {
+            segments.next();
         }
-        ("GET", _, true) => Err(RequestError::generic("GET request cannot have a body.")),
-
-        ("PUT", "actions", true) => actions::parse_put_actions(body),
-        ("PUT", "balloon", true) => balloon::parse_put_balloon(body),
-        ("PUT", "boot-source", true) => boot_source::parse_put_boot_source(body),
-        ("PUT", "cpu-config", true) => devices::parse_put_cpu_config(body),
-        ("PUT", "drives", true) => drives::parse_put_drive(body, segments.next()),
-        ("PUT", "pmem", true) => pmem::parse_put_pmem(body, segments.next()),
-        ("PUT", "logger", true) => devices::parse_put_logger(body),
-        ("PUT", "serial", true) => devices::parse_put_serial(body),
-        ("PUT", "machine-config", true) => machine_config::parse_put_machine_config(body),
-        ("PUT", "metrics", true) => devices::parse_put_metrics(body),
-        ("PUT", "mmds", true) => mmds::parse_put_mmds(body, segments.next()),
-        ("PUT", "network-interfaces", true) => {
-            network_interfaces::parse_put_net(body, segments.next())
-        }
-        ("PUT", "snapshot", true) => snapshot::parse_put_snapshot(body, segments.next()),
-        ("PUT", "vsock", true) => devices::parse_put_vsock(body),
-        ("PUT", "entropy", true) => devices::parse_put_entropy(body),
-        ("PUT", "hotplug", true) if segments.next() == Some("memory") => {
-            devices::parse_put_hotplug_memory(body)
-        }
-        ("PUT", _, false) => Err(RequestError::generic("Empty PUT request.")),
-
-        ("PATCH", "balloon", _) => balloon::parse_patch_balloon(body, segments),
-        ("PATCH", "drives", true) => drives::parse_patch_drive(body, segments.next()),
-        ("PATCH", "machine-config", true) => machine_config::parse_patch_machine_config(body),
-        ("PATCH", "mmds", true) => mmds::parse_patch_mmds(body),
-        ("PATCH", "network-interfaces", true) => {
-            network_interfaces::parse_patch_net(body, segments.next())
-        }
-        ("PATCH", "pmem", true) => pmem::parse_patch_pmem(body, segments.next()),
-        ("PATCH", "vm", true) => vm::parse_patch_vm(body),
-        ("PATCH", "hotplug", true) if segments.next() == Some("memory") => {
-            devices::parse_patch_hotplug_memory(body)
-        }
-        ("PATCH", _, false) => Err(RequestError::generic("Empty PATCH request.")),
-
-        ("DELETE", "drives", false) => drives::parse_delete(DeviceKind::Drive, segments.next()),
-        ("DELETE", "pmem", false) => drives::parse_delete(DeviceKind::Pmem, segments.next()),
-        ("DELETE", "network-interfaces", false) => {
-            drives::parse_delete(DeviceKind::NetworkInterface, segments.next())
-        }
-        ("DELETE", _, true) => Err(RequestError::generic("Empty Delete request.")),
-
-        _ => Err(invalid()),
+        return Routed {
+            parsed: (r.parse)(body, segments),
+            metric: r.metric,
+        };
     }
+    unrouted(match (method, has_body) {
+        (Get, true) => RequestError::generic("GET request cannot have a body."),
+        (Put, false) => RequestError::generic("Empty PUT request."),
+        (Patch, false) => RequestError::generic("Empty PATCH request."),
+        (Delete, true) => RequestError::generic("Empty Delete request."),
+        _ => invalid(),
+    })
+}
+
+/// [`route`] without the metrics: what a request parses to (also the fuzz target's entry).
+pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequest, RequestError> {
+    route(method, path, body).parsed
 }
 
 #[cfg(test)]
@@ -164,5 +275,59 @@ mod tests {
             parse_request("GET", "/vm/config", b"").unwrap(),
             ParsedRequest::Get(GetRequest::FullVmConfig)
         );
+        assert_eq!(
+            parse_request("PATCH", "/hotplug/memory", br#"{"requested_size_mib":0}"#).unwrap(),
+            ParsedRequest::action(squib_vmm::VmmAction::UpdateMemoryHotplugSize(
+                serde_json::from_str(r#"{"requested_size_mib":0}"#).unwrap()
+            ))
+        );
+    }
+
+    fn metric(method: &str, path: &str, body: &str) -> Option<RequestMetric> {
+        route(method, path, body.as_bytes()).metric
+    }
+
+    #[test]
+    fn counted_requests() {
+        assert_eq!(metric("GET", "/", ""), get("instance_info_count"));
+        assert_eq!(
+            metric("PUT", "/drives/root", "{}"),
+            put("drive_count", "drive_fails")
+        );
+        assert_eq!(
+            metric("PUT", "/hotplug/memory", "{}"),
+            put("hotplug_memory_count", "hotplug_memory_fails")
+        );
+        assert_eq!(metric("PUT", "/hotplug/x", "{}"), None);
+        assert_eq!(metric("PUT", "/drives/root", ""), None);
+        assert_eq!(metric("PUT", "/balloon", "{}"), None);
+        assert_eq!(metric("GET", "/vm/config", ""), None);
+        assert_eq!(
+            metric("PATCH", "/machine-config", "{}"),
+            patch("machine_cfg_count", "machine_cfg_fails")
+        );
+    }
+
+    #[test]
+    fn fails_only_on_parse_errors() {
+        let m = MetricsRegistry::new();
+        for (method, path, body) in [
+            (
+                "PUT",
+                "/drives/x",
+                r#"{"drive_id":"x","is_root_device":false,"path_on_host":"/x"}"#,
+            ),
+            ("PUT", "/drives/x", "{}"),
+            ("GET", "/version", ""),
+            ("PATCH", "/mmds", "not json"),
+        ] {
+            let routed = route(method, path, body.as_bytes());
+            routed.metric.unwrap().record(&m, routed.parsed.is_ok());
+        }
+        assert_eq!(m.get("put_api_requests", "drive_count"), 2);
+        assert_eq!(m.get("put_api_requests", "drive_fails"), 1);
+        assert_eq!(m.get("get_api_requests", "vmm_version_count"), 1);
+        assert_eq!(m.get("patch_api_requests", "mmds_fails"), 1);
+        assert_eq!(m.get("patch_api_requests", "mmds_count"), 1);
     }
 }

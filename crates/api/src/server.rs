@@ -1,5 +1,5 @@
-//! The HTTP/1.1 server on the API's Unix socket: hyper for the wire, an axum router whose
-//! one handler applies upstream's HTTP-layer rules and then the route table.
+//! The HTTP/1.1 server on the API's Unix socket: hyper for the wire, one handler that applies
+//! upstream's HTTP-layer rules and then the route table.
 
 use std::io;
 use std::path::Path;
@@ -9,21 +9,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{Response, StatusCode, header};
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 use crate::controller::Controller;
+use crate::request::ParsedRequest;
 use crate::response::ApiResponse;
-use crate::routing::{ParsedRequest, parse_request};
+use crate::routing::route;
 use squib_vmm::VmmAction;
 
 /// Upstream's default for `--http-api-max-payload-size`.
@@ -34,12 +33,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// A request head (or the first one on a fresh connection) must be complete this long after
 /// the connection became idle; this is also how long an idle connection stays open.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request body must be complete this long after its head.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection on which nothing moves (no byte read or written, no request being handled),
 /// e.g. a client that stopped reading its responses, is closed after this long.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after an `accept` error (`EMFILE` and friends) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -95,7 +94,6 @@ pub async fn serve_limited(listener: UnixListener, controller: Controller, limit
         controller,
         max_payload: limits.max_payload,
     });
-    let router = Router::new().fallback(handle).with_state(state);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut accept_errors = 0u64;
     let mut refused = 0u64;
@@ -135,16 +133,16 @@ pub async fn serve_limited(listener: UnixListener, controller: Controller, limit
             tracing::info!("The API server refused {refused} connections while full.");
             refused = 0;
         }
-        let router = router.clone();
+        let state = state.clone();
         tokio::spawn(async move {
-            serve_connection(stream, router).await;
+            serve_connection(stream, state).await;
             drop(slot);
         });
     }
 }
 
 /// One connection, closed when its head or body times out or when it stalls.
-async fn serve_connection(stream: UnixStream, router: Router) {
+async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         inner: stream,
@@ -154,13 +152,14 @@ async fn serve_connection(stream: UnixStream, router: Router) {
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let activity = service_activity.clone();
-        let router = router.clone();
+        let state = state.clone();
         // Busy from the first poll: hyper creates the future of a pipelined request early
         // but polls it only once it can write the answer, which a client that does not read
         // prevents; such a connection must count as stalled, not busy.
         async move {
             let _busy = activity.busy();
-            router.oneshot(request.map(Body::new)).await
+            let reply = respond(&state, request.map(Body::new)).await;
+            Ok::<_, std::convert::Infallible>(reply.into_http())
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -330,10 +329,6 @@ fn method_for_log(method: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response<Body> {
-    respond(&state, request).await.into_http()
-}
-
 async fn respond(state: &ApiState, request: Request) -> ApiResponse {
     let method = request.method().as_str().to_string();
     if !matches!(method.as_str(), "GET" | "PUT" | "PATCH" | "DELETE") {
@@ -388,10 +383,12 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
     };
 
     log_request(&method, &path, &body);
-    let parsed = parse_request(&method, &path, &body);
+    let routed = route(&method, &path, &body);
     let metrics = state.controller.metrics();
-    crate::request_metrics::record(metrics, &method, &path, !body.is_empty(), parsed.is_ok());
-    let reply = match parsed {
+    if let Some(metric) = routed.metric {
+        metric.record(metrics, routed.parsed.is_ok());
+    }
+    let reply = match routed.parsed {
         Ok(parsed) => {
             // Pause and resume latencies at the API level (docs/api-contract.md §10.2 `latencies_us`).
             let latency = match &parsed {

@@ -3,8 +3,7 @@
 use serde::Deserialize;
 use squib_vmm::VmmAction;
 
-use crate::request_error::{RequestError, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, parse_body};
 
 // Declaration order is the order serde lists the variants in its error text.
 #[derive(Deserialize)]
@@ -20,7 +19,7 @@ struct ActionBody {
     action_type: ActionType,
 }
 
-pub fn parse_put_actions(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     let ActionBody { action_type } = parse_body(body)?;
     let action = match action_type {
         ActionType::FlushMetrics => VmmAction::FlushMetrics,
@@ -37,10 +36,10 @@ mod tests {
     #[test]
     fn variants_and_errors() {
         assert_eq!(
-            parse_put_actions(br#"{"action_type":"InstanceStart"}"#).unwrap(),
+            parse_put(br#"{"action_type":"InstanceStart"}"#).unwrap(),
             ParsedRequest::action(VmmAction::StartMicroVm)
         );
-        let err = parse_put_actions(br#"{"action_type":"Reboot"}"#).unwrap_err();
+        let err = parse_put(br#"{"action_type":"Reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
             "An error occurred when deserializing the json body of a request: unknown variant `Reboot`, expected one of `FlushMetrics`, `InstanceStart`, `SendCtrlAltDel` at line 1 column 23."

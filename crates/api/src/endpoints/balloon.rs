@@ -4,16 +4,14 @@ use squib_vmm::VmmAction;
 use squib_vmm::resources::balloon::StartHintingCmd;
 
 use crate::endpoints::reads::GetRequest;
-use crate::request_error::{RequestError, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, parse_body};
+use crate::routing::Segments;
 
 fn hinting_path(seg: Option<&str>) -> String {
     format!("/hinting/{}", seg.unwrap_or(""))
 }
 
-pub fn parse_get_balloon<'a>(
-    mut segments: impl Iterator<Item = &'a str>,
-) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_get_balloon(mut segments: Segments<'_>) -> Result<ParsedRequest, RequestError> {
     match segments.next() {
         None => Ok(ParsedRequest::Get(GetRequest::Balloon)),
         Some("statistics") => Ok(ParsedRequest::Get(GetRequest::BalloonStatistics)),
@@ -30,16 +28,16 @@ pub fn parse_get_balloon<'a>(
     }
 }
 
-pub fn parse_put_balloon(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     Ok(ParsedRequest::action(VmmAction::SetBalloonDevice(
         parse_body(body)?,
     )))
 }
 
 /// PATCH works with or without a body; which sub-path decides what the body must be.
-pub fn parse_patch_balloon<'a>(
+pub(crate) fn parse_patch(
     body: &[u8],
-    mut segments: impl Iterator<Item = &'a str>,
+    mut segments: Segments<'_>,
 ) -> Result<ParsedRequest, RequestError> {
     let has_body = !body.is_empty();
     match (segments.next(), has_body) {
@@ -86,15 +84,15 @@ mod tests {
             get("hinting/x"),
             "Unrecognized GET request path `/hinting/x`."
         );
-        let err = parse_patch_balloon(b"", "hinting/go".split('/')).unwrap_err();
+        let err = parse_patch(b"", "hinting/go".split_terminator('/')).unwrap_err();
         assert_eq!(
             err.to_string(),
             "Unrecognized PATCH request path `/hinting/go`."
         );
-        let err = parse_patch_balloon(b"", "statistics".split('/')).unwrap_err();
+        let err = parse_patch(b"", "statistics".split_terminator('/')).unwrap_err();
         assert_eq!(err.to_string(), "Empty PATCH request.");
         assert_eq!(
-            parse_patch_balloon(b"", "hinting/start".split('/')).unwrap(),
+            parse_patch(b"", "hinting/start".split_terminator('/')).unwrap(),
             ParsedRequest::action(VmmAction::StartFreePageHinting(StartHintingCmd::default()))
         );
     }

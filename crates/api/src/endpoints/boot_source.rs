@@ -2,10 +2,9 @@
 
 use squib_vmm::VmmAction;
 
-use crate::request_error::{RequestError, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, parse_body};
 
-pub fn parse_put_boot_source(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     Ok(ParsedRequest::action(VmmAction::ConfigureBootSource(
         parse_body(body)?,
     )))

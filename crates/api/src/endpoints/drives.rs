@@ -1,15 +1,14 @@
-//! `PUT`/`PATCH /drives/{id}` and `DELETE /{drives|pmem|network-interfaces}/{id}`.
+//! `PUT`/`PATCH`/`DELETE /drives/{id}`.
 
 use squib_vmm::VmmAction;
 use squib_vmm::action::DeviceKind;
 use squib_vmm::resources::drive::{BlockDeviceConfig, BlockDeviceUpdateConfig};
 
-use crate::request_error::{RequestError, checked_id, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, checked_id, parse_body};
 
 const ID_MISMATCH: &str = "The id from the path does not match the id from the body!";
 
-pub fn parse_put_drive(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
     let id = checked_id(id)?;
     let config: BlockDeviceConfig = parse_body(body)?;
     if config.drive_id != id {
@@ -18,7 +17,7 @@ pub fn parse_put_drive(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, R
     Ok(ParsedRequest::action(VmmAction::InsertBlockDevice(config)))
 }
 
-pub fn parse_patch_drive(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_patch(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
     let id = checked_id(id)?;
     let update: BlockDeviceUpdateConfig = parse_body(body)?;
     if update.drive_id != id {
@@ -27,10 +26,10 @@ pub fn parse_patch_drive(body: &[u8], id: Option<&str>) -> Result<ParsedRequest,
     Ok(ParsedRequest::action(VmmAction::UpdateBlockDevice(update)))
 }
 
-pub fn parse_delete(kind: DeviceKind, id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_delete(id: Option<&str>) -> Result<ParsedRequest, RequestError> {
     let id = checked_id(id)?;
     Ok(ParsedRequest::action(VmmAction::RemoveDevice(
-        kind,
+        DeviceKind::Drive,
         id.to_string(),
     )))
 }
@@ -41,19 +40,16 @@ mod tests {
 
     #[test]
     fn id_checks_come_before_the_body() {
-        let err = parse_put_drive(b"not json", Some("a-b")).unwrap_err();
+        let err = parse_put(b"not json", Some("a-b")).unwrap_err();
         assert!(matches!(err, RequestError::InvalidId));
-        let err = parse_put_drive(
+        let err = parse_put(
             br#"{"drive_id":"other","is_root_device":false,"path_on_host":"/x"}"#,
             Some("rootfs"),
         )
         .unwrap_err();
         assert_eq!(err.to_string(), ID_MISMATCH);
-        let err = parse_patch_drive(br#"{"drive_id":"b"}"#, Some("a")).unwrap_err();
+        let err = parse_patch(br#"{"drive_id":"b"}"#, Some("a")).unwrap_err();
         assert_eq!(err.to_string(), ID_MISMATCH);
-        assert!(matches!(
-            parse_delete(DeviceKind::Pmem, Some("")),
-            Err(RequestError::EmptyId)
-        ));
+        assert!(matches!(parse_delete(Some("")), Err(RequestError::EmptyId)));
     }
 }

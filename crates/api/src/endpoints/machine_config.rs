@@ -3,17 +3,16 @@
 use squib_vmm::VmmAction;
 use squib_vmm::resources::machine_config::{MachineConfig, MachineConfigUpdate};
 
-use crate::request_error::{RequestError, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, parse_body};
 
-pub fn parse_put_machine_config(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     let config: MachineConfig = parse_body(body)?;
     // Any cpu_template, even "None", is a deprecated field (docs/api-contract.md §3.6).
     let deprecated = config.cpu_template.is_some();
     Ok(ParsedRequest::action(VmmAction::PutMachineConfig(config)).deprecated(deprecated))
 }
 
-pub fn parse_patch_machine_config(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_patch(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     let update: MachineConfigUpdate = parse_body(body)?;
     if update.is_empty() {
         return Err(RequestError::generic("Empty PATCH request."));
@@ -29,17 +28,15 @@ mod tests {
     #[test]
     fn empty_patch_is_refused() {
         assert_eq!(
-            parse_patch_machine_config(b"{}").unwrap_err().to_string(),
+            parse_patch(b"{}").unwrap_err().to_string(),
             "Empty PATCH request."
         );
     }
 
     #[test]
     fn cpu_template_marks_deprecation() {
-        let parsed = parse_put_machine_config(
-            br#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"None"}"#,
-        )
-        .unwrap();
+        let parsed =
+            parse_put(br#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"None"}"#).unwrap();
         assert!(matches!(
             parsed,
             ParsedRequest::Action {
@@ -47,7 +44,7 @@ mod tests {
                 ..
             }
         ));
-        let parsed = parse_patch_machine_config(br#"{"vcpu_count":2}"#).unwrap();
+        let parsed = parse_patch(br#"{"vcpu_count":2}"#).unwrap();
         assert!(matches!(
             parsed,
             ParsedRequest::Action {
@@ -59,8 +56,7 @@ mod tests {
 
     #[test]
     fn integer_width_errors_match_serde() {
-        let err =
-            parse_put_machine_config(br#"{"vcpu_count":256,"mem_size_mib":128}"#).unwrap_err();
+        let err = parse_put(br#"{"vcpu_count":256,"mem_size_mib":128}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
             "An error occurred when deserializing the json body of a request: invalid value: integer `256`, expected u8 at line 1 column 17."

@@ -4,10 +4,9 @@ use serde_json::Value;
 use squib_vmm::VmmAction;
 use squib_vmm::resources::mmds::MmdsConfigRequest;
 
-use crate::request_error::{RequestError, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, parse_body};
 
-pub fn parse_put_mmds(body: &[u8], sub: Option<&str>) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8], sub: Option<&str>) -> Result<ParsedRequest, RequestError> {
     match sub {
         None => Ok(ParsedRequest::action(VmmAction::PutMmds(parse_body::<
             Value,
@@ -26,7 +25,7 @@ pub fn parse_put_mmds(body: &[u8], sub: Option<&str>) -> Result<ParsedRequest, R
     }
 }
 
-pub fn parse_patch_mmds(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_patch(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     Ok(ParsedRequest::action(VmmAction::PatchMmds(parse_body::<
         Value,
     >(body)?)))

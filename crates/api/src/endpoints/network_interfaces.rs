@@ -1,10 +1,10 @@
-//! `PUT`/`PATCH /network-interfaces/{id}`.
+//! `PUT`/`PATCH`/`DELETE /network-interfaces/{id}`.
 
 use squib_vmm::VmmAction;
+use squib_vmm::action::DeviceKind;
 use squib_vmm::resources::net::{NetworkInterfaceConfig, NetworkInterfaceUpdateConfig};
 
-use crate::request_error::{RequestError, checked_id, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, checked_id, parse_body};
 
 fn mismatch(path: &str, body: &str) -> RequestError {
     RequestError::generic(format!(
@@ -12,7 +12,7 @@ fn mismatch(path: &str, body: &str) -> RequestError {
     ))
 }
 
-pub fn parse_put_net(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
     let id = checked_id(id)?;
     let config: NetworkInterfaceConfig = parse_body(body)?;
     if config.iface_id != id {
@@ -23,7 +23,7 @@ pub fn parse_put_net(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, Req
     )))
 }
 
-pub fn parse_patch_net(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_patch(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
     let id = checked_id(id)?;
     let update: NetworkInterfaceUpdateConfig = parse_body(body)?;
     if update.iface_id != id {
@@ -34,13 +34,21 @@ pub fn parse_patch_net(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, R
     )))
 }
 
+pub(crate) fn parse_delete(id: Option<&str>) -> Result<ParsedRequest, RequestError> {
+    let id = checked_id(id)?;
+    Ok(ParsedRequest::action(VmmAction::RemoveDevice(
+        DeviceKind::NetworkInterface,
+        id.to_string(),
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn mismatch_names_both_ids() {
-        let err = parse_put_net(br#"{"iface_id":"b","host_dev_name":"t"}"#, Some("a")).unwrap_err();
+        let err = parse_put(br#"{"iface_id":"b","host_dev_name":"t"}"#, Some("a")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "The id from the path [a] does not match the id from the body [b]!"

@@ -32,7 +32,7 @@ fn answer<T: Serialize>(result: Result<T, VmmActionError>) -> ApiResponse {
     }
 }
 
-pub fn render(request: GetRequest, vm: &VmView) -> ApiResponse {
+pub(crate) fn render(request: GetRequest, vm: &VmView) -> ApiResponse {
     match request {
         GetRequest::InstanceInfo => ApiResponse::json(&vm.instance_info()),
         GetRequest::Version => ApiResponse::json(&Version {

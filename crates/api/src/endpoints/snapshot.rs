@@ -4,10 +4,9 @@ use serde::de::Error as _;
 use squib_vmm::VmmAction;
 use squib_vmm::resources::snapshot::LoadSnapshotConfig;
 
-use crate::request_error::{RequestError, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, parse_body};
 
-pub fn parse_put_snapshot(body: &[u8], sub: Option<&str>) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_put(body: &[u8], sub: Option<&str>) -> Result<ParsedRequest, RequestError> {
     match sub {
         Some("create") => Ok(ParsedRequest::action(VmmAction::CreateSnapshot(
             parse_body(body)?,
@@ -33,9 +32,7 @@ mod tests {
     use super::*;
 
     fn fault(body: &str, sub: Option<&str>) -> String {
-        parse_put_snapshot(body.as_bytes(), sub)
-            .unwrap_err()
-            .to_string()
+        parse_put(body.as_bytes(), sub).unwrap_err().to_string()
     }
 
     #[test]

@@ -3,8 +3,7 @@
 use serde::Deserialize;
 use squib_vmm::VmmAction;
 
-use crate::request_error::{RequestError, parse_body};
-use crate::routing::ParsedRequest;
+use crate::request::{ParsedRequest, RequestError, parse_body};
 
 #[derive(Deserialize)]
 enum VmState {
@@ -18,7 +17,7 @@ struct VmStateBody {
     state: VmState,
 }
 
-pub fn parse_patch_vm(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+pub(crate) fn parse_patch(body: &[u8]) -> Result<ParsedRequest, RequestError> {
     let VmStateBody { state } = parse_body(body)?;
     Ok(ParsedRequest::action(match state {
         VmState::Paused => VmmAction::Pause,
@@ -33,17 +32,17 @@ mod tests {
     #[test]
     fn states_and_errors() {
         assert_eq!(
-            parse_patch_vm(br#"{"state":"Paused"}"#).unwrap(),
+            parse_patch(br#"{"state":"Paused"}"#).unwrap(),
             ParsedRequest::action(VmmAction::Pause)
         );
         assert_eq!(
-            parse_patch_vm(br#"{"state":"Stopped"}"#)
+            parse_patch(br#"{"state":"Stopped"}"#)
                 .unwrap_err()
                 .to_string(),
             "An error occurred when deserializing the json body of a request: unknown variant `Stopped`, expected `Paused` or `Resumed` at line 1 column 18."
         );
         assert_eq!(
-            parse_patch_vm(br#"{"x":1}"#).unwrap_err().to_string(),
+            parse_patch(br#"{"x":1}"#).unwrap_err().to_string(),
             "An error occurred when deserializing the json body of a request: unknown field `x`, expected `state` at line 1 column 4."
         );
     }

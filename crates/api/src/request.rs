@@ -1,4 +1,36 @@
-//! Errors found while parsing a request, before it reaches the VMM (docs/api-contract.md §3).
+//! What the route table's parsers produce: a [`ParsedRequest`], or the [`RequestError`] that
+//! refuses the request before it reaches the VMM (docs/api-contract.md §3); and the two checks every parser
+//! shares (path id, JSON body).
+
+use squib_vmm::VmmAction;
+
+use crate::endpoints::reads::GetRequest;
+
+/// A request that passed HTTP, routing, id and JSON checks.
+#[derive(Debug, PartialEq)]
+pub enum ParsedRequest {
+    /// Answered from the published snapshot.
+    Get(GetRequest),
+    /// Sent to the VMM loop.
+    Action { action: VmmAction, deprecated: bool },
+}
+
+impl ParsedRequest {
+    pub(crate) fn action(action: VmmAction) -> Self {
+        Self::Action {
+            action,
+            deprecated: false,
+        }
+    }
+
+    /// Marks a request that used a deprecated field (`Deprecation: true`, docs/api-contract.md §3.6).
+    pub(crate) fn deprecated(self, deprecated: bool) -> Self {
+        match self {
+            Self::Action { action, .. } => Self::Action { action, deprecated },
+            other => other,
+        }
+    }
+}
 
 /// A request refused by the API layer; always a 400 with the display text as fault message.
 #[derive(Debug, thiserror::Error)]
@@ -16,13 +48,13 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    pub fn generic(message: impl Into<String>) -> Self {
+    pub(crate) fn generic(message: impl Into<String>) -> Self {
         Self::Generic(message.into())
     }
 }
 
 /// Checks a path id the way upstream does: non-empty, `_` or Unicode alphanumerics only.
-pub fn checked_id(id: Option<&str>) -> Result<&str, RequestError> {
+pub(crate) fn checked_id(id: Option<&str>) -> Result<&str, RequestError> {
     let id = id.unwrap_or("");
     if id.is_empty() {
         return Err(RequestError::EmptyId);
@@ -34,7 +66,7 @@ pub fn checked_id(id: Option<&str>) -> Result<&str, RequestError> {
 }
 
 /// Deserializes a request body; serde's own text becomes the fault message.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     Ok(serde_json::from_slice(body)?)
 }
 

@@ -1,0 +1,11 @@
+//! `PUT /metrics`.
+
+use squib_vmm::VmmAction;
+
+use crate::request::{ParsedRequest, RequestError, parse_body};
+
+pub(crate) fn parse_put(body: &[u8]) -> Result<ParsedRequest, RequestError> {
+    Ok(ParsedRequest::action(VmmAction::ConfigureMetrics(
+        parse_body(body)?,
+    )))
+}
