@@ -115,69 +115,109 @@ impl VmmAction {
         }
     }
 
-    /// Pre-boot calls that commit the process to booting rather than loading a snapshot
-    /// (docs/api-contract.md §4.2), even when the VMM then refuses them.
-    pub fn sets_boot_path(&self) -> bool {
+    /// When the action may run. Exhaustive on purpose: a new action does not compile
+    /// without this decision.
+    pub fn phase(&self) -> Phase {
         use VmmAction::*;
-        matches!(
-            self,
+        match self {
             ConfigureBootSource(_)
-                | PutMachineConfig(_)
-                | PatchMachineConfig(_)
-                | InsertBlockDevice(_)
-                | InsertNetworkDevice(_)
-                | InsertPmemDevice(_)
-                | SetBalloonDevice(_)
-                | SetVsockDevice(_)
-                | SetEntropyDevice(_)
-                | SetMmdsConfiguration(_)
-                | SetMemoryHotplug(_)
-        )
-    }
-
-    /// Only before boot; refused afterwards with the post-boot message.
-    pub fn is_pre_boot_only(&self) -> bool {
-        use VmmAction::*;
-        matches!(
-            self,
-            ConfigureBootSource(_)
-                | PutMachineConfig(_)
-                | PatchMachineConfig(_)
-                | PutCpuConfiguration(_)
-                | ConfigureLogger(_)
-                | ConfigureMetrics(_)
-                | SetSerial(_)
-                | SetBalloonDevice(_)
-                | SetVsockDevice(_)
-                | SetEntropyDevice(_)
-                | SetMmdsConfiguration(_)
-                | SetMemoryHotplug(_)
-                | LoadSnapshot(_)
-                | StartMicroVm
-        )
-    }
-
-    /// Only after boot; refused before with the pre-boot message.
-    pub fn is_post_boot_only(&self) -> bool {
-        use VmmAction::*;
-        matches!(
-            self,
+            | PutMachineConfig(_)
+            | PatchMachineConfig(_)
+            | PutCpuConfiguration(_)
+            | ConfigureLogger(_)
+            | ConfigureMetrics(_)
+            | SetSerial(_)
+            | SetBalloonDevice(_)
+            | SetVsockDevice(_)
+            | SetEntropyDevice(_)
+            | SetMmdsConfiguration(_)
+            | SetMemoryHotplug(_)
+            | LoadSnapshot(_)
+            | StartMicroVm => Phase::PreBoot,
             UpdateBlockDevice(_)
-                | UpdateNetworkInterface(_)
-                | UpdatePmemDevice(_)
-                | RemoveDevice(..)
-                | UpdateBalloon(_)
-                | UpdateBalloonStatistics(_)
-                | StartFreePageHinting(_)
-                | StopFreePageHinting
-                | UpdateMemoryHotplugSize(_)
-                | CreateSnapshot(_)
-                | SendCtrlAltDel
-                | FlushMetrics
-                | Pause
-                | Resume
-        )
+            | UpdateNetworkInterface(_)
+            | UpdatePmemDevice(_)
+            | RemoveDevice(..)
+            | UpdateBalloon(_)
+            | UpdateBalloonStatistics(_)
+            | StartFreePageHinting(_)
+            | StopFreePageHinting
+            | UpdateMemoryHotplugSize(_)
+            | CreateSnapshot(_)
+            | SendCtrlAltDel
+            | FlushMetrics
+            | Pause
+            | Resume => Phase::PostBoot,
+            // Devices are hot-plugged after boot; the MMDS store is written either side.
+            InsertBlockDevice(_)
+            | InsertNetworkDevice(_)
+            | InsertPmemDevice(_)
+            | PutMmds(_)
+            | PatchMmds(_) => Phase::Any,
+        }
     }
+
+    /// Pre-boot calls that commit the process to booting rather than loading a snapshot
+    /// (docs/api-contract.md §4.2), even when the VMM then refuses them. Exhaustive, like
+    /// [`Self::phase`].
+    pub fn commits_to_boot(&self) -> bool {
+        use VmmAction::*;
+        match self {
+            ConfigureBootSource(_)
+            | PutMachineConfig(_)
+            | PatchMachineConfig(_)
+            | InsertBlockDevice(_)
+            | InsertNetworkDevice(_)
+            | InsertPmemDevice(_)
+            | SetBalloonDevice(_)
+            | SetVsockDevice(_)
+            | SetEntropyDevice(_)
+            | SetMmdsConfiguration(_)
+            | SetMemoryHotplug(_) => true,
+            PutCpuConfiguration(_)
+            | UpdateBlockDevice(_)
+            | UpdateNetworkInterface(_)
+            | UpdatePmemDevice(_)
+            | RemoveDevice(..)
+            | UpdateBalloon(_)
+            | UpdateBalloonStatistics(_)
+            | StartFreePageHinting(_)
+            | StopFreePageHinting
+            | SetSerial(_)
+            | ConfigureLogger(_)
+            | ConfigureMetrics(_)
+            | PutMmds(_)
+            | PatchMmds(_)
+            | UpdateMemoryHotplugSize(_)
+            | CreateSnapshot(_)
+            | LoadSnapshot(_)
+            | StartMicroVm
+            | SendCtrlAltDel
+            | FlushMetrics
+            | Pause
+            | Resume => false,
+        }
+    }
+
+    /// Whether the action may run in this lifecycle state; the error is upstream's text.
+    pub fn check_phase(&self, booted: bool) -> Result<(), VmmActionError> {
+        match (self.phase(), booted) {
+            (Phase::PreBoot, true) => Err(VmmActionError::OperationNotSupportedPostBoot),
+            (Phase::PostBoot, false) => Err(VmmActionError::OperationNotSupportedPreBoot),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// When an action may run, relative to `InstanceStart` (or a snapshot load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Before boot only; refused afterwards with the post-boot message.
+    PreBoot,
+    /// On a booted VM only; refused before with the pre-boot message.
+    PostBoot,
+    /// Either side of boot.
+    Any,
 }
 
 /// What a successful action hands back.
@@ -357,5 +397,23 @@ mod tests {
             e(vec!["network interfaces", "vsock", "MMDS"]),
             "Start microvm error: network interfaces, vsock and MMDS are not supported by squib yet."
         );
+    }
+
+    #[test]
+    fn phases_refuse_with_upstreams_texts() {
+        let text =
+            |action: VmmAction, booted| action.check_phase(booted).map_err(|e| e.to_string()).err();
+        assert_eq!(
+            text(VmmAction::StartMicroVm, true).as_deref(),
+            Some("The requested operation is not supported after starting the microVM.")
+        );
+        assert_eq!(
+            text(VmmAction::Pause, false).as_deref(),
+            Some("The requested operation is not supported before starting the microVM.")
+        );
+        assert_eq!(text(VmmAction::PutMmds(Value::Null), true), None);
+        assert_eq!(text(VmmAction::PutMmds(Value::Null), false), None);
+        assert!(!VmmAction::StartMicroVm.commits_to_boot());
+        assert!(VmmAction::ConfigureBootSource(Default::default()).commits_to_boot());
     }
 }

@@ -4,10 +4,9 @@ use serde::Serialize;
 
 use crate::action::{VmmActionError, device_not_found};
 use crate::engine::EngineError;
-use crate::mmds_store::MmdsStoreError;
 use crate::resources::VmResources;
 use crate::resources::balloon::{
-    BalloonConfigError, BalloonDeviceConfig, BalloonStats, BalloonUpdateError, HintingStatus,
+    BalloonConfigError, BalloonDeviceConfig, BalloonStats, HintingStatus,
 };
 use crate::resources::memory_hotplug::MemoryHotplugStatus;
 
@@ -107,13 +106,7 @@ impl VmView {
         if !self.state.is_booted() {
             return Err(VmmActionError::OperationNotSupportedPreBoot);
         }
-        let cfg = self
-            .resources
-            .balloon
-            .ok_or(BalloonUpdateError::DeviceNotFound)?;
-        if !cfg.free_page_hinting {
-            return Err(BalloonUpdateError::HintingNotEnabled.into());
-        }
+        self.resources.check_balloon_hinting()?;
         // QEMU runs free page hinting only during migration: no host command drives it.
         Err(VmmActionError::NotSupportedBySquib(
             "Driving free page hinting",
@@ -139,9 +132,8 @@ impl VmView {
 
     /// `GET /mmds`: pre-boot always; post-boot only with an MMDS-enabled interface.
     pub fn mmds_json(&self) -> Result<String, VmmActionError> {
-        if self.state.is_booted() && self.resources.effective_mmds_config().is_none() {
-            return Err(VmmActionError::Mmds(MmdsStoreError::NotInitialized));
-        }
+        self.resources
+            .check_mmds_reachable(self.state.is_booted())?;
         Ok(self.resources.mmds.to_json())
     }
 }

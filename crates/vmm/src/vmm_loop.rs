@@ -15,11 +15,11 @@ use crate::action::{
 use crate::engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
 use crate::metrics::{DeviceClass, MetricsRegistry};
 use crate::resources::VmResources;
-use crate::resources::balloon::{BalloonStats, BalloonUpdateError, BalloonUpdateStatsConfig};
+use crate::resources::balloon::{BalloonStats, BalloonUpdateStatsConfig};
 use crate::resources::boot_source::BootSource;
-use crate::resources::drive::{BlockDeviceUpdateConfig, Drive, DriveBackend, DriveError};
+use crate::resources::drive::{BlockDeviceUpdateConfig, DriveBackend, DriveError};
 use crate::resources::logger::{LoggerConfig, LoggerConfigError, LoggerControl, NoopLoggerControl};
-use crate::resources::machine_config::{MachineConfigError, MachineConfigUpdate};
+use crate::resources::machine_config::MachineConfigUpdate;
 use crate::resources::metrics::{Metrics, MetricsConfig, MetricsConfigError};
 use crate::resources::net::NetworkInterfaceError;
 use crate::resources::rate_limiter::RateLimiterConfig;
@@ -229,13 +229,8 @@ impl<E: Engine> Vmm<E> {
     async fn dispatch(&mut self, action: VmmAction) -> ActionResult {
         use VmmAction::*;
         let booted = self.state.is_booted();
-        if booted && action.is_pre_boot_only() {
-            return Err(VmmActionError::OperationNotSupportedPostBoot);
-        }
-        if !booted && action.is_post_boot_only() {
-            return Err(VmmActionError::OperationNotSupportedPreBoot);
-        }
-        if !booted && action.sets_boot_path() {
+        action.check_phase(booted)?;
+        if !booted && action.commits_to_boot() {
             self.boot_path = true;
         }
         match action {
@@ -246,10 +241,7 @@ impl<E: Engine> Vmm<E> {
             PutMachineConfig(cfg) => self.update_machine_config(&MachineConfigUpdate::from(cfg)),
             PatchMachineConfig(update) => self.update_machine_config(&update),
             PutCpuConfiguration(template) => {
-                // A custom template replaces a static one, and the other way round (upstream
-                // keeps both in one field).
-                self.resources.machine_config.cpu_template = None;
-                self.resources.cpu_config = Some(template);
+                self.resources.set_cpu_config(template);
                 Ok(VmmData::Empty)
             }
             // Hot-plug needs the PCI transport (--enable-pci).
@@ -270,11 +262,7 @@ impl<E: Engine> Vmm<E> {
                 Err(VmmActionError::NotSupportedBySquib("Device hot-plug"))
             }
             InsertBlockDevice(cfg) => {
-                if cfg.is_root_device && self.resources.pmem.has_root() {
-                    return Err(DriveError::AddingSecondRootDevice.into());
-                }
-                let drive = Drive::try_from(cfg)?;
-                self.resources.drives.insert(drive)?;
+                self.resources.insert_drive(cfg)?;
                 Ok(VmmData::Empty)
             }
             UpdateBlockDevice(update) => self.update_drive(update).await,
@@ -298,14 +286,13 @@ impl<E: Engine> Vmm<E> {
                 .map_err(VmmActionError::InternalVmm)?;
                 // As the relay does: a missing limiter or bucket keeps the current one.
                 iface.config.rx_rate_limiter =
-                    merge_limiter(iface.config.rx_rate_limiter, update.rx_rate_limiter);
+                    RateLimiterConfig::merged(iface.config.rx_rate_limiter, update.rx_rate_limiter);
                 iface.config.tx_rate_limiter =
-                    merge_limiter(iface.config.tx_rate_limiter, update.tx_rate_limiter);
+                    RateLimiterConfig::merged(iface.config.tx_rate_limiter, update.tx_rate_limiter);
                 Ok(VmmData::Empty)
             }
             InsertPmemDevice(cfg) => {
-                let block_root = self.resources.drives.root().is_some();
-                self.resources.pmem.insert(cfg, block_root)?;
+                self.resources.insert_pmem(cfg)?;
                 Ok(VmmData::Empty)
             }
             // As upstream, only a rate limiter makes the device be looked up. QEMU's
@@ -325,30 +312,28 @@ impl<E: Engine> Vmm<E> {
                 Ok(VmmData::Empty)
             }
             SetBalloonDevice(cfg) => {
-                cfg.validate(self.resources.machine_config.mem_size_mib)?;
-                self.resources.balloon = Some(cfg);
+                self.resources.set_balloon(cfg)?;
                 Ok(VmmData::Empty)
             }
             UpdateBalloon(update) => {
-                let mem = self.resources.machine_config.mem_size_mib;
-                let Some(balloon) = self.resources.balloon.as_mut() else {
-                    return Err(BalloonUpdateError::DeviceNotFound.into());
-                };
-                if update.amount_mib as usize > mem {
-                    return Err(
-                        BalloonUpdateError::TooMuchMemoryRequested(update.amount_mib).into(),
-                    );
-                }
-                self.vm
-                    .as_mut()
-                    .ok_or(VmmActionError::OperationNotSupportedPreBoot)?
+                self.resources.check_balloon_target(update.amount_mib)?;
+                self.running_vm()?
                     .set_balloon_target(update.amount_mib)
                     .await
                     .map_err(VmmActionError::InternalVmm)?;
-                balloon.amount_mib = update.amount_mib;
+                if let Some(balloon) = self.resources.balloon.as_mut() {
+                    balloon.amount_mib = update.amount_mib;
+                }
                 Ok(VmmData::Empty)
             }
-            StartFreePageHinting(_) | StopFreePageHinting => Err(self.balloon_runtime_error(None)),
+            StartFreePageHinting(_) | StopFreePageHinting => {
+                self.resources.check_balloon_hinting()?;
+                // QEMU runs free page hinting only during migration: no host command can
+                // start or stop it.
+                Err(VmmActionError::NotSupportedBySquib(
+                    "Driving free page hinting",
+                ))
+            }
             UpdateBalloonStatistics(update) => self.update_balloon_stats_interval(update).await,
             SetEntropyDevice(cfg) => {
                 self.resources.entropy = Some(cfg);
@@ -364,22 +349,17 @@ impl<E: Engine> Vmm<E> {
                 Ok(VmmData::Empty)
             }
             PutMmds(data) => {
-                self.check_mmds_reachable()?;
+                self.resources.check_mmds_reachable(booted)?;
                 self.resources.mmds.put(data)?;
                 Ok(VmmData::Empty)
             }
             PatchMmds(patch) => {
-                self.check_mmds_reachable()?;
+                self.resources.check_mmds_reachable(booted)?;
                 self.resources.mmds.patch(&patch)?;
                 Ok(VmmData::Empty)
             }
             SetMmdsConfiguration(request) => {
-                let net = &self.resources.net;
-                let config = request.validate(|id| net.get(id).is_some())?;
-                for iface in self.resources.net.iter_mut() {
-                    iface.mmds = config.network_interfaces.contains(&iface.config.iface_id);
-                }
-                self.resources.mmds_config = Some(config);
+                self.resources.set_mmds_config(request)?;
                 Ok(VmmData::Empty)
             }
             SetMemoryHotplug(cfg) => {
@@ -388,18 +368,10 @@ impl<E: Engine> Vmm<E> {
                 Ok(VmmData::Empty)
             }
             UpdateMemoryHotplugSize(update) => {
-                let Some(cfg) = self.resources.memory_hotplug else {
-                    return Err(VmmActionError::MemoryHotplugUpdate(
-                        crate::action::device_not_found().0,
-                    ));
-                };
                 let requested = update.requested_size_mib;
-                if requested > cfg.total_size_mib || !requested.is_multiple_of(cfg.block_size_mib) {
-                    return Err(VmmActionError::MemoryHotplugUpdate(format!(
-                        "Size {} is invalid: it must be a multiple of block size and less than the total size",
-                        u64::from(requested) << 20
-                    )));
-                }
+                self.resources
+                    .check_memory_hotplug_request(requested)
+                    .map_err(VmmActionError::MemoryHotplugUpdate)?;
                 self.running_vm()?
                     .set_memory_hotplug_size(requested)
                     .await
@@ -440,37 +412,12 @@ impl<E: Engine> Vmm<E> {
         }
     }
 
-    /// Free page hinting commands: QEMU runs hinting only during migration, so no host
-    /// command can start or stop it.
-    fn balloon_runtime_error(&self, stats: Option<BalloonUpdateStatsConfig>) -> VmmActionError {
-        match (self.resources.balloon, stats) {
-            (None, _) => BalloonUpdateError::DeviceNotFound.into(),
-            (Some(cfg), Some(update))
-                if (cfg.stats_polling_interval_s == 0)
-                    != (update.stats_polling_interval_s == 0) =>
-            {
-                BalloonUpdateError::StatisticsStateChange.into()
-            }
-            (Some(cfg), None) if !cfg.free_page_hinting => {
-                BalloonUpdateError::HintingNotEnabled.into()
-            }
-            (Some(_), _) => VmmActionError::NotSupportedBySquib("Driving free page hinting"),
-        }
-    }
-
-    /// `PATCH /balloon/statistics`: same on/off state only; the new interval goes to the
-    /// engine and to the poll timer.
+    /// `PATCH /balloon/statistics`: the new interval goes to the engine and to the poll timer.
     async fn update_balloon_stats_interval(
         &mut self,
         update: BalloonUpdateStatsConfig,
     ) -> ActionResult {
-        let Some(cfg) = self.resources.balloon else {
-            return Err(BalloonUpdateError::DeviceNotFound.into());
-        };
-        if (cfg.stats_polling_interval_s == 0) != (update.stats_polling_interval_s == 0) {
-            return Err(BalloonUpdateError::StatisticsStateChange.into());
-        }
-        if cfg.stats_polling_interval_s != update.stats_polling_interval_s {
+        if self.resources.check_balloon_stats_update(update)? {
             self.running_vm()?
                 .set_balloon_stats_interval(update.stats_polling_interval_s)
                 .await
@@ -508,66 +455,23 @@ impl<E: Engine> Vmm<E> {
 
     /// `PATCH /drives/{id}`: a new backing file and/or new rate limits on the running guest.
     async fn update_drive(&mut self, update: BlockDeviceUpdateConfig) -> ActionResult {
-        let Some(mut drive) = self.resources.drives.get(&update.drive_id).cloned() else {
-            return Err(DriveError::PatchDeviceNotFound.into());
+        let patch = self.resources.drive_patch(&update)?;
+        let vm = self.running_vm()?;
+        let Some(patch) = patch else {
+            return Ok(VmmData::Empty);
         };
-        let refresh = update.path_on_host.is_none() && update.rate_limiter.is_none();
-        let DriveBackend::File {
-            path,
-            read_only,
-            rate_limiter,
-            ..
-        } = &mut drive.backend
-        else {
-            // A vhost-user drive: neither field is upstream's config refresh (re-read the
-            // backend's capacity and tell the guest). QEMU's vhost-user-blk already does that
-            // by itself whenever the backend signals a config change, so there is nothing
-            // left to do. A new path or rate limiter is for virtio drives only, as upstream.
-            self.running_vm()?;
-            return if refresh {
-                Ok(VmmData::Empty)
-            } else {
-                Err(DriveError::PatchDifferentBackend.into())
-            };
-        };
-        if refresh {
-            // Upstream's vhost-user config refresh, on a virtio drive.
-            return Err(DriveError::PatchDifferentBackend.into());
-        }
-        if let Some(new_path) = &update.path_on_host {
-            crate::resources::drive::open_backing_file(new_path, !*read_only)
-                .map_err(|e| DriveError::PatchBackingFile(e, new_path.clone()))?;
-            *path = new_path.clone();
-        }
-        let limiter_update = update.rate_limiter.map(|update| {
-            merge_limiter(*rate_limiter, Some(update)).and_then(RateLimiterConfig::normalized)
-        });
-        if let Some(limiter) = limiter_update {
-            *rate_limiter = limiter;
-        }
-        let vm = self
-            .vm
-            .as_mut()
-            .ok_or(VmmActionError::OperationNotSupportedPreBoot)?;
-        if update.path_on_host.is_some() {
-            vm.swap_drive(&drive)
+        if patch.new_backing_file {
+            vm.swap_drive(&patch.drive)
                 .await
                 .map_err(|e| DriveError::PatchEngine(e.0))?;
         }
-        if let Some(limiter) = limiter_update {
-            vm.set_drive_rate_limiter(&drive.id, limiter)
+        if let Some(limiter) = patch.limiter {
+            vm.set_drive_rate_limiter(&patch.drive.id, limiter)
                 .await
                 .map_err(|e| DriveError::PatchEngine(e.0))?;
         }
-        self.resources.drives.insert(drive)?;
+        self.resources.drives.insert(patch.drive)?;
         Ok(VmmData::Empty)
-    }
-
-    fn check_mmds_reachable(&self) -> Result<(), VmmActionError> {
-        if self.state.is_booted() && self.resources.effective_mmds_config().is_none() {
-            return Err(crate::mmds_store::MmdsStoreError::NotInitialized.into());
-        }
-        Ok(())
     }
 
     fn configure_logger(&mut self, cfg: LoggerConfig) -> ActionResult {
@@ -617,16 +521,7 @@ impl<E: Engine> Vmm<E> {
     }
 
     fn update_machine_config(&mut self, update: &MachineConfigUpdate) -> ActionResult {
-        let updated = self.resources.machine_config.updated(update)?;
-        if let Some(balloon) = self.resources.balloon
-            && balloon.amount_mib as usize > updated.mem_size_mib
-        {
-            return Err(MachineConfigError::IncompatibleBalloonSize.into());
-        }
-        self.resources.machine_config = updated;
-        if update.cpu_template.is_some() {
-            self.resources.cpu_config = None;
-        }
+        self.resources.update_machine_config(update)?;
         Ok(VmmData::Empty)
     }
 
@@ -718,21 +613,6 @@ impl<E: Engine> Vmm<E> {
         self.vm
             .as_mut()
             .ok_or(VmmActionError::OperationNotSupportedPreBoot)
-    }
-}
-
-/// A PATCHed limiter over the current one: absent parts keep their current value.
-fn merge_limiter(
-    current: Option<RateLimiterConfig>,
-    update: Option<RateLimiterConfig>,
-) -> Option<RateLimiterConfig> {
-    match (current, update) {
-        (current, None) => current,
-        (None, Some(update)) => Some(update),
-        (Some(current), Some(update)) => Some(RateLimiterConfig {
-            bandwidth: update.bandwidth.or(current.bandwidth),
-            ops: update.ops.or(current.ops),
-        }),
     }
 }
 

@@ -131,6 +131,52 @@ impl BalloonDeviceConfig {
     }
 }
 
+impl super::VmResources {
+    /// `PUT /balloon`: no more than the guest has.
+    pub(crate) fn set_balloon(
+        &mut self,
+        cfg: BalloonDeviceConfig,
+    ) -> Result<(), BalloonConfigError> {
+        cfg.validate(self.machine_config.mem_size_mib)?;
+        self.balloon = Some(cfg);
+        Ok(())
+    }
+
+    /// `PATCH /balloon`: the device exists and the target fits in the guest's memory.
+    pub(crate) fn check_balloon_target(&self, amount_mib: u32) -> Result<(), BalloonUpdateError> {
+        if self.balloon.is_none() {
+            return Err(BalloonUpdateError::DeviceNotFound);
+        }
+        if amount_mib as usize > self.machine_config.mem_size_mib {
+            return Err(BalloonUpdateError::TooMuchMemoryRequested(amount_mib));
+        }
+        Ok(())
+    }
+
+    /// `PATCH /balloon/statistics`: the device exists, and statistics stay on or stay off.
+    /// `Ok(true)` when the interval changes.
+    pub(crate) fn check_balloon_stats_update(
+        &self,
+        update: BalloonUpdateStatsConfig,
+    ) -> Result<bool, BalloonUpdateError> {
+        let cfg = self.balloon.ok_or(BalloonUpdateError::DeviceNotFound)?;
+        if (cfg.stats_polling_interval_s == 0) != (update.stats_polling_interval_s == 0) {
+            return Err(BalloonUpdateError::StatisticsStateChange);
+        }
+        Ok(cfg.stats_polling_interval_s != update.stats_polling_interval_s)
+    }
+
+    /// Free page hinting commands: the device exists and hinting is enabled. Then the
+    /// caller still refuses: QEMU runs hinting only during migration.
+    pub(crate) fn check_balloon_hinting(&self) -> Result<(), BalloonUpdateError> {
+        let cfg = self.balloon.ok_or(BalloonUpdateError::DeviceNotFound)?;
+        if !cfg.free_page_hinting {
+            return Err(BalloonUpdateError::HintingNotEnabled);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +200,52 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&stats).unwrap(),
             r#"{"target_pages":0,"actual_pages":0,"target_mib":0,"actual_mib":0}"#
+        );
+    }
+
+    #[test]
+    fn the_balloon_fits_in_the_guest_memory() {
+        use crate::resources::machine_config::{MachineConfigError, MachineConfigUpdate};
+        let mut resources = crate::VmResources::default();
+        let too_big = BalloonDeviceConfig {
+            amount_mib: 129,
+            ..Default::default()
+        };
+        assert_eq!(
+            resources.set_balloon(too_big),
+            Err(BalloonConfigError::TooManyPagesRequested)
+        );
+        assert_eq!(
+            resources.check_balloon_target(1),
+            Err(BalloonUpdateError::DeviceNotFound)
+        );
+        resources
+            .set_balloon(BalloonDeviceConfig {
+                amount_mib: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            resources.check_balloon_target(129),
+            Err(BalloonUpdateError::TooMuchMemoryRequested(129))
+        );
+        // Shrinking the memory below the balloon is refused, and changes nothing.
+        let shrink: MachineConfigUpdate = serde_json::from_str(r#"{"mem_size_mib":64}"#).unwrap();
+        assert!(matches!(
+            resources.update_machine_config(&shrink),
+            Err(MachineConfigError::IncompatibleBalloonSize)
+        ));
+        assert_eq!(resources.machine_config.mem_size_mib, 128);
+        // Statistics stay on or stay off.
+        assert_eq!(
+            resources.check_balloon_stats_update(BalloonUpdateStatsConfig {
+                stats_polling_interval_s: 1
+            }),
+            Err(BalloonUpdateError::StatisticsStateChange)
+        );
+        assert_eq!(
+            resources.check_balloon_hinting(),
+            Err(BalloonUpdateError::HintingNotEnabled)
         );
     }
 }

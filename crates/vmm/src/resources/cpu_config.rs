@@ -161,6 +161,15 @@ fn bitmap64<'de, D: Deserializer<'de>>(d: D) -> Result<RegisterValueFilter, D::E
     bitmap(d, 64)
 }
 
+impl super::VmResources {
+    /// `PUT /cpu-config`: a custom template replaces a static one, and the other way round
+    /// (upstream keeps both in one field).
+    pub(crate) fn set_cpu_config(&mut self, template: CustomCpuTemplate) {
+        self.machine_config.cpu_template = None;
+        self.cpu_config = Some(template);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

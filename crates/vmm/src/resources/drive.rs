@@ -247,6 +247,77 @@ impl Drives {
     }
 }
 
+impl super::VmResources {
+    /// `PUT /drives/{id}`: one root device across drives and pmem.
+    pub(crate) fn insert_drive(&mut self, cfg: BlockDeviceConfig) -> Result<(), DriveError> {
+        if cfg.is_root_device && self.pmem.has_root() {
+            return Err(DriveError::AddingSecondRootDevice);
+        }
+        let drive = Drive::try_from(cfg)?;
+        self.drives.insert(drive)
+    }
+
+    /// `PATCH /drives/{id}`: what changes, checked (a new backing file is opened first); the
+    /// caller applies it to the running guest, then records [`DrivePatch::drive`].
+    pub(crate) fn drive_patch(
+        &self,
+        update: &BlockDeviceUpdateConfig,
+    ) -> Result<Option<DrivePatch>, DriveError> {
+        let Some(mut drive) = self.drives.get(&update.drive_id).cloned() else {
+            return Err(DriveError::PatchDeviceNotFound);
+        };
+        let refresh = update.path_on_host.is_none() && update.rate_limiter.is_none();
+        let DriveBackend::File {
+            path,
+            read_only,
+            rate_limiter,
+            ..
+        } = &mut drive.backend
+        else {
+            // A vhost-user drive: neither field is upstream's config refresh (re-read the
+            // backend's capacity and tell the guest). QEMU's vhost-user-blk already does that
+            // by itself whenever the backend signals a config change, so there is nothing
+            // left to do. A new path or rate limiter is for virtio drives only, as upstream.
+            return if refresh {
+                Ok(None)
+            } else {
+                Err(DriveError::PatchDifferentBackend)
+            };
+        };
+        if refresh {
+            // Upstream's vhost-user config refresh, on a virtio drive.
+            return Err(DriveError::PatchDifferentBackend);
+        }
+        if let Some(new_path) = &update.path_on_host {
+            open_backing_file(new_path, !*read_only)
+                .map_err(|e| DriveError::PatchBackingFile(e, new_path.clone()))?;
+            *path = new_path.clone();
+        }
+        let limiter = update.rate_limiter.map(|update| {
+            RateLimiterConfig::merged(*rate_limiter, Some(update))
+                .and_then(RateLimiterConfig::normalized)
+        });
+        if let Some(limiter) = limiter {
+            *rate_limiter = limiter;
+        }
+        Ok(Some(DrivePatch {
+            new_backing_file: update.path_on_host.is_some(),
+            limiter,
+            drive,
+        }))
+    }
+}
+
+/// A checked `PATCH /drives/{id}` on a virtio drive.
+pub(crate) struct DrivePatch {
+    /// The drive as it is once the patch is applied.
+    pub(crate) drive: Drive,
+    /// The engine must reopen the backing file.
+    pub(crate) new_backing_file: bool,
+    /// The engine must apply this limiter (`None` inside: unlimited).
+    pub(crate) limiter: Option<Option<RateLimiterConfig>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

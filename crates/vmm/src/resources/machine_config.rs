@@ -157,6 +157,27 @@ impl MachineConfig {
     }
 }
 
+impl super::VmResources {
+    /// `PUT`/`PATCH /machine-config`: the balloon must still fit; a static CPU template
+    /// replaces a custom one.
+    pub(crate) fn update_machine_config(
+        &mut self,
+        update: &MachineConfigUpdate,
+    ) -> Result<(), MachineConfigError> {
+        let updated = self.machine_config.updated(update)?;
+        if let Some(balloon) = self.balloon
+            && balloon.amount_mib as usize > updated.mem_size_mib
+        {
+            return Err(MachineConfigError::IncompatibleBalloonSize);
+        }
+        self.machine_config = updated;
+        if update.cpu_template.is_some() {
+            self.cpu_config = None;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

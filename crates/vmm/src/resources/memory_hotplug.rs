@@ -84,6 +84,23 @@ impl MemoryHotplugConfig {
     }
 }
 
+impl super::VmResources {
+    /// `PATCH /hotplug/memory`: the device exists and the size is a multiple of its block
+    /// size, within its total size. The texts are upstream's.
+    pub(crate) fn check_memory_hotplug_request(&self, requested_mib: u32) -> Result<(), String> {
+        let Some(cfg) = self.memory_hotplug else {
+            return Err(crate::action::device_not_found().0);
+        };
+        if requested_mib > cfg.total_size_mib || !requested_mib.is_multiple_of(cfg.block_size_mib) {
+            return Err(format!(
+                "Size {} is invalid: it must be a multiple of block size and less than the total size",
+                u64::from(requested_mib) << 20
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

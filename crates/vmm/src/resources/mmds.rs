@@ -91,6 +91,49 @@ impl MmdsConfigRequest {
     }
 }
 
+impl super::VmResources {
+    /// `PUT /mmds/config`: every listed interface must exist; they, and only they, carry MMDS.
+    pub(crate) fn set_mmds_config(
+        &mut self,
+        request: MmdsConfigRequest,
+    ) -> Result<(), MmdsConfigError> {
+        let net = &self.net;
+        let config = request.validate(|id| net.get(id).is_some())?;
+        for iface in self.net.iter_mut() {
+            iface.mmds = config.network_interfaces.contains(&iface.config.iface_id);
+        }
+        self.mmds_config = Some(config);
+        Ok(())
+    }
+
+    /// The effective MMDS configuration: null unless some interface carries MMDS.
+    pub fn effective_mmds_config(&self) -> Option<MmdsConfig> {
+        let config = self.mmds_config.as_ref()?;
+        let interfaces: Vec<String> = self
+            .net
+            .iter()
+            .filter(|n| n.mmds)
+            .map(|n| n.config.iface_id.clone())
+            .collect();
+        (!interfaces.is_empty()).then(|| MmdsConfig {
+            network_interfaces: interfaces,
+            ..config.clone()
+        })
+    }
+
+    /// The MMDS store is reachable through the API before boot, and after boot only while
+    /// some interface carries MMDS.
+    pub(crate) fn check_mmds_reachable(
+        &self,
+        booted: bool,
+    ) -> Result<(), crate::mmds_store::MmdsStoreError> {
+        if booted && self.effective_mmds_config().is_none() {
+            return Err(crate::mmds_store::MmdsStoreError::NotInitialized);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +179,21 @@ mod tests {
             err.to_string().starts_with("invalid IPv4 address syntax"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn mmds_interfaces_must_exist() {
+        let mut resources = crate::VmResources::default();
+        let request = MmdsConfigRequest {
+            network_interfaces: vec!["eth0".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resources.set_mmds_config(request),
+            Err(MmdsConfigError::InvalidNetworkInterfaceId)
+        );
+        assert_eq!(resources.mmds_config, None);
+        assert!(resources.check_mmds_reachable(false).is_ok());
+        assert!(resources.check_mmds_reachable(true).is_err());
     }
 }

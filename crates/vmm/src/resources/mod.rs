@@ -115,21 +115,6 @@ struct FullVmConfig<'a> {
 }
 
 impl VmResources {
-    /// The effective MMDS configuration: null unless some interface carries MMDS.
-    pub fn effective_mmds_config(&self) -> Option<MmdsConfig> {
-        let config = self.mmds_config.as_ref()?;
-        let interfaces: Vec<String> = self
-            .net
-            .iter()
-            .filter(|n| n.mmds)
-            .map(|n| n.config.iface_id.clone())
-            .collect();
-        (!interfaces.is_empty()).then(|| MmdsConfig {
-            network_interfaces: interfaces,
-            ..config.clone()
-        })
-    }
-
     /// The body of `GET /vm/config`, as compact JSON.
     pub fn full_config_json(&self) -> String {
         let view = FullVmConfig {

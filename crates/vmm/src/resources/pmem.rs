@@ -103,6 +103,14 @@ impl PmemDevices {
     }
 }
 
+impl super::VmResources {
+    /// `PUT /pmem/{id}`: one root device across drives and pmem.
+    pub(crate) fn insert_pmem(&mut self, cfg: PmemConfig) -> Result<(), PmemConfigError> {
+        let block_root = self.drives.root().is_some();
+        self.pmem.insert(cfg, block_root)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +142,41 @@ mod tests {
             serde_json::to_string(&pmem("a", false)).unwrap(),
             r#"{"id":"a","path_on_host":"/p","root_device":false,"read_only":false,"rate_limiter":null}"#
         );
+    }
+
+    #[test]
+    fn one_root_device_across_drives_and_pmem() {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        let mut resources = crate::VmResources::default();
+        resources
+            .insert_drive(crate::resources::drive::BlockDeviceConfig {
+                drive_id: "rootfs".into(),
+                is_root_device: true,
+                path_on_host: Some(image.path().to_string_lossy().into_owned()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            resources.insert_pmem(pmem("p0", true)),
+            Err(PmemConfigError::AddingSecondRootDevice)
+        );
+        assert!(resources.insert_pmem(pmem("p0", false)).is_ok());
+
+        let mut resources = crate::VmResources::default();
+        resources.insert_pmem(pmem("p0", true)).unwrap();
+        // Refused before the image is opened.
+        let err = resources
+            .insert_drive(crate::resources::drive::BlockDeviceConfig {
+                drive_id: "rootfs".into(),
+                is_root_device: true,
+                path_on_host: Some("/r".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            crate::resources::drive::DriveError::AddingSecondRootDevice
+        ));
+        assert!(resources.drives.is_empty());
     }
 }

@@ -45,6 +45,20 @@ impl RateLimiterConfig {
     }
 }
 
+impl RateLimiterConfig {
+    /// A PATCHed limiter over the current one: absent parts keep their current value.
+    pub(crate) fn merged(current: Option<Self>, update: Option<Self>) -> Option<Self> {
+        match (current, update) {
+            (current, None) => current,
+            (None, Some(update)) => Some(update),
+            (Some(current), Some(update)) => Some(Self {
+                bandwidth: update.bandwidth.or(current.bandwidth),
+                ops: update.ops.or(current.ops),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
