@@ -3,7 +3,7 @@
 use serde_json::Value;
 use squib_vmm::metrics::BlockCounters;
 
-use crate::cmdline::DriveNames;
+use crate::plan::DriveNames;
 
 /// The counters of each drive QEMU reports on. A backend is matched by its root node name or
 /// by the id of the virtio-blk device using it (`qdev` is the id or a QOM path containing it).
@@ -35,7 +35,7 @@ pub fn by_drive(drives: &[(String, DriveNames)], stats: &[Value]) -> Vec<(String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmdline::drive_names;
+    use crate::plan::drive_names;
 
     #[test]
     fn matches_by_device_path_or_node() {

@@ -9,7 +9,7 @@ use squib_vmm::resources::drive::{CacheType, Drive, DriveBackend};
 use squib_vmm::resources::rate_limiter::RateLimiterConfig;
 use squib_vmm::{EngineError, VmResources};
 
-use crate::cmdline::{self, BALLOON_ID, DriveNames};
+use crate::plan::{self, Aio, BALLOON_ID, DriveNames};
 use crate::qmp::{QmpClient, QmpError};
 use crate::throttle::throttle_args;
 
@@ -58,7 +58,7 @@ impl DeviceState {
                 ..
             } = &drive.backend
             {
-                let names = cmdline::drive_names(index, &drive.id);
+                let names = plan::drive_names(index, &drive.id);
                 qmp.block_set_io_throttle(throttle_args(&names.device, Some(limiter)))
                     .await?;
             }
@@ -151,7 +151,7 @@ impl DeviceState {
         });
         qmp.blockdev_add(json!({
             "driver": "file", "node-name": file_node, "filename": path,
-            "aio": cmdline::qemu_aio(drive), "read-only": read_only, "cache": cache,
+            "aio": Aio::of(drive).qemu_name(), "read-only": read_only, "cache": cache,
             // Firecracker takes no image locks (see cmdline's drives).
             "locking": "off",
         }))

@@ -17,9 +17,10 @@ use squib_mmds::Mmds;
 use squib_vmm::resources::rate_limiter::RateLimiterConfig;
 
 use crate::accel::{Accel, AccelChoice};
-use crate::cmdline::{self, ConsoleTarget, DriveNames, LaunchSpec};
+use crate::caps::Capabilities;
 use crate::devices::DeviceState;
 use crate::net;
+use crate::plan::{self, ConsoleTarget, DriveNames, LaunchInputs, LaunchPlan};
 use crate::process::{ProcessExit, QemuProcess};
 use crate::qmp::{QmpClient, QmpError, ShutdownEvent};
 use crate::serial::SerialRelay;
@@ -43,7 +44,7 @@ pub struct EngineConfig {
     pub startup_timeout: Duration,
     /// The microVM's id (`--id`): MMDS session tokens are bound to it.
     pub instance_id: String,
-    /// QEMU's own seccomp sandbox (`-sandbox`, see [`cmdline::SANDBOX`]); off only with
+    /// QEMU's own seccomp sandbox (`-sandbox`, see [`plan::argv::SANDBOX`]); off only with
     /// squib's `--no-seccomp`.
     pub sandbox: bool,
 }
@@ -65,20 +66,35 @@ impl Default for EngineConfig {
 #[derive(Clone, Debug, Default)]
 pub struct QemuEngine {
     config: EngineConfig,
-    /// Set while [`Engine::restore`] runs `start`: what the guest is restored from.
-    restore_from: Option<crate::snapshot::PendingRestore>,
+    /// What the QEMU binary offers, probed once (see [`QemuEngine::new`]).
+    caps: Arc<tokio::sync::OnceCell<Capabilities>>,
 }
 
 impl QemuEngine {
+    /// On a tokio runtime, the QEMU binary is probed right away, in the background, so the
+    /// first start rarely waits for it.
     pub fn new(config: EngineConfig) -> Self {
-        Self {
+        let engine = Self {
             config,
-            restore_from: None,
+            caps: Arc::default(),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (caps, qemu) = (engine.caps.clone(), engine.config.qemu_binary.clone());
+            runtime.spawn(async move {
+                caps.get_or_init(|| Capabilities::probe(&qemu)).await;
+            });
         }
+        engine
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    async fn capabilities(&self) -> &Capabilities {
+        self.caps
+            .get_or_init(|| Capabilities::probe(&self.config.qemu_binary))
+            .await
     }
 }
 
@@ -218,7 +234,7 @@ impl RunningVm for QemuVm {
         }
         self.qmp
             .qom_set(
-                &format!("/machine/peripheral/{}", cmdline::MEMORY_HOTPLUG_ID),
+                &format!("/machine/peripheral/{}", plan::MEMORY_HOTPLUG_ID),
                 "requested-size",
                 serde_json::json!(u64::from(requested_mib) << 20),
             )
@@ -267,18 +283,21 @@ impl Engine for QemuEngine {
         resources: &VmResources,
         source: squib_vmm::RestoreSource<'_>,
     ) -> Result<(QemuVm, ExitWatch), EngineError> {
-        self.restore_from = Some(crate::snapshot::PendingRestore {
-            device_state: source.device_state.to_vec(),
-            memory_file: source.memory_file.to_path_buf(),
-        });
-        let result = self.start(resources).await;
-        self.restore_from = None;
-        result
+        self.launch(resources, Some(source)).await
     }
 
     async fn start(&mut self, resources: &VmResources) -> Result<(QemuVm, ExitWatch), EngineError> {
-        // A restore (see `restore`) starts the same device set, from a snapshot.
-        let restoring = self.restore_from.take();
+        self.launch(resources, None).await
+    }
+}
+
+impl QemuEngine {
+    /// Boots `resources`, or restores them from `restore` (the same device set).
+    async fn launch(
+        &self,
+        resources: &VmResources,
+        restore: Option<squib_vmm::RestoreSource<'_>>,
+    ) -> Result<(QemuVm, ExitWatch), EngineError> {
         warn_unhonoured(resources);
         let cpu_model = crate::cpu_model::CpuModel::for_resources(resources);
         if let Some(model) = &cpu_model {
@@ -286,9 +305,10 @@ impl Engine for QemuEngine {
         }
         let io_uring_fallback = io_uring_fallback(resources);
         let resources = io_uring_fallback.as_ref().unwrap_or(resources);
-        let console = cmdline::console_target(resources, &self.config.console);
+        let console = plan::console_target(resources, &self.config.console);
         let accel = self.config.accel.resolve();
         tracing::info!(%accel, requested = %self.config.accel, "accelerator chosen");
+        let caps = self.capabilities().await;
         let runtime_dir = tempfile::Builder::new()
             .prefix("squib-qemu-")
             .tempdir()
@@ -314,52 +334,58 @@ impl Engine for QemuEngine {
             Some(relay) => ConsoleTarget::Socket(relay.socket().to_path_buf()),
             None => console,
         };
-        let argv_resources = restoring
-            .as_ref()
-            .map(|_| crate::snapshot::argv_resources(resources));
-        let mut args = cmdline::build_args(
-            argv_resources.as_ref().unwrap_or(resources),
-            &LaunchSpec {
-                accel,
-                qmp_socket: &qmp_socket,
-                console: &console,
-                tsc_khz: match accel {
-                    Accel::Tcg => crate::host_tsc::host_tsc_khz(),
-                    Accel::Kvm => None,
-                },
-                pmem_sizes: &pmem_sizes(resources)?,
-            },
-        )
-        .map_err(|e| EngineError(e.to_string()))?;
-        if self.config.sandbox {
-            cmdline::add_sandbox(&mut args);
-        }
-        // qboot is microvm's firmware; q35 (PCI) keeps QEMU's SeaBIOS, which sets up its
-        // root ports and memory devices.
-        if cmdline::Machine::for_resources(resources) == cmdline::Machine::Microvm
-            && let Some(qboot) = crate::firmware::qboot(&self.config.qemu_binary).await
-        {
-            args.push("-bios".to_string());
-            args.push(qboot.to_string_lossy().into_owned());
-        }
         let mem_bytes = resources.machine_config.mem_bytes().ok_or_else(|| {
             EngineError(format!(
                 "a memory size of {} MiB does not fit in 64 bits",
                 resources.machine_config.mem_size_mib
             ))
         })?;
-        let (snapshot, device_state) = crate::snapshot::prepare(
-            &mut args,
-            accel,
-            mem_bytes,
-            restoring.as_ref(),
-            crate::snapshot::private_mapping_allowed(resources),
-        )?;
+        let pmem_sizes = pmem_sizes(resources)?;
+        let restoring = match &restore {
+            Some(source) => Some(crate::snapshot::decode_restore(source.device_state, accel)?),
+            None => None,
+        };
+        let ram = match &restore {
+            Some(source) => crate::snapshot::GuestRam::for_restore(
+                source.memory_file,
+                mem_bytes,
+                crate::snapshot::private_mapping_allowed(resources),
+                caps,
+            )?,
+            None => crate::snapshot::GuestRam::new(mem_bytes)?,
+        };
+        // squib listens on QMP's socket and QEMU inherits it: the connection below is queued
+        // before QEMU even runs, and answered as soon as its monitor is up.
+        let qmp_listener = std::os::unix::net::UnixListener::bind(&qmp_socket)
+            .map_err(|e| EngineError(format!("cannot create QEMU's QMP socket: {e}")))?;
+        let plan = LaunchPlan::new(
+            resources,
+            &LaunchInputs {
+                accel,
+                caps,
+                runtime_dir: runtime_dir.path(),
+                qmp_listener: qmp_listener.as_raw_fd(),
+                console,
+                tsc_khz: match accel {
+                    Accel::Tcg => crate::host_tsc::host_tsc_khz(),
+                    Accel::Kvm => None,
+                },
+                pmem_sizes: &pmem_sizes,
+                memory: ram.backend(),
+                sandbox: self.config.sandbox,
+                restore: restoring.as_ref().map(|(meta, _)| meta),
+            },
+        )
+        .map_err(|e| EngineError(e.to_string()))?;
+        let snapshot = crate::snapshot::Snapshottable {
+            ram,
+            meta: plan.engine_meta(),
+        };
         // The devices listen before QEMU starts: its vhost-user netdevs connect at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
-        let nets = net::serve_devices(resources, &qmp_socket, mmds.as_ref())?;
+        let nets = net::serve_devices(resources, runtime_dir.path(), mmds.as_ref())?;
         // So does the vsock backend: QEMU connects to it while it starts.
-        let vsock = start_vsock(resources, &qmp_socket)?;
+        let vsock = start_vsock(resources, runtime_dir.path())?;
         // vhost-user drives have no block node in QEMU: their backend owns the I/O, and their
         // metrics section is `vhost_user_block_⟨id⟩`, not `block_⟨id⟩`.
         let drives = resources
@@ -367,14 +393,10 @@ impl Engine for QemuEngine {
             .iter()
             .enumerate()
             .filter(|(_, d)| matches!(d.backend, DriveBackend::File { .. }))
-            .map(|(i, d)| (d.id.clone(), cmdline::drive_names(i, &d.id)))
+            .map(|(i, d)| (d.id.clone(), plan::drive_names(i, &d.id)))
             .collect();
 
-        // squib listens on QMP's socket and QEMU inherits it: the connection below is queued
-        // before QEMU even runs, and answered as soon as its monitor is up.
-        let qmp_listener = std::os::unix::net::UnixListener::bind(&qmp_socket)
-            .map_err(|e| EngineError(format!("cannot create QEMU's QMP socket: {e}")))?;
-        cmdline::use_qmp_listener(&mut args, qmp_listener.as_raw_fd());
+        let args = plan::argv::render(&plan);
         let process =
             QemuProcess::spawn(&self.config.qemu_binary, &args, &[qmp_listener.as_raw_fd()])
                 .map_err(|e| EngineError(e.to_string()))?;
@@ -382,7 +404,7 @@ impl Engine for QemuEngine {
         drop(qmp_listener);
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
-        if let Some(device_state) = &device_state {
+        if let Some((_, device_state)) = &restoring {
             let stream = runtime_dir.path().join("device-state");
             std::fs::write(&stream, device_state)
                 .map_err(|e| EngineError(format!("cannot stage the device state: {e}")))?;
@@ -407,14 +429,14 @@ impl Engine for QemuEngine {
             // Events only report changes: a restored guest starts with what it had plugged.
             let size = qmp
                 .qom_get(
-                    &format!("/machine/peripheral/{}", cmdline::MEMORY_HOTPLUG_ID),
+                    &format!("/machine/peripheral/{}", plan::MEMORY_HOTPLUG_ID),
                     "size",
                 )
                 .await
                 .map_err(|e| startup_error(&process, e))?;
             qmp.seed_memory_size(size.as_u64().unwrap_or(0));
         }
-        if restoring.is_some() {
+        if plan.incoming {
             // A restored guest stays paused until the VMM resumes it.
             tracing::info!(pid = process.pid(), "guest restored, paused");
         } else {
@@ -472,7 +494,7 @@ impl Engine for QemuEngine {
 /// Starts squib's vsock backend on its vhost-user socket, when the VM has a vsock device.
 fn start_vsock(
     resources: &VmResources,
-    qmp_socket: &std::path::Path,
+    runtime_dir: &Path,
 ) -> Result<Option<squib_vsock::Vsock>, EngineError> {
     let Some(vsock) = &resources.vsock else {
         return Ok(None);
@@ -482,7 +504,7 @@ fn start_vsock(
         uds_path: &vsock.config.uds_path,
         listener: &vsock.listener.0,
     };
-    squib_vsock::Vsock::start(&spec, &cmdline::vsock_socket(qmp_socket))
+    squib_vsock::Vsock::start(&spec, &plan::vsock_socket(runtime_dir))
         .map(Some)
         .map_err(|e| EngineError(format!("Cannot start the vsock device: {e}")))
 }

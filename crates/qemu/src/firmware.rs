@@ -5,24 +5,15 @@
 //! overwritten tables and hangs. Where QEMU's data directories hold `qboot.rom`, squib names it
 //! with `-bios`, so every QEMU boots the guest with the same firmware.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 const QBOOT: &str = "qboot.rom";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where QEMU finds qboot, asked once per QEMU binary (`-L help` lists its data directories).
-pub async fn qboot(qemu: &Path) -> Option<PathBuf> {
-    static FOUND: Mutex<Option<HashMap<PathBuf, Option<PathBuf>>>> = Mutex::new(None);
-    if let Some(known) = FOUND
-        .lock()
-        .ok()
-        .and_then(|m| m.as_ref().and_then(|m| m.get(qemu).cloned()))
-    {
-        return known;
-    }
+/// Where QEMU finds qboot (`-L help` lists its data directories); part of the engine's
+/// [`crate::caps::Capabilities`], probed once.
+pub(crate) async fn qboot(qemu: &Path) -> Option<PathBuf> {
     let output = tokio::time::timeout(
         PROBE_TIMEOUT,
         tokio::process::Command::new(qemu)
@@ -33,13 +24,7 @@ pub async fn qboot(qemu: &Path) -> Option<PathBuf> {
     .await
     .ok()?
     .ok()?;
-    let found = in_data_dirs(&String::from_utf8_lossy(&output.stdout));
-    tracing::debug!(qemu = %qemu.display(), firmware = ?found, "microvm firmware");
-    if let Ok(mut m) = FOUND.lock() {
-        m.get_or_insert_with(HashMap::new)
-            .insert(qemu.to_path_buf(), found.clone());
-    }
-    found
+    in_data_dirs(&String::from_utf8_lossy(&output.stdout))
 }
 
 // The first data directory (one per line, QEMU's search order) that has qboot.

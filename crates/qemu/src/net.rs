@@ -15,7 +15,7 @@ use squib_vmm::resources::mmds::MmdsVersion as ApiMmdsVersion;
 use squib_vmm::resources::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use squib_vmm::{EngineError, VmResources};
 
-use crate::cmdline;
+use crate::plan;
 
 /// One interface's device while QEMU runs: its counters and limiters, and the served backend
 /// (dropping it ends the backend's threads).
@@ -56,12 +56,12 @@ pub fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mm
     )))
 }
 
-/// Serves each interface's device on its vhost-user socket (at [`cmdline::net_socket`], which
+/// Serves each interface's device on its vhost-user socket (at [`plan::net_socket`], which
 /// QEMU's argv names), with `mmds` ([`mmds_service`]) on the MMDS-bound interfaces. Must run on
 /// a tokio runtime, before QEMU is spawned (QEMU connects at start-up).
 pub fn serve_devices(
     resources: &VmResources,
-    qmp_socket: &Path,
+    runtime_dir: &Path,
     mmds: Option<&Arc<Mmds>>,
 ) -> Result<Vec<NetInterface>, EngineError> {
     let mut out = Vec::with_capacity(resources.net.len());
@@ -105,8 +105,8 @@ pub fn serve_devices(
         })
         .map_err(|e| fail(format!("cannot create the device: {e}")))?;
         let listeners = backend.listeners();
-        let name = cmdline::netdev_id(index);
-        let public = cmdline::net_socket(qmp_socket, index);
+        let name = plan::netdev_id(index);
+        let public = plan::net_socket(runtime_dir, index);
         let private = public.with_file_name(format!("{name}-dev.sock"));
         let handle = squib_vhost::serve_with_workers(
             &name,

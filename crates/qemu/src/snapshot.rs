@@ -24,15 +24,18 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use squib_vmm::engine::MEMORY_WRITE_FAILED;
-use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig};
 use squib_vmm::snapshot_file::{copy_sparse, file_len};
 use squib_vmm::{EngineError, VmResources};
 use tokio::time::Instant;
 
+use crate::accel::Accel;
+use crate::caps::Capabilities;
+use crate::plan::MemoryBackend;
+use crate::plan::argv::RAM_ID;
 use crate::qmp::{QmpClient, QmpError};
 
 /// The migration capability that leaves shared RAM out of the stream.
@@ -40,16 +43,6 @@ const IGNORE_SHARED: &str = "x-ignore-shared";
 /// How long a save or a restore of the device state may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 const MIGRATION_POLL: Duration = Duration::from_millis(5);
-
-/// What the engine restores from (owned: it outlives the API request's borrow).
-#[derive(Clone, Debug)]
-pub struct PendingRestore {
-    pub device_state: Vec<u8>,
-    pub memory_file: PathBuf,
-}
-
-/// QEMU's id of the guest RAM object (and of its RAM block in the migration stream).
-const RAM_ID: &str = "ram";
 
 /// The guest's RAM: a memfd owned by squib (shared with QEMU), or the user's memory file
 /// mapped privately by QEMU.
@@ -88,12 +81,23 @@ impl GuestRam {
     }
 
     /// The user's `memory_file` (exactly `size` bytes), for QEMU to map privately. `None`
-    /// when QEMU could not map it: QEMU 7.2 opens a mapped file read-write even when it maps
-    /// it privately, so the file must be writable by squib's user (it is still never
+    /// when QEMU could not map it: QEMU before 8.2 opens a mapped file read-write even when
+    /// it maps it privately, so the file must be writable by squib's user (it is still never
     /// written).
-    pub fn map_private(memory_file: &Path, size: u64) -> Result<Option<Self>, EngineError> {
+    pub(crate) fn map_private(
+        memory_file: &Path,
+        size: u64,
+        caps: &Capabilities,
+    ) -> Result<Option<Self>, EngineError> {
         let file = open_memory_file(memory_file, size)?;
         let reopen = format!("/proc/self/fd/{}", file.as_raw_fd());
+        if caps.maps_read_only_files_privately() {
+            return Ok(Some(Self {
+                file,
+                size,
+                private: true,
+            }));
+        }
         if let Err(e) = File::options().read(true).write(true).open(&reopen) {
             tracing::info!(
                 "the memory file cannot be mapped copy-on-write ({e}): guest memory is copied"
@@ -119,6 +123,35 @@ impl GuestRam {
     /// The path QEMU opens to map this memory.
     pub fn qemu_path(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
+    }
+
+    /// The launch plan's guest RAM.
+    pub(crate) fn backend(&self) -> MemoryBackend {
+        let path = self.qemu_path();
+        if self.private {
+            MemoryBackend::File { path }
+        } else {
+            MemoryBackend::Memfd { path }
+        }
+    }
+
+    /// The RAM of a restore: the memory file mapped privately where allowed (see
+    /// [`private_mapping_allowed`]) and possible, a filled memfd otherwise.
+    pub(crate) fn for_restore(
+        memory_file: &Path,
+        size: u64,
+        map_privately: bool,
+        caps: &Capabilities,
+    ) -> Result<Self, EngineError> {
+        let private = if map_privately {
+            Self::map_private(memory_file, size, caps)?
+        } else {
+            None
+        };
+        match private {
+            Some(ram) => Ok(ram),
+            None => Self::from_file(memory_file, size),
+        }
     }
 
     /// Copies the guest memory into `out` (sparse), then fsyncs it. Only for a memfd: the
@@ -171,8 +204,8 @@ pub fn private_mapping_allowed(resources: &VmResources) -> bool {
 /// runs with (a restore must run the same CPU model, whatever the client configures).
 #[derive(Debug)]
 pub struct Snapshottable {
-    ram: GuestRam,
-    meta: EngineMeta,
+    pub(crate) ram: GuestRam,
+    pub(crate) meta: EngineMeta,
 }
 
 /// The engine's header inside the device state: `u32` length, this as JSON, then QEMU's
@@ -181,6 +214,10 @@ pub struct Snapshottable {
 pub struct EngineMeta {
     pub accel: String,
     pub cpu: String,
+    /// microvm without ACPI (see [`crate::plan::legacy_interrupts`]); absent in the
+    /// snapshots of older squibs, whose restores always ran microvm with ACPI.
+    #[serde(default)]
+    pub legacy_interrupts: bool,
 }
 
 /// Prefixes QEMU's migration stream with the engine's header.
@@ -358,30 +395,13 @@ impl Snapshottable {
     }
 }
 
-/// Sets up guest RAM for a boot or a restore and adapts the argv; for a restore, also
-/// returns QEMU's migration stream to load. `map_privately`: a restore may have QEMU map the
-/// memory file itself (see [`private_mapping_allowed`]).
-pub fn prepare(
-    args: &mut Vec<String>,
-    accel: crate::accel::Accel,
-    mem_bytes: u64,
-    restoring: Option<&PendingRestore>,
-    map_privately: bool,
-) -> Result<(Snapshottable, Option<Vec<u8>>), EngineError> {
-    let cpu_at = args.iter().position(|a| a == "-cpu").map(|i| i + 1);
-    let Some(restore) = restoring else {
-        let ram = GuestRam::new(mem_bytes)?;
-        use_ram_file(args, &ram.qemu_path(), true);
-        let meta = EngineMeta {
-            accel: accel.qemu_name().to_string(),
-            cpu: cpu_at
-                .and_then(|i| args.get(i))
-                .cloned()
-                .unwrap_or_default(),
-        };
-        return Ok((Snapshottable { ram, meta }, None));
-    };
-    let (meta, stream) = decode_device_state(&restore.device_state)?;
+/// The engine's header and QEMU's migration stream of a restore, checked against the
+/// accelerator this squib runs: the header's `-cpu` reaches QEMU's command line.
+pub(crate) fn decode_restore(
+    device_state: &[u8],
+    accel: Accel,
+) -> Result<(EngineMeta, &[u8]), EngineError> {
+    let (meta, stream) = decode_device_state(device_state)?;
     if meta.accel != accel.qemu_name() {
         return Err(EngineError(format!(
             "the snapshot was taken with the {} accelerator, this squib runs {}",
@@ -395,68 +415,7 @@ pub fn prepare(
             meta.cpu
         )));
     }
-    if let Some(slot) = cpu_at.and_then(|i| args.get_mut(i)) {
-        slot.clone_from(&meta.cpu);
-    }
-    let private = if map_privately {
-        GuestRam::map_private(&restore.memory_file, mem_bytes)?
-    } else {
-        None
-    };
-    let ram = match private {
-        Some(ram) => ram,
-        None => GuestRam::from_file(&restore.memory_file, mem_bytes)?,
-    };
-    use_ram_file(args, &ram.qemu_path(), !ram.private);
-    *args = restore_args(std::mem::take(args));
-    Ok((Snapshottable { ram, meta }, Some(stream.to_vec())))
-}
-
-/// Swaps QEMU's guest RAM object for one mapping `mem_path`, shared or private
-/// (copy-on-write). Returns false when the argv holds no guest RAM object to swap.
-pub fn use_ram_file(args: &mut [String], mem_path: &str, shared: bool) -> bool {
-    const MEMFD: &str = "memory-backend-memfd,id=ram,";
-    let Some(arg) = args.iter_mut().find(|a| a.starts_with(MEMFD)) else {
-        return false;
-    };
-    let rest = &arg[MEMFD.len()..];
-    let rest = if shared {
-        rest.to_string()
-    } else {
-        rest.replace("share=on", "share=off")
-    };
-    *arg = format!(
-        "memory-backend-file,id=ram,{rest},mem-path={}",
-        crate::cmdline::escape_option_value(mem_path)
-    );
-    true
-}
-
-/// The argv of a restore: the boot's, without the kernel (the guest's memory holds it), and
-/// waiting for an incoming migration.
-pub fn restore_args(args: Vec<String>) -> Vec<String> {
-    let mut out = Vec::with_capacity(args.len() + 2);
-    let mut iter = args.into_iter();
-    while let Some(arg) = iter.next() {
-        if matches!(arg.as_str(), "-kernel" | "-initrd" | "-append") {
-            iter.next();
-            continue;
-        }
-        out.push(arg);
-    }
-    out.push("-incoming".to_string());
-    out.push("defer".to_string());
-    out
-}
-
-/// The resources a restore builds its argv from: a placeholder boot source, which
-/// [`restore_args`] drops again (the restored VM has none).
-pub fn argv_resources(resources: &VmResources) -> VmResources {
-    let mut resources = resources.clone();
-    resources.boot_source = Some(BootSource {
-        config: BootSourceConfig::default(),
-    });
-    resources
+    Ok((meta, stream))
 }
 
 /// A private directory for a migration socket (squib's temporary directory: `/tmp` in a jail).
@@ -569,89 +528,43 @@ async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accel::Accel;
-    use crate::cmdline::{ConsoleTarget, LaunchSpec, build_args};
-
-    fn boot_args() -> Vec<String> {
-        let resources = VmResources {
-            boot_source: Some(BootSource {
-                config: BootSourceConfig {
-                    kernel_image_path: "/k".into(),
-                    initrd_path: Some("/i".into()),
-                    boot_args: Some("console=ttyS0".into()),
-                },
-            }),
-            ..VmResources::default()
-        };
-        build_args(
-            &resources,
-            &LaunchSpec {
-                accel: Accel::Tcg,
-                qmp_socket: Path::new("/run/q/qmp.sock"),
-                console: &ConsoleTarget::Null,
-                tsc_khz: None,
-                pmem_sizes: &[],
-            },
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn guest_ram_becomes_a_shared_file_mapping() {
-        let mut args = boot_args();
-        assert!(use_ram_file(&mut args, "/proc/1/fd/7", true));
-        assert!(
-            args.contains(
-                &"memory-backend-file,id=ram,size=128M,share=on,mem-path=/proc/1/fd/7".to_string()
-            ),
-            "{args:?}"
-        );
-        assert!(!use_ram_file(&mut args, "/proc/1/fd/7", true));
-        let mut args = boot_args();
-        assert!(use_ram_file(&mut args, "/proc/1/fd/8", false));
-        assert!(
-            args.contains(
-                &"memory-backend-file,id=ram,size=128M,share=off,mem-path=/proc/1/fd/8".to_string()
-            ),
-            "{args:?}"
-        );
-    }
-
-    #[test]
-    fn restore_argv_has_no_kernel_and_waits_for_migration() {
-        let args = restore_args(boot_args());
-        for flag in ["-kernel", "-initrd", "-append", "/k", "/i"] {
-            assert!(!args.iter().any(|a| a == flag), "{flag} in {args:?}");
-        }
-        assert_eq!(args[args.len() - 2..], ["-incoming", "defer"]);
-        assert!(args.iter().any(|a| a == "-S"));
-    }
 
     #[test]
     fn device_state_carries_the_cpu_and_rejects_garbage() {
         let meta = EngineMeta {
             accel: "tcg".into(),
             cpu: "max,-avx".into(),
+            legacy_interrupts: true,
         };
         let bytes = encode_device_state(&meta, b"QEVM");
         let (back, stream) = decode_device_state(&bytes).unwrap();
-        assert_eq!((back, stream), (meta, &b"QEVM"[..]));
+        assert_eq!((back, stream), (meta.clone(), &b"QEVM"[..]));
         for bad in [&b""[..], b"\xff\xff\xff\x7f", b"\x02\0\0\0{x"] {
             assert!(decode_device_state(bad).is_err());
         }
-        let mut args = boot_args();
-        let restore = PendingRestore {
-            device_state: encode_device_state(
-                &EngineMeta {
-                    accel: "kvm".into(),
-                    cpu: "host".into(),
-                },
-                b"",
-            ),
-            memory_file: "/nonexistent".into(),
+        // An older squib's header has no machine options: microvm with ACPI.
+        let header = br#"{"accel":"tcg","cpu":"max"}"#;
+        let mut old = (header.len() as u32).to_le_bytes().to_vec();
+        old.extend_from_slice(header);
+        assert!(
+            !decode_restore(&old, Accel::Tcg)
+                .unwrap()
+                .0
+                .legacy_interrupts
+        );
+        let kvm = EngineMeta {
+            accel: "kvm".into(),
+            cpu: "host".into(),
+            legacy_interrupts: false,
         };
-        let err = prepare(&mut args, Accel::Tcg, 1 << 20, Some(&restore), true).unwrap_err();
+        let err = decode_restore(&encode_device_state(&kvm, b""), Accel::Tcg).unwrap_err();
         assert!(err.0.contains("kvm accelerator"), "{err}");
+        let crafted = EngineMeta {
+            cpu: "max -device x".into(),
+            ..meta
+        };
+        let err = decode_restore(&encode_device_state(&crafted, b""), Accel::Tcg).unwrap_err();
+        assert!(err.0.contains("not a CPU model squib writes"), "{err}");
     }
 
     #[test]
@@ -675,9 +588,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mem");
         std::fs::write(&path, vec![3u8; 1 << 20]).unwrap();
-        assert!(GuestRam::map_private(&path, 2 << 20).is_err());
-        let ram = GuestRam::map_private(&path, 1 << 20).unwrap().unwrap();
+        let caps = Capabilities::default();
+        assert!(GuestRam::map_private(&path, 2 << 20, &caps).is_err());
+        let ram = GuestRam::map_private(&path, 1 << 20, &caps)
+            .unwrap()
+            .unwrap();
         assert!(ram.is_private());
+        assert!(matches!(ram.backend(), MemoryBackend::File { .. }));
         // Renaming another file over the path does not change what QEMU would map.
         std::fs::write(dir.path().join("other"), b"x").unwrap();
         std::fs::rename(dir.path().join("other"), &path).unwrap();

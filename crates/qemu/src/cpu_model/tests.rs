@@ -249,7 +249,9 @@ fn ranges() {
 #[test]
 fn build_args_puts_the_template_on_the_cpu_argument() {
     use crate::accel::Accel;
-    use crate::cmdline::{ConsoleTarget, LaunchSpec, build_args};
+    use crate::caps::Capabilities;
+    use crate::plan::argv::render;
+    use crate::plan::{ConsoleTarget, LaunchInputs, LaunchPlan, MemoryBackend};
     use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig};
 
     let mut resources = VmResources {
@@ -263,17 +265,24 @@ fn build_args_puts_the_template_on_the_cpu_argument() {
         ..VmResources::default()
     };
     let cpu = |resources: &VmResources, accel| {
-        let args = build_args(
+        let caps = Capabilities::default();
+        let plan = LaunchPlan::new(
             resources,
-            &LaunchSpec {
+            &LaunchInputs {
                 accel,
-                qmp_socket: std::path::Path::new("/run/qmp.sock"),
-                console: &ConsoleTarget::Null,
+                caps: &caps,
+                runtime_dir: std::path::Path::new("/run"),
+                qmp_listener: 3,
+                console: ConsoleTarget::Null,
                 tsc_khz: None,
                 pmem_sizes: &[],
+                memory: MemoryBackend::Memfd { path: "/m".into() },
+                sandbox: false,
+                restore: None,
             },
         )
         .unwrap();
+        let args = render(&plan);
         let at = args.iter().position(|a| a == "-cpu").unwrap();
         args[at + 1].clone()
     };
