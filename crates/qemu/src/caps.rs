@@ -42,6 +42,8 @@ pub struct Capabilities {
     pub machines: BTreeSet<String>,
     pub devices: BTreeSet<String>,
     pub migration: BTreeSet<String>,
+    /// The properties of `memory-backend-file`.
+    pub ram_file_properties: BTreeSet<String>,
     /// qboot, where QEMU's data directories have it (see [`crate::firmware`]).
     pub qboot: Option<PathBuf>,
 }
@@ -74,16 +76,11 @@ impl Capabilities {
         caps
     }
 
-    /// QEMU 8.2 and later map a file privately even where they cannot open it for writing
-    /// (older ones open every RAM file read-write, even for a private mapping).
+    /// QEMU 8.2 and later open a RAM file read-only and still give the guest writable
+    /// private RAM (`readonly=on,rom=off`); older ones open every RAM file read-write, even
+    /// for a private mapping.
     pub fn maps_read_only_files_privately(&self) -> bool {
-        self.version.is_some_and(|v| {
-            v >= QemuVersion {
-                major: 8,
-                minor: 2,
-                micro: 0,
-            }
-        })
+        self.ram_file_properties.contains("rom")
     }
 
     /// Refuses a plan that needs a machine or device type this QEMU lacks.
@@ -169,12 +166,13 @@ impl Capabilities {
                 }
                 Some("devices") => caps.devices = names(ret, "name"),
                 Some("migration") => caps.migration = names(ret, "capability"),
+                Some("ram-file") => caps.ram_file_properties = names(ret, "name"),
                 _ => continue,
             }
             answered += 1;
         }
-        if caps.version.is_none() || answered < 3 {
-            return Err(format!("QEMU answered {answered} of 3 queries"));
+        if caps.version.is_none() || answered < 4 {
+            return Err(format!("QEMU answered {answered} of 4 queries"));
         }
         Ok(caps)
     }
@@ -204,6 +202,8 @@ async fn probe_qmp(qemu: &Path) -> Result<Capabilities, String> {
         json!({"execute": "qom-list-types", "id": "devices",
                "arguments": {"implements": "device", "abstract": false}}),
         json!({"execute": "query-migrate-capabilities", "id": "migration"}),
+        json!({"execute": "qom-list-properties", "id": "ram-file",
+               "arguments": {"typename": "memory-backend-file"}}),
         json!({"execute": "quit"}),
     ];
     let mut input = String::new();
@@ -240,6 +240,7 @@ mod tests {
 {"return": [{"name": "microvm", "cpu-max": 288}, {"name": "pc-q35-10.0", "alias": "q35"}], "id": "machines"}
 {"return": [{"name": "virtio-blk-device"}, {"name": "i8042"}], "id": "devices"}
 {"return": [{"state": false, "capability": "x-ignore-shared"}], "id": "migration"}
+{"return": [{"name": "readonly", "type": "bool"}, {"name": "rom", "type": "OnOffAuto"}], "id": "ram-file"}
 {"return": {}}
 {"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": false, "reason": "host-qmp-quit"}}
 "#;
@@ -254,10 +255,10 @@ mod tests {
         assert!(caps.migration.contains("x-ignore-shared"));
         assert!(caps.maps_read_only_files_privately());
         // Missing answers are a failed probe, not an empty QEMU.
-        let cut: String = OUTPUT.lines().take(3).collect::<Vec<_>>().join("\n");
+        let cut: String = OUTPUT.lines().take(5).collect::<Vec<_>>().join("\n");
         assert!(Capabilities::from_qmp_output(&cut).is_err());
         assert!(Capabilities::from_qmp_output("garbage").is_err());
-        let old = OUTPUT.replace(r#""minor": 0, "major": 10"#, r#""minor": 2, "major": 7"#);
+        let old = OUTPUT.replace(r#", {"name": "rom", "type": "OnOffAuto"}"#, "");
         assert!(
             !Capabilities::from_qmp_output(&old)
                 .unwrap()
@@ -288,5 +289,15 @@ mod tests {
             assert!(caps.devices.contains(device), "{device}");
         }
         assert!(caps.migration.contains("x-ignore-shared"));
+        assert!(caps.ram_file_properties.contains("readonly"));
+        assert_eq!(
+            caps.maps_read_only_files_privately(),
+            caps.version.unwrap()
+                >= QemuVersion {
+                    major: 8,
+                    minor: 2,
+                    micro: 0
+                }
+        );
     }
 }

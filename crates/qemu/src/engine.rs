@@ -371,7 +371,7 @@ impl QemuEngine {
                     Accel::Kvm => None,
                 },
                 pmem_sizes: &pmem_sizes,
-                memory: ram.backend(),
+                memory: ram.backend(caps),
                 sandbox: self.config.sandbox,
                 restore: restoring.as_ref().map(|(meta, _)| meta),
             },

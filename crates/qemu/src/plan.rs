@@ -116,8 +116,9 @@ pub(crate) enum MemoryBackend {
     /// snapshots read it without asking QEMU.
     Memfd { path: String },
     /// The user's memory file of a restore, mapped privately (`share=off`, copy-on-write):
-    /// never written, and only the pages the guest touches cost memory.
-    File { path: String },
+    /// never written, and only the pages the guest touches cost memory. `open_read_only`:
+    /// QEMU opens it read-only (`readonly=on,rom=off`, QEMU 8.2 and later).
+    File { path: String, open_read_only: bool },
 }
 
 /// A direct kernel boot.

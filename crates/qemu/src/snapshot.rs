@@ -83,7 +83,7 @@ impl GuestRam {
     /// The user's `memory_file` (exactly `size` bytes), for QEMU to map privately. `None`
     /// when QEMU could not map it: QEMU before 8.2 opens a mapped file read-write even when
     /// it maps it privately, so the file must be writable by squib's user (it is still never
-    /// written).
+    /// written); later ones open it read-only (see [`MemoryBackend::File`]).
     pub(crate) fn map_private(
         memory_file: &Path,
         size: u64,
@@ -126,10 +126,13 @@ impl GuestRam {
     }
 
     /// The launch plan's guest RAM.
-    pub(crate) fn backend(&self) -> MemoryBackend {
+    pub(crate) fn backend(&self, caps: &Capabilities) -> MemoryBackend {
         let path = self.qemu_path();
         if self.private {
-            MemoryBackend::File { path }
+            MemoryBackend::File {
+                path,
+                open_read_only: caps.maps_read_only_files_privately(),
+            }
         } else {
             MemoryBackend::Memfd { path }
         }
@@ -594,7 +597,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(ram.is_private());
-        assert!(matches!(ram.backend(), MemoryBackend::File { .. }));
+        assert!(matches!(
+            ram.backend(&caps),
+            MemoryBackend::File {
+                open_read_only: false,
+                ..
+            }
+        ));
         // Renaming another file over the path does not change what QEMU would map.
         std::fs::write(dir.path().join("other"), b"x").unwrap();
         std::fs::rename(dir.path().join("other"), &path).unwrap();

@@ -63,7 +63,14 @@ pub(crate) fn render(plan: &LaunchPlan) -> Vec<String> {
     args.push(&["-smp", &plan.vcpus.to_string(), "-m", &m]);
     let (path, share) = match &plan.memory.backend {
         MemoryBackend::Memfd { path } => (path, "on"),
-        MemoryBackend::File { path } => (path, "off"),
+        MemoryBackend::File {
+            path,
+            open_read_only: false,
+        } => (path, "off"),
+        MemoryBackend::File {
+            path,
+            open_read_only: true,
+        } => (path, "off,readonly=on,rom=off"),
     };
     args.push(&[
         "-object",

@@ -904,6 +904,7 @@ fn a_restore_runs_the_saved_cpu_and_machine_without_a_kernel_and_waits_for_migra
         &LaunchInputs {
             memory: MemoryBackend::File {
                 path: "/proc/1/fd/9".into(),
+                open_read_only: true,
             },
             restore: Some(&meta),
             ..inputs(&spec, &caps)
@@ -922,7 +923,7 @@ fn a_restore_runs_the_saved_cpu_and_machine_without_a_kernel_and_waits_for_migra
     );
     assert_eq!(
         values(&a, "-object")[0],
-        "memory-backend-file,id=ram,size=256M,share=off,mem-path=/proc/1/fd/9"
+        "memory-backend-file,id=ram,size=256M,share=off,readonly=on,rom=off,mem-path=/proc/1/fd/9"
     );
     assert_eq!(a[a.len() - 2..], ["-incoming", "defer"]);
     assert!(a.iter().any(|s| s == "-S"));
