@@ -31,7 +31,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_STATUS,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -461,7 +461,7 @@ impl NetBackend {
             }
             match write_frame(
                 &mem,
-                &mut state,
+                state.get_queue_mut(),
                 &mut self.rx_buf[..len],
                 self.mrg_rxbuf,
                 self.hdr_len,
@@ -473,9 +473,19 @@ impl NetBackend {
                     delivered = true;
                     self.rx_pending = None;
                 }
-                RxOutcome::NoBuffers => {
+                RxOutcome::NoBuffers { popped } => {
                     inc(&m.no_rx_avail_buffer);
-                    if state.enable_notification().unwrap_or(false) {
+                    // Asks for a kick when the guest adds a buffer beyond those just seen (with
+                    // event idx, `avail_event` is the position after them), then gives the
+                    // buffers back to the ring. Retrying at once only when buffers came in
+                    // meanwhile: retrying on the same too-small set would spin, taking the CPU
+                    // from the guest that is to refill the ring.
+                    let queue = state.get_queue_mut();
+                    let more = queue.enable_notification(&*mem).unwrap_or(false);
+                    for _ in 0..popped {
+                        queue.go_to_previous_position();
+                    }
+                    if more {
                         continue;
                     }
                     break;
@@ -542,16 +552,19 @@ enum TxOutcome {
 
 enum RxOutcome {
     Delivered,
-    NoBuffers,
+    // Too little room: `popped` chains were taken from the ring and not used; the caller gives
+    // them back (after asking for a kick).
+    NoBuffers { popped: usize },
     Dropped,
 }
 
 /// Writes header + frame (`buf`) over one buffer, or over as many as it takes with mergeable
-/// buffers, setting `num_buffers`. With too few buffers nothing is used and the popped chains go
-/// back to the ring.
+/// buffers, setting `num_buffers`. With too few buffers nothing is used ([`RxOutcome::NoBuffers`]).
+/// A frame that even a full ring cannot hold (a guest posting tiny buffers) is dropped, so
+/// the device never waits for room that cannot come.
 fn write_frame(
     mem: &GuestMemoryMmap<()>,
-    state: &mut VringState<Memory>,
+    queue: &mut Queue,
     buf: &mut [u8],
     mrg_rxbuf: bool,
     hdr_len: usize,
@@ -559,22 +572,29 @@ fn write_frame(
     let total = buf.len();
     let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
     let mut room = 0usize;
-    let queue = state.get_queue_mut();
-    while room < total {
+    let mut taken = 0usize;
+    let ring = usize::from(queue.size());
+    // A ring's worth of chains that cannot hold the frame: it is dropped below.
+    while room < total && taken < ring {
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            for _ in 0..chains.len() {
-                queue.go_to_previous_position();
-            }
-            return RxOutcome::NoBuffers;
+            return RxOutcome::NoBuffers {
+                popped: chains.len(),
+            };
         };
+        taken += 1;
         let head = chain.head_index();
         match Writer::new(mem, chain) {
             Ok(w) => {
                 room += w.available_bytes();
                 chains.push((head, w));
             }
-            // A chain the guest got wrong is returned empty; the frame tries the next one.
+            // A chain the guest got wrong is returned empty, and so are those taken before it
+            // (only the chains after the last returned one can go back to the ring).
             Err(_) => {
+                for (h, _) in chains.drain(..) {
+                    let _ = queue.add_used(mem, h, 0);
+                }
+                room = 0;
                 let _ = queue.add_used(mem, head, 0);
                 continue;
             }
@@ -707,9 +727,11 @@ impl VhostUserBackendMut for NetBackend {
             }
             TX_QUEUE => {
                 inc(&m.tx_queue_event_count);
-                self.process_tx(tx)?;
-                // Sending may have answered something the guest now waits to receive.
-                self.process_rx(rx)
+                // Not followed by an rx pass: what the TAP or the MMDS has for the guest comes
+                // with an event of its own, and a frame waiting for guest buffers with the rx
+                // queue's kick (a read of the TAP per tx kick was most of the worker's futile
+                // syscalls with small packets).
+                self.process_tx(tx)
             }
             TAP_EVENT => {
                 inc(&m.rx_tap_event_count);
@@ -750,5 +772,175 @@ impl VhostUserBackendMut for NetBackend {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const SIZE: u16 = 8;
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const BUFS: u64 = 0x10000;
+    const WRITE: u16 = 2;
+
+    // A guest's rx ring, laid out by hand in guest memory.
+    struct Ring {
+        mem: GuestMemoryMmap<()>,
+        queue: Queue,
+        avail: u16,
+    }
+
+    impl Ring {
+        fn new(event_idx: bool) -> Ring {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+            let mut queue = Queue::new(SIZE).unwrap();
+            queue
+                .try_set_desc_table_address(GuestAddress(DESC))
+                .unwrap();
+            queue
+                .try_set_avail_ring_address(GuestAddress(AVAIL))
+                .unwrap();
+            queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+            queue.set_event_idx(event_idx);
+            queue.set_ready(true);
+            Ring {
+                mem,
+                queue,
+                avail: 0,
+            }
+        }
+
+        // Offers a one-descriptor writable chain of `len` bytes at `addr` in descriptor `i`.
+        fn offer(&mut self, i: u16, addr: u64, len: u32) {
+            let d = DESC + 16 * u64::from(i);
+            self.mem.write_obj(addr, GuestAddress(d)).unwrap();
+            self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+            self.mem.write_obj(WRITE, GuestAddress(d + 12)).unwrap();
+            self.mem.write_obj(0u16, GuestAddress(d + 14)).unwrap();
+            let slot = AVAIL + 4 + 2 * u64::from(self.avail % SIZE);
+            self.mem.write_obj(i, GuestAddress(slot)).unwrap();
+            self.avail = self.avail.wrapping_add(1);
+            self.mem
+                .write_obj(self.avail, GuestAddress(AVAIL + 2))
+                .unwrap();
+        }
+
+        fn used(&self) -> Vec<(u32, u32)> {
+            let idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+            (0..idx)
+                .map(|n| {
+                    let e = USED + 4 + 8 * u64::from(n % SIZE);
+                    (
+                        self.mem.read_obj(GuestAddress(e)).unwrap(),
+                        self.mem.read_obj(GuestAddress(e + 4)).unwrap(),
+                    )
+                })
+                .collect()
+        }
+
+        fn avail_event(&self) -> u16 {
+            self.mem
+                .read_obj(GuestAddress(USED + 4 + 8 * u64::from(SIZE)))
+                .unwrap()
+        }
+
+        fn write(&mut self, frame: &mut [u8], mrg: bool) -> RxOutcome {
+            write_frame(&self.mem, &mut self.queue, frame, mrg, vnet::HDR_LEN)
+        }
+    }
+
+    fn frame(len: usize) -> Vec<u8> {
+        (0..len).map(|i| i as u8).collect()
+    }
+
+    #[test]
+    fn a_frame_spreads_over_mergeable_buffers_with_num_buffers_set() {
+        let mut ring = Ring::new(true);
+        ring.offer(0, BUFS, 2048);
+        ring.offer(1, BUFS + 0x1000, 2048);
+        let mut f = frame(3000);
+        assert!(matches!(ring.write(&mut f, true), RxOutcome::Delivered));
+        assert_eq!(ring.used(), vec![(0, 2048), (1, 952)]);
+        let mut got = vec![0u8; 3000];
+        ring.mem
+            .read_slice(&mut got[..2048], GuestAddress(BUFS))
+            .unwrap();
+        ring.mem
+            .read_slice(&mut got[2048..], GuestAddress(BUFS + 0x1000))
+            .unwrap();
+        assert_eq!(&got[10..12], &2u16.to_le_bytes());
+        assert_eq!(&got[12..], &f[12..]);
+    }
+
+    #[test]
+    fn too_few_buffers_go_back_and_ask_for_a_kick_past_them_without_spinning() {
+        let mut ring = Ring::new(true);
+        ring.offer(0, BUFS, 2048);
+        let mut f = frame(3000);
+        let RxOutcome::NoBuffers { popped } = ring.write(&mut f, true) else {
+            panic!("expected NoBuffers");
+        };
+        assert_eq!(popped, 1);
+        // What process_rx does: nothing new came in, so it waits for the kick.
+        assert!(!ring.queue.enable_notification(&ring.mem).unwrap());
+        ring.queue.go_to_previous_position();
+        assert_eq!(ring.avail_event(), 1, "kick when a second buffer comes");
+        assert!(ring.used().is_empty());
+        // The guest adds one: the frame goes over both.
+        ring.offer(1, BUFS + 0x1000, 2048);
+        assert!(matches!(ring.write(&mut f, true), RxOutcome::Delivered));
+        assert_eq!(ring.used(), vec![(0, 2048), (1, 952)]);
+    }
+
+    #[test]
+    fn a_full_ring_of_tiny_or_empty_buffers_drops_the_frame_instead_of_waiting() {
+        let mut ring = Ring::new(true);
+        for i in 0..SIZE {
+            ring.offer(
+                i,
+                BUFS + 0x100 * u64::from(i),
+                if i % 2 == 0 { 0 } else { 16 },
+            );
+        }
+        let mut f = frame(1500);
+        assert!(matches!(ring.write(&mut f, true), RxOutcome::Dropped));
+        let used = ring.used();
+        assert_eq!(used.len(), usize::from(SIZE));
+        assert!(used.iter().all(|&(_, len)| len == 0));
+    }
+
+    #[test]
+    fn a_bad_chain_is_returned_once_and_the_frame_still_gets_through() {
+        let mut ring = Ring::new(true);
+        ring.offer(0, BUFS, 1024);
+        // Outside guest memory.
+        ring.offer(1, 0x1_0000_0000, 1024);
+        ring.offer(2, BUFS + 0x1000, 1024);
+        let mut f = frame(1500);
+        let RxOutcome::NoBuffers { popped } = ring.write(&mut f, true) else {
+            panic!("expected NoBuffers");
+        };
+        // Chain 0 went back to the guest empty with the bad one; only chain 2 is rolled back.
+        assert_eq!(popped, 1);
+        ring.queue.go_to_previous_position();
+        assert_eq!(ring.used(), vec![(0, 0), (1, 0)]);
+        ring.offer(3, BUFS + 0x2000, 2048);
+        assert!(matches!(ring.write(&mut f, true), RxOutcome::Delivered));
+        assert_eq!(ring.used(), vec![(0, 0), (1, 0), (2, 1024), (3, 476)]);
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_small_buffer_drops_the_frame() {
+        let mut ring = Ring::new(false);
+        ring.offer(0, BUFS, 1000);
+        ring.offer(1, BUFS + 0x1000, 4096);
+        let mut f = frame(1500);
+        assert!(matches!(ring.write(&mut f, false), RxOutcome::Dropped));
+        assert!(matches!(ring.write(&mut f, false), RxOutcome::Delivered));
+        assert_eq!(ring.used(), vec![(0, 0), (1, 1500)]);
     }
 }
