@@ -229,8 +229,8 @@ mod tests {
         m
     }
 
-    #[test]
-    fn early_ring_enables_are_held_back_and_the_rest_passes_with_descriptors() {
+    // A relay with QEMU's end and the device's end connected.
+    fn relayed() -> (tempfile::TempDir, FrontendRelay, UnixStream, UnixStream) {
         let dir = tempfile::tempdir().unwrap();
         let backend_path = dir.path().join("be.sock");
         let backend = UnixListener::bind(&backend_path).unwrap();
@@ -238,6 +238,12 @@ mod tests {
         let relay = FrontendRelay::spawn(&public, backend_path, "t").unwrap();
         let qemu = UnixStream::connect(&public).unwrap();
         let (device, _) = backend.accept().unwrap();
+        (dir, relay, qemu, device)
+    }
+
+    #[test]
+    fn early_ring_enables_are_held_back_and_the_rest_passes_with_descriptors() {
+        let (_dir, relay, qemu, device) = relayed();
 
         let enable = message(SET_VRING_ENABLE, &[0, 0, 0, 0, 1, 0, 0, 0]);
         let features = message(SET_FEATURES, &(PROTOCOL_FEATURES | 1).to_le_bytes());
@@ -280,13 +286,7 @@ mod tests {
     #[test]
     fn an_early_enable_that_asks_for_a_reply_is_acknowledged_by_the_relay() {
         // QEMU 10 with REPLY_ACK: it waits for the answer before sending the features.
-        let dir = tempfile::tempdir().unwrap();
-        let backend_path = dir.path().join("be.sock");
-        let backend = UnixListener::bind(&backend_path).unwrap();
-        let public = dir.path().join("fe.sock");
-        let relay = FrontendRelay::spawn(&public, backend_path, "t").unwrap();
-        let qemu = UnixStream::connect(&public).unwrap();
-        let (device, _) = backend.accept().unwrap();
+        let (_dir, relay, qemu, device) = relayed();
 
         let mut enable = message(SET_VRING_ENABLE, &[1, 0, 0, 0, 1, 0, 0, 0]);
         enable[4..8].copy_from_slice(&(VERSION_1 | NEED_REPLY).to_le_bytes());
