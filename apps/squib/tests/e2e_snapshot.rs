@@ -90,7 +90,7 @@ fn snapshot_create_then_restore_in_new_processes() {
             .output()
             .unwrap();
         assert!(version.status.success());
-        assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "v1.0.0");
+        assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "v1.1.0");
 
         // The snapshotted VM is still usable.
         squib.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
@@ -264,5 +264,5 @@ fn failed_loads_answer_upstream_texts_and_end_squib() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1.0.0");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1.1.0");
 }

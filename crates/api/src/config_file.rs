@@ -1,22 +1,9 @@
 //! `--config-file`: the JSON document is turned into the same actions the HTTP API sends,
 //! in a fixed order, and replayed through the same controller; `InstanceStart` comes last.
 
-use serde::Deserialize;
-use serde_json::Value;
 use squib_vmm::VmmAction;
-use squib_vmm::resources::balloon::BalloonDeviceConfig;
-use squib_vmm::resources::boot_source::BootSourceConfig;
 use squib_vmm::resources::cpu_config::CustomCpuTemplate;
-use squib_vmm::resources::drive::BlockDeviceConfig;
-use squib_vmm::resources::entropy::EntropyDeviceConfig;
-use squib_vmm::resources::logger::LoggerConfig;
-use squib_vmm::resources::machine_config::MachineConfig;
-use squib_vmm::resources::memory_hotplug::MemoryHotplugConfig;
-use squib_vmm::resources::metrics::MetricsConfig;
-use squib_vmm::resources::mmds::MmdsConfigRequest;
-use squib_vmm::resources::net::NetworkInterfaceConfig;
-use squib_vmm::resources::pmem::PmemConfig;
-use squib_vmm::resources::vsock::VsockDeviceConfig;
+use squib_vmm::resources::{CpuConfigSource, VmConfig};
 
 use crate::controller::{Controller, DispatchError};
 
@@ -32,45 +19,11 @@ pub enum ConfigFileError {
     Dispatch(#[from] DispatchError),
 }
 
-/// `cpu-config` is either the template itself or the path of a JSON file holding it.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum CpuConfigSource {
-    Path(String),
-    Inline(Value),
-}
-
-/// The sections upstream reads. Unknown top-level keys are ignored, as upstream does
-/// (`serial` among them: it cannot be set through the file).
-#[derive(Deserialize)]
-struct VmConfigFile {
-    #[serde(rename = "boot-source")]
-    boot_source: BootSourceConfig,
-    drives: Vec<BlockDeviceConfig>,
-    #[serde(rename = "machine-config")]
-    machine_config: Option<MachineConfig>,
-    #[serde(rename = "cpu-config")]
-    cpu_config: Option<CpuConfigSource>,
-    #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Vec<NetworkInterfaceConfig>,
-    vsock: Option<VsockDeviceConfig>,
-    balloon: Option<BalloonDeviceConfig>,
-    #[serde(rename = "mmds-config")]
-    mmds_config: Option<MmdsConfigRequest>,
-    entropy: Option<EntropyDeviceConfig>,
-    #[serde(default)]
-    pmem: Vec<PmemConfig>,
-    #[serde(rename = "memory-hotplug")]
-    memory_hotplug: Option<MemoryHotplugConfig>,
-    logger: Option<LoggerConfig>,
-    metrics: Option<MetricsConfig>,
-}
-
 /// Parses the document into the actions that configure and boot the VM, in upstream's order
 /// (logger, metrics, machine, CPU, kernel, drives, net, vsock, balloon, MMDS, entropy, pmem,
 /// memory hotplug); `InstanceStart` comes last.
 pub fn actions_from_json(text: &str) -> Result<Vec<VmmAction>, ConfigFileError> {
-    let file: VmConfigFile = serde_json::from_str(text)?;
+    let file: VmConfig = serde_json::from_str(text)?;
     let mut actions = Vec::new();
     actions.extend(file.logger.map(VmmAction::ConfigureLogger));
     actions.extend(file.metrics.map(VmmAction::ConfigureMetrics));

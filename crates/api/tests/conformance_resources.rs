@@ -582,8 +582,8 @@ async fn boot_path_rule_and_fatal_load() {
 
 #[tokio::test]
 async fn corrupt_snapshot_state_files_fail_the_load_fatally() {
-    use squib_vmm::snapshot_file::{SnapshotResources, encode};
-    let resources = SnapshotResources::from_resources(&squib_vmm::VmResources::default());
+    use squib_vmm::snapshot_file::{StateHeader, encode};
+    let resources = StateHeader::from_resources(&squib_vmm::VmResources::default());
     let good = encode(&resources, b"device state");
     let mut bad_magic = good.clone();
     bad_magic[..8].copy_from_slice(&7u64.to_le_bytes());
@@ -628,25 +628,25 @@ async fn corrupt_snapshot_state_files_fail_the_load_fatally() {
 /// refused like the same values sent to the API, and the load fails fatally.
 #[tokio::test]
 async fn crafted_state_file_values_are_validated_like_api_input() {
-    use squib_vmm::snapshot_file::{SnapshotResources, encode};
+    use squib_vmm::snapshot_file::{StateHeader, encode};
     let prefix = "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Invalid snapshot content: ";
-    let crafted = |edit: &dyn Fn(&mut SnapshotResources)| {
-        let mut resources = SnapshotResources::from_resources(&squib_vmm::VmResources::default());
+    let crafted = |edit: &dyn Fn(&mut StateHeader)| {
+        let mut resources = StateHeader::from_resources(&squib_vmm::VmResources::default());
         edit(&mut resources);
         encode(&resources, b"device state")
     };
     let cases: [(Vec<u8>, String); 3] = [
         (
-            crafted(&|r| r.machine_config.vcpu_count = 0),
+            crafted(&|r| r.config.machine_config.as_mut().unwrap().vcpu_count = 0),
             "machine configuration: The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled.".into(),
         ),
         (
-            crafted(&|r| r.machine_config.mem_size_mib = usize::MAX),
+            crafted(&|r| r.config.machine_config.as_mut().unwrap().mem_size_mib = usize::MAX),
             format!("a memory size of {} MiB", usize::MAX),
         ),
         (
             crafted(&|r| {
-                r.balloon = serde_json::from_str(r#"{"amount_mib":4096,"deflate_on_oom":false}"#)
+                r.config.balloon = serde_json::from_str(r#"{"amount_mib":4096,"deflate_on_oom":false}"#)
                     .unwrap()
             }),
             "balloon: ".into(),
@@ -815,7 +815,7 @@ async fn fifos_are_refused_without_waiting() {
     assert_eq!(s.get("/").await.status(), 200);
 
     // Loads: a FIFO as the state file, then as the memory file (each load failure is fatal).
-    use squib_vmm::snapshot_file::{SnapshotResources, encode};
+    use squib_vmm::snapshot_file::{StateHeader, encode};
     let s = start().await;
     let fifo = s.path("fifo");
     mkfifo(&fifo);
@@ -839,7 +839,7 @@ async fn fifos_are_refused_without_waiting() {
     let fifo = s.path("fifo");
     mkfifo(&fifo);
     let state = s.path("vm.state");
-    let resources = SnapshotResources::from_resources(&squib_vmm::VmResources::default());
+    let resources = StateHeader::from_resources(&squib_vmm::VmResources::default());
     std::fs::write(&state, encode(&resources, b"device state")).unwrap();
     let reply = s.put("/snapshot/load", &load(&state, &fifo)).await;
     assert_fault(

@@ -8,7 +8,7 @@
 //! | 0 | 8 | magic [`SNAPSHOT_MAGIC`] (`"SQUIBSNP"` read as a `u64`) |
 //! | 8 | 6 | format version: major, minor, patch as three `u16` ([`SNAPSHOT_VERSION`]) |
 //! | 14 | 4 | `h` = length of the resources header |
-//! | 18 | h | the resources header: [`SnapshotResources`] as JSON |
+//! | 18 | h | the resources header: [`StateHeader`] as JSON |
 //! | 18+h | 8 | `s` = length of the engine's device state |
 //! | 26+h | s | the engine's device state (QEMU's migration stream) |
 //! | 26+h+s | 8 | CRC-64/XZ of every byte before it |
@@ -25,21 +25,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::VmResources;
-use crate::resources::balloon::BalloonDeviceConfig;
-use crate::resources::boot_source::BootSourceConfig;
-use crate::resources::drive::BlockDeviceConfig;
-use crate::resources::entropy::EntropyDeviceConfig;
-use crate::resources::machine_config::MachineConfig;
-use crate::resources::net::NetworkInterfaceConfig;
+use crate::resources::{VmConfig, VmResources};
 
 /// `"SQUIBSNP"`, read as a little-endian `u64`.
 pub const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"SQUIBSNP");
 
-/// The version of squib's state-file format.
+/// The version of squib's state-file format. 1.1.0: the resources header is a [`VmConfig`]
+/// (upstream's `GET /vm/config` keys); 1.0.0 files, whose header spelled four keys in
+/// snake case, are still read (see [`upgrade_1_0_header`]).
 pub const SNAPSHOT_VERSION: FormatVersion = FormatVersion {
     major: 1,
-    minor: 0,
+    minor: 1,
     patch: 0,
 };
 
@@ -75,53 +71,63 @@ impl FormatVersion {
     }
 }
 
-/// The VM resources a snapshot needs to rebuild the same device set, as the client's
-/// configuration objects (re-validated on load, like a fresh configuration).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotResources {
-    pub machine_config: MachineConfig,
-    /// Kept for the record and for engines whose command line needs it; after a restore the
-    /// VM reports an empty boot source, as upstream does.
-    pub boot_source: Option<BootSourceConfig>,
-    pub drives: Vec<BlockDeviceConfig>,
-    pub network_interfaces: Vec<NetworkInterfaceConfig>,
-    pub balloon: Option<BalloonDeviceConfig>,
-    pub entropy: Option<EntropyDeviceConfig>,
+/// The resources header: the VM's configuration ([`VmConfig`], re-validated on load like a
+/// fresh configuration) and what a restore needs beyond it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateHeader {
+    #[serde(flatten)]
+    pub config: VmConfig,
     /// The VM ran on the PCI machine (`--enable-pci`): the restore must rebuild it.
     #[serde(default)]
     pub pci_enabled: bool,
-    /// The virtio-mem device and the size the guest was asked to plug.
-    #[serde(default)]
-    pub memory_hotplug: Option<crate::resources::memory_hotplug::MemoryHotplugConfig>,
+    /// The size the guest was asked to plug into its virtio-mem device.
     #[serde(default)]
     pub memory_requested_mib: u32,
-    /// The pmem devices (their files are mapped again, never copied).
-    #[serde(default)]
-    pub pmem: Vec<crate::resources::pmem::PmemConfig>,
 }
 
-impl SnapshotResources {
+impl StateHeader {
     pub fn from_resources(resources: &VmResources) -> Self {
         Self {
-            machine_config: resources.machine_config.clone(),
-            boot_source: resources.boot_source.as_ref().map(|b| b.config.clone()),
-            drives: resources.drives.iter().map(|d| d.to_config()).collect(),
-            network_interfaces: resources.net.iter().map(|n| n.to_config()).collect(),
-            balloon: resources.balloon,
-            entropy: resources.entropy.map(EntropyDeviceConfig::to_config),
+            config: resources.vm_config(),
             pci_enabled: resources.pci_enabled,
-            memory_hotplug: resources.memory_hotplug,
             memory_requested_mib: resources.memory_requested_mib,
-            pmem: resources.pmem.to_configs(),
         }
     }
 }
 
+/// A 1.0.0 header in 1.1.0 keys: four keys were snake case, and a restored VM saved its
+/// absent boot source as `null` (1.1.0 writes the empty one `GET /vm/config` shows).
+fn upgrade_1_0_header(mut header: serde_json::Value) -> serde_json::Value {
+    if let Some(object) = header.as_object_mut() {
+        for (old, new) in [
+            ("machine_config", "machine-config"),
+            ("boot_source", "boot-source"),
+            ("network_interfaces", "network-interfaces"),
+            ("memory_hotplug", "memory-hotplug"),
+        ] {
+            if let Some(value) = object.remove(old) {
+                object.insert(new.to_string(), value);
+            }
+        }
+        if object
+            .get("boot-source")
+            .is_none_or(serde_json::Value::is_null)
+        {
+            object.insert(
+                "boot-source".to_string(),
+                serde_json::to_value(crate::resources::boot_source::BootSourceConfig::default())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    header
+}
+
 /// A parsed state file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotState {
     pub version: FormatVersion,
-    pub resources: SnapshotResources,
+    pub resources: StateHeader,
     /// The engine's device state (QEMU's migration stream).
     pub device_state: Vec<u8>,
 }
@@ -148,7 +154,7 @@ pub enum SnapshotFormatError {
 }
 
 /// Serializes a state file.
-pub fn encode(resources: &SnapshotResources, device_state: &[u8]) -> Vec<u8> {
+pub fn encode(resources: &StateHeader, device_state: &[u8]) -> Vec<u8> {
     // Serializing plain configuration structs into JSON cannot fail.
     let header = serde_json::to_vec(resources).unwrap_or_default();
     let mut out = Vec::with_capacity(FIXED_HEAD + header.len() + 8 + device_state.len() + 8);
@@ -206,8 +212,13 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotState, SnapshotFormatError> {
         )));
     }
     let header = reader.take(header_len)?;
-    let resources: SnapshotResources =
-        serde_json::from_slice(header).map_err(|e| SnapshotFormatError::Serde(e.to_string()))?;
+    let serde_error = |e: serde_json::Error| SnapshotFormatError::Serde(e.to_string());
+    let resources: StateHeader = if (version.major, version.minor) == (1, 0) {
+        let header = serde_json::from_slice(header).map_err(serde_error)?;
+        serde_json::from_value(upgrade_1_0_header(header)).map_err(serde_error)?
+    } else {
+        serde_json::from_slice(header).map_err(serde_error)?
+    };
     let state_len = usize::try_from(reader.u64()?)
         .ok()
         .filter(|len| *len <= MAX_DEVICE_STATE_LEN)
@@ -646,8 +657,8 @@ pub fn file_len(file: &mut File) -> io::Result<u64> {
 mod tests {
     use super::*;
 
-    fn sample() -> SnapshotResources {
-        SnapshotResources::from_resources(&VmResources::default())
+    fn sample() -> StateHeader {
+        StateHeader::from_resources(&VmResources::default())
     }
 
     #[test]
@@ -658,14 +669,37 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut resources = sample();
-        resources.machine_config.mem_size_mib = 256;
-        resources.machine_config.vcpu_count = 2;
+        let machine = resources.config.machine_config.as_mut().unwrap();
+        machine.mem_size_mib = 256;
+        machine.vcpu_count = 2;
         let bytes = encode(&resources, b"QEVM\x00stream");
         let state = decode(&bytes).unwrap();
         assert_eq!(state.version, SNAPSHOT_VERSION);
         assert_eq!(state.resources, resources);
         assert_eq!(state.device_state, b"QEVM\x00stream");
-        assert_eq!(describe(&bytes).unwrap().to_string(), "1.0.0");
+        assert_eq!(describe(&bytes).unwrap().to_string(), "1.1.0");
+    }
+
+    #[test]
+    fn a_1_0_0_file_is_still_read() {
+        let header = br#"{"machine_config":{"vcpu_count":2,"mem_size_mib":256,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"boot_source":null,"drives":[],"network_interfaces":[],"balloon":{"amount_mib":3,"deflate_on_oom":false,"stats_polling_interval_s":0,"free_page_hinting":false,"free_page_reporting":false},"entropy":null,"pci_enabled":true,"memory_hotplug":null,"memory_requested_mib":0,"pmem":[]}"#;
+        let mut bytes = SNAPSHOT_MAGIC.to_le_bytes().to_vec();
+        for part in [1u16, 0, 0] {
+            bytes.extend_from_slice(&part.to_le_bytes());
+        }
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&3u64.to_le_bytes());
+        bytes.extend_from_slice(b"dev");
+        bytes.extend_from_slice(&[0; CRC_LEN]);
+        let state = decode(&reseal(bytes)).unwrap();
+        assert_eq!(state.version.to_string(), "1.0.0");
+        assert_eq!(state.device_state, b"dev");
+        let machine = state.resources.config.machine_config.unwrap();
+        assert_eq!((machine.vcpu_count, machine.mem_size_mib), (2, 256));
+        assert_eq!(state.resources.config.balloon.unwrap().amount_mib, 3);
+        assert_eq!(state.resources.config.boot_source, Default::default());
+        assert!(state.resources.pci_enabled);
     }
 
     /// Re-seals a modified body with a valid CRC, to reach the checks after it.
@@ -695,7 +729,7 @@ mod tests {
         let bytes = reseal(bytes);
         assert_eq!(
             decode(&bytes).unwrap_err().to_string(),
-            "Invalid data version: 9.0.0"
+            "Invalid data version: 9.1.0"
         );
     }
 

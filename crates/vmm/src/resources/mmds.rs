@@ -16,7 +16,7 @@ pub enum MmdsVersion {
 
 /// Body of `PUT /mmds/config`. `version` stays optional here because omitting it is itself
 /// deprecated (docs/api-contract.md §3.6).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MmdsConfigRequest {
     /// Absent is `None`; `null` is refused, as upstream (whose field is not an `Option`).
@@ -41,8 +41,8 @@ impl MmdsConfigRequest {
     }
 }
 
-/// A validated MMDS configuration, also its read-back shape.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A validated MMDS configuration (read back as a [`MmdsConfigRequest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MmdsConfig {
     pub version: MmdsVersion,
     pub network_interfaces: Vec<String>,
@@ -161,7 +161,7 @@ mod tests {
         assert!(ok.is_deprecated());
         let cfg = ok.validate(known).unwrap();
         assert_eq!(
-            serde_json::to_string(&cfg).unwrap(),
+            serde_json::to_string(&MmdsConfigRequest::from(cfg)).unwrap(),
             r#"{"version":"V1","network_interfaces":["eth0"],"ipv4_address":"169.254.254.255","imds_compat":false}"#
         );
         assert!(!req(r#"{"version":"V2","network_interfaces":[]}"#).is_deprecated());

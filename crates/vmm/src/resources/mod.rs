@@ -19,24 +19,25 @@ pub mod pmem;
 pub mod rate_limiter;
 pub mod serial;
 pub mod snapshot;
+mod vm_config;
 pub mod vsock;
 
-use serde::Serialize;
+pub use vm_config::{CpuConfigSource, VmConfig};
 
 use crate::mmds_store::MmdsStore;
 use crate::resources::balloon::BalloonDeviceConfig;
-use crate::resources::boot_source::{BootSource, BootSourceConfig};
+use crate::resources::boot_source::BootSource;
 use crate::resources::cpu_config::CustomCpuTemplate;
-use crate::resources::drive::{BlockDeviceConfig, Drives};
+use crate::resources::drive::Drives;
 use crate::resources::entropy::EntropyDeviceConfig;
 use crate::resources::machine_config::MachineConfig;
 use crate::resources::memory_hotplug::MemoryHotplugConfig;
 use crate::resources::metrics::Metrics;
 use crate::resources::mmds::MmdsConfig;
-use crate::resources::net::{NetworkInterfaceConfig, NetworkInterfaces};
-use crate::resources::pmem::{PmemConfig, PmemDevices};
+use crate::resources::net::NetworkInterfaces;
+use crate::resources::pmem::PmemDevices;
 use crate::resources::serial::SerialConfig;
-use crate::resources::vsock::{Vsock, VsockDeviceConfig};
+use crate::resources::vsock::Vsock;
 
 /// Upstream's default MMDS store limit (= the default API payload limit).
 pub const DEFAULT_MMDS_SIZE_LIMIT: usize = 51_200;
@@ -89,56 +90,7 @@ impl Default for VmResources {
     }
 }
 
-/// `GET /vm/config`: upstream's keys, in upstream's order, null when absent.
-#[derive(Serialize)]
-struct FullVmConfig<'a> {
-    balloon: Option<BalloonDeviceConfig>,
-    drives: Vec<BlockDeviceConfig>,
-    #[serde(rename = "boot-source")]
-    boot_source: BootSourceConfig,
-    // Upstream never shows the CPU template, the logger or metrics here.
-    #[serde(rename = "cpu-config")]
-    cpu_config: Option<()>,
-    logger: Option<()>,
-    #[serde(rename = "machine-config")]
-    machine_config: &'a MachineConfig,
-    metrics: Option<()>,
-    #[serde(rename = "mmds-config")]
-    mmds_config: Option<MmdsConfig>,
-    #[serde(rename = "network-interfaces")]
-    network_interfaces: Vec<NetworkInterfaceConfig>,
-    vsock: Option<&'a VsockDeviceConfig>,
-    entropy: Option<EntropyDeviceConfig>,
-    pmem: Vec<PmemConfig>,
-    #[serde(rename = "memory-hotplug")]
-    memory_hotplug: Option<MemoryHotplugConfig>,
-}
-
 impl VmResources {
-    /// The body of `GET /vm/config`, as compact JSON.
-    pub fn full_config_json(&self) -> String {
-        let view = FullVmConfig {
-            balloon: self.balloon,
-            drives: self.drives.iter().map(|d| d.to_config()).collect(),
-            boot_source: self
-                .boot_source
-                .as_ref()
-                .map(|b| b.config.clone())
-                .unwrap_or_default(),
-            cpu_config: None,
-            logger: None,
-            machine_config: &self.machine_config,
-            metrics: None,
-            mmds_config: self.effective_mmds_config(),
-            network_interfaces: self.net.iter().map(|n| n.to_config()).collect(),
-            vsock: self.vsock.as_ref().map(|v| &v.config),
-            entropy: self.entropy.map(EntropyDeviceConfig::to_config),
-            pmem: self.pmem.to_configs(),
-            memory_hotplug: self.memory_hotplug,
-        };
-        serde_json::to_string(&view).expect("the VM config view always serializes")
-    }
-
     /// Configured resources that squib's engine cannot provide yet. `InstanceStart` refuses
     /// while this is not empty: silently booting without them would lie to the client.
     pub fn unsupported_by_engine(&self) -> Vec<&'static str> {
@@ -151,18 +103,6 @@ impl VmResources {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn empty_vm_config_has_upstream_keys_in_order() {
-        assert_eq!(
-            VmResources::default().full_config_json(),
-            concat!(
-                r#"{"balloon":null,"drives":[],"boot-source":{"kernel_image_path":"","initrd_path":null,"boot_args":null},"#,
-                r#""cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"#,
-                r#""metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"pmem":[],"memory-hotplug":null}"#
-            )
-        );
-    }
 
     #[test]
     fn nothing_configured_means_nothing_unsupported() {

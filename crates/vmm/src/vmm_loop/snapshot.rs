@@ -25,9 +25,7 @@ use crate::resources::machine_config::{HugePages, MachineConfig};
 use crate::resources::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
 };
-use crate::snapshot_file::{
-    self, PairFile, ReadStateError, SnapshotResources, SnapshotState, TempFile,
-};
+use crate::snapshot_file::{self, PairFile, ReadStateError, SnapshotState, StateHeader, TempFile};
 use crate::state::VmState;
 
 impl<E: Engine> Vmm<E> {
@@ -88,7 +86,7 @@ impl<E: Engine> Vmm<E> {
                 },
             )?;
         let engine_us = engine_started.elapsed().as_micros() as u64;
-        let resources = SnapshotResources::from_resources(&self.resources);
+        let resources = StateHeader::from_resources(&self.resources);
         let (state_target, mem_target) = (snapshot_path.to_path_buf(), mem_path.to_path_buf());
         // File work (reading the engine's stream, writing, fsyncs, renames) runs off the
         // async threads.
@@ -229,7 +227,7 @@ impl<E: Engine> Vmm<E> {
         state: &SnapshotState,
         params: &LoadSnapshotParams,
     ) -> Result<VmResources, VmmActionError> {
-        let saved = &state.resources;
+        let saved = &state.resources.config;
         // The file is as untrusted as an API body: everything in it is validated like one.
         let invalid = |what: String| {
             VmmActionError::from(LoadSnapshotError::SnapshotState(format!(
@@ -237,7 +235,7 @@ impl<E: Engine> Vmm<E> {
             )))
         };
         let saved_machine = MachineConfig::default()
-            .updated(&saved.machine_config.clone().into())
+            .updated(&saved.machine_config.clone().unwrap_or_default().into())
             .map_err(|e| invalid(format!("machine configuration: {e}")))?;
         if saved_machine.mem_bytes().is_none() {
             return Err(invalid(format!(
@@ -292,9 +290,9 @@ impl<E: Engine> Vmm<E> {
             cpu_config: None,
             balloon: saved.balloon,
             entropy: saved.entropy,
-            pci_enabled: saved.pci_enabled,
+            pci_enabled: state.resources.pci_enabled,
             memory_hotplug: saved.memory_hotplug,
-            memory_requested_mib: saved.memory_requested_mib,
+            memory_requested_mib: state.resources.memory_requested_mib,
             pmem: {
                 let mut pmem = crate::resources::pmem::PmemDevices::default();
                 for cfg in &saved.pmem {
