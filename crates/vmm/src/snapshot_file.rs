@@ -272,51 +272,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// CRC-64/XZ, fed piece by piece.
-struct Crc64(u64);
+/// CRC-64/XZ (ECMA-182 polynomial, reflected, init and xorout all ones): the checksum
+/// squib's state files have always carried.
+const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
 
-impl Crc64 {
-    fn new() -> Self {
-        Self(!0)
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        let table = crc64_table();
-        for &byte in data {
-            self.0 = table[((self.0 ^ byte as u64) & 0xff) as usize] ^ (self.0 >> 8);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        !self.0
-    }
-}
-
-/// CRC-64/XZ (ECMA-182 polynomial, reflected, init and xorout all ones).
+/// The CRC-64/XZ of `data`.
 pub fn crc64(data: &[u8]) -> u64 {
-    let mut crc = Crc64::new();
-    crc.update(data);
-    crc.finish()
-}
-
-fn crc64_table() -> &'static [u64; 256] {
-    const POLY: u64 = 0xC96C_5795_D787_0F42;
-    static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut table = [0u64; 256];
-        for (i, slot) in table.iter_mut().enumerate() {
-            let mut crc = i as u64;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ POLY
-                } else {
-                    crc >> 1
-                };
-            }
-            *slot = crc;
-        }
-        table
-    })
+    CRC64.checksum(data)
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -529,7 +491,7 @@ pub fn read_state_file(path: &Path) -> Result<Vec<u8>, ReadStateError> {
     }
     if !header_adds_up(&file, len) {
         let stored_at = len - CRC_LEN as u64;
-        let mut crc = Crc64::new();
+        let mut crc = CRC64.digest();
         let mut buf = vec![0u8; 64 << 10];
         let mut pos = 0u64;
         while pos < stored_at {
@@ -542,7 +504,7 @@ pub fn read_state_file(path: &Path) -> Result<Vec<u8>, ReadStateError> {
         let mut stored = [0u8; CRC_LEN];
         file.read_exact_at(&mut stored, stored_at)
             .map_err(ReadStateError::Open)?;
-        if crc.finish() != u64::from_le_bytes(stored) {
+        if crc.finalize() != u64::from_le_bytes(stored) {
             return Err(ReadStateError::Format(SnapshotFormatError::Crc64));
         }
         // A valid CRC over a header that does not add up: crafted. It is within the size
