@@ -352,11 +352,7 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
             }
         }
     }
-    let path = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let path = absolute_path(request.uri()).to_string();
     let collected = tokio::time::timeout(
         BODY_TIMEOUT,
         Limited::new(request.into_body(), state.max_payload).collect(),
@@ -417,6 +413,19 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
     };
     log_reply(&reply);
     reply
+}
+
+/// The path the route table sees, as upstream's HTTP layer takes it from the request target:
+/// an origin-form target as it is (query string included), the path of an `http://` target,
+/// and nothing at all (the root) for any other target, such as `*` or another scheme.
+fn absolute_path(uri: &axum::http::Uri) -> &str {
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    match uri.scheme_str() {
+        Some("http") => path,
+        Some(_) => "",
+        None if path.starts_with('/') => path,
+        None => "",
+    }
 }
 
 fn log_request(method: &str, path: &str, body: &[u8]) {
@@ -498,6 +507,15 @@ mod tests {
         assert_eq!(rewritten(&["HHEAD / HTTP/1.1"]), "HHEAD / HTTP/1.1");
         assert_eq!(rewritten(&["\n\nHEAD"]), "\n\nHEAd");
         assert_eq!(rewritten(&["HEAT\nHEAD"]), "HEAT\nHEAd");
+    }
+
+    #[test]
+    fn request_targets_as_upstream_reads_them() {
+        let path = |target: &str| absolute_path(&target.parse().unwrap()).to_string();
+        assert_eq!(path("/machine-config?x=1"), "/machine-config?x=1");
+        assert_eq!(path("http://localhost/drives/a"), "/drives/a");
+        assert_eq!(path("*"), "");
+        assert_eq!(path("https://localhost/drives/a"), "");
     }
 
     #[test]

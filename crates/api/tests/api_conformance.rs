@@ -392,6 +392,14 @@ async fn http_layer_errors() {
     assert_eq!(head.body, post.body);
     let next = read_reply(&mut stream, &mut buffer).await;
     assert_eq!(next.status(), 200);
+    // A target that is neither a path nor an http:// URL is the root for upstream.
+    let star = server.raw(b"GET * HTTP/1.1\r\n\r\n").await;
+    assert_eq!(star.status(), 200);
+    assert_eq!(star.json()["state"], "Not started");
+    let absolute = server
+        .raw(b"GET http://localhost/machine-config HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    assert_eq!(absolute.json()["mem_size_mib"], 128);
     let unknown = server.send("GET", "/foo/bar", None).await;
     assert_eq!(unknown.status(), 400);
     assert_eq!(
