@@ -705,7 +705,15 @@ async fn vhost_user_drives_patch_and_snapshot_rules() {
     let vhost = serde_json::json!({
         "drive_id": "vub", "is_root_device": false, "socket": s.path("vhost.sock"),
     });
+    // As upstream, the backend is connected here: an absent one is refused at once.
+    assert_fault(
+        &s.put("/drives/vub", &vhost.to_string()).await,
+        "Drive config error: Unable to create the virtio block device: Vhost user backend error: Vhost-user error: Failed to connect to UDS Unix stream: No such file or directory (os error 2)",
+    );
+    assert_eq!(s.vm_config().await["drives"], serde_json::json!([]));
+    let backend = std::os::unix::net::UnixListener::bind(s.path("vhost.sock")).unwrap();
     assert_eq!(s.put("/drives/vub", &vhost.to_string()).await.status(), 204);
+    let (_connection, _) = backend.accept().unwrap();
     let file = serde_json::json!({
         "drive_id": "file", "is_root_device": false, "path_on_host": s.disk.path(),
     });
@@ -916,4 +924,63 @@ async fn upstream_serde_texts_table() {
         )
         .await;
     assert_eq!(reply.status(), 204, "{}", reply.body);
+}
+
+/// Which of several faults upstream reports when a request breaks more than one rule: its
+/// checks run in a fixed order (root-device rules before the backing file is opened or the
+/// backend connected), and the exact answer bytes follow from that order.
+#[tokio::test]
+async fn upstream_check_order_table() {
+    let s = start().await;
+    let disk = s.disk.path().to_str().unwrap().to_string();
+    let drive = |id: &str, root: bool, path: &str| {
+        serde_json::json!({"drive_id": id, "is_root_device": root, "path_on_host": path})
+            .to_string()
+    };
+    assert_eq!(
+        s.put("/drives/rootfs", &drive("rootfs", true, &disk))
+            .await
+            .status(),
+        204
+    );
+    let cases: &[(&str, String, &str)] = &[
+        // A second root whose file is missing: the root rule is reported, not the file.
+        (
+            "/drives/other",
+            drive("other", true, "/nonexistent/disk"),
+            r#"{"fault_message":"Drive config error: A root block device already exists!"}"#,
+        ),
+        // The same for a vhost-user root whose backend is absent.
+        (
+            "/drives/other",
+            serde_json::json!({"drive_id": "other", "is_root_device": true, "socket": "/nonexistent/vu.sock"})
+                .to_string(),
+            r#"{"fault_message":"Drive config error: A root block device already exists!"}"#,
+        ),
+        // Replacing the root itself with a missing file reports the file.
+        (
+            "/drives/rootfs",
+            drive("rootfs", true, "/nonexistent/disk"),
+            r#"{"fault_message":"Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) /nonexistent/disk"}"#,
+        ),
+        // A root pmem device next to a root drive.
+        (
+            "/pmem/p",
+            serde_json::json!({"id": "p", "path_on_host": "/nonexistent/pmem", "root_device": true})
+                .to_string(),
+            r#"{"fault_message":"Pmem config error: Attempt to add pmem as a root device while the root device defined as a block device"}"#,
+        ),
+    ];
+    for (path, body, answer) in cases {
+        let reply = s.put(path, body).await;
+        assert_eq!(
+            (reply.status(), reply.body.as_str()),
+            (400, *answer),
+            "{path} {body}"
+        );
+    }
+    // Nothing changed.
+    let drives = &s.vm_config().await["drives"];
+    assert_eq!(drives.as_array().unwrap().len(), 1);
+    assert_eq!(drives[0]["path_on_host"], disk);
 }

@@ -397,10 +397,15 @@ impl QemuEngine {
             .collect();
 
         let args = plan::argv::render(&plan);
-        let process =
-            QemuProcess::spawn(&self.config.qemu_binary, &args, &[qmp_listener.as_raw_fd()])
-                .map_err(|e| EngineError(e.to_string()))?;
-        // QEMU holds the only listening descriptor now: if it dies, the connection fails.
+        // QEMU also inherits squib's connections to vhost-user drive backends.
+        let inherited: Vec<_> = std::iter::once(qmp_listener.as_raw_fd())
+            .chain(resources.drives.iter().filter_map(|d| match &d.backend {
+                DriveBackend::VhostUser { connection, .. } => Some(connection.raw_fd()),
+                DriveBackend::File { .. } => None,
+            }))
+            .collect();
+        let process = QemuProcess::spawn(&self.config.qemu_binary, &args, &inherited)
+            .map_err(|e| EngineError(e.to_string()))?; // QEMU holds the only listening descriptor now: if it dies, the connection fails.
         drop(qmp_listener);
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 

@@ -149,12 +149,13 @@ pub(crate) enum Device {
         no_flush: bool,
         aio: Aio,
     },
-    /// An external vhost-user-blk backend that QEMU connects to once, at start-up. No block
-    /// node in QEMU: the backend owns the data, its size and its read-only flag.
+    /// An external vhost-user-blk backend, over squib's connection to it (made when the drive
+    /// was configured, inherited by QEMU as `fd`). No block node in QEMU: the backend owns the
+    /// data, its size and its read-only flag.
     VhostUserDrive {
         chardev: String,
         device_id: String,
-        socket: String,
+        connection: std::os::fd::RawFd,
     },
     /// squib's virtio-net device (which owns the TAP) behind a vhost-user netdev; QEMU keeps
     /// the config space (MAC, MTU).
@@ -506,10 +507,10 @@ fn devices(
                 no_flush: matches!(drive.cache_type, CacheType::Unsafe),
                 aio: Aio::of(drive),
             },
-            DriveBackend::VhostUser { socket } => Device::VhostUserDrive {
+            DriveBackend::VhostUser { connection, .. } => Device::VhostUserDrive {
                 chardev: vhost_user_chardev_id(index),
                 device_id: names.device,
-                socket: socket.clone(),
+                connection: connection.raw_fd(),
             },
         });
     }

@@ -188,12 +188,9 @@ fn push_device(args: &mut Argv, machine: Machine, placed: &PlacedDevice) {
         Device::VhostUserDrive {
             chardev,
             device_id,
-            socket,
+            connection,
         } => {
-            args.push(&[
-                "-chardev",
-                &format!("socket,id={chardev},path={}", escape_option_value(socket)),
-            ]);
+            args.push(&["-chardev", &format!("socket,id={chardev},fd={connection}")]);
             (
                 VirtioKind::VhostUserBlock,
                 format!("chardev={chardev},id={device_id}"),

@@ -495,6 +495,7 @@ fn no_boot_source_is_refused() {
 }
 
 fn vhost_drive(id: &str, root: bool, socket: &str) -> Drive {
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     Drive {
         id: id.into(),
         is_root_device: root,
@@ -502,6 +503,7 @@ fn vhost_drive(id: &str, root: bool, socket: &str) -> Drive {
         cache_type: CacheType::Unsafe,
         backend: DriveBackend::VhostUser {
             socket: socket.into(),
+            connection: std::os::fd::OwnedFd::from(ours).into(),
         },
     }
 }
@@ -519,7 +521,12 @@ fn vhost_user_drive_is_a_socket_chardev_and_a_vhost_user_blk_device() {
     assert_eq!(blockdevs.len(), 2);
     assert!(blockdevs[0].contains("node-name=drive_root,"));
     assert!(blockdevs[1].contains("node-name=drive_data,"));
-    assert!(values(&a, "-chardev").contains(&"socket,id=vub_1,path=/run/a,,b/vhost.sock"));
+    let DriveBackend::VhostUser { connection, .. } = &res.drives.get("vhost0").unwrap().backend
+    else {
+        unreachable!()
+    };
+    let chardev = format!("socket,id=vub_1,fd={}", connection.raw_fd());
+    assert!(values(&a, "-chardev").contains(&chardev.as_str()));
     let blk: Vec<_> = values(&a, "-device")
         .into_iter()
         .filter(|d| d.contains("blk"))

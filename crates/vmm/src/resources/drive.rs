@@ -2,6 +2,8 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +79,10 @@ pub enum DriveError {
         "Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {0} {1}"
     )]
     BackingFile(io::Error, String),
+    #[error(
+        "Unable to create the virtio block device: Vhost user backend error: Vhost-user error: Failed to connect to UDS Unix stream: {0}"
+    )]
+    BackendConnect(io::Error),
 }
 
 /// Where a validated drive's data lives.
@@ -89,9 +95,50 @@ pub enum DriveBackend {
         io_engine: IoEngine,
         rate_limiter: Option<RateLimiterConfig>,
     },
-    /// An external vhost-user-blk backend listening on this socket.
-    VhostUser { socket: String },
+    /// An external vhost-user-blk backend listening on `socket`, connected when the drive was
+    /// configured (as upstream does); QEMU gets the connection at start.
+    VhostUser {
+        socket: String,
+        connection: BackendConnection,
+    },
 }
+
+/// A connection to a vhost-user backend, shared by every copy of the drive's resources. Two
+/// are equal only if they are the same connection.
+#[derive(Clone, Debug)]
+pub struct BackendConnection(Arc<OwnedFd>);
+
+impl BackendConnection {
+    /// Connects without ever waiting: a listener whose backlog is full refuses at once
+    /// (`EAGAIN`) instead of stalling the VMM loop until it accepts. Nothing is sent: QEMU's
+    /// vhost-user front-end speaks first, at start.
+    pub fn connect(socket: &str) -> io::Result<Self> {
+        let stream = mio::net::UnixStream::connect(socket)?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        Ok(Self(Arc::new(OwnedFd::from(stream))))
+    }
+
+    /// The descriptor QEMU inherits.
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl From<OwnedFd> for BackendConnection {
+    fn from(fd: OwnedFd) -> Self {
+        Self(Arc::new(fd))
+    }
+}
+
+impl PartialEq for BackendConnection {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BackendConnection {}
 
 /// Opens a drive's backing file to check it, as upstream does, without ever waiting: a FIFO
 /// (which would block an open until a writer comes), a socket or a character device is
@@ -146,6 +193,8 @@ impl TryFrom<BlockDeviceConfig> for Drive {
             {
                 DriveBackend::VhostUser {
                     socket: socket.clone(),
+                    connection: BackendConnection::connect(socket)
+                        .map_err(DriveError::BackendConnect)?,
                 }
             }
             _ => return Err(DriveError::InvalidBlockConfig),
@@ -182,7 +231,7 @@ impl Drive {
                 cfg.rate_limiter = *rate_limiter;
                 cfg.io_engine = Some(*io_engine);
             }
-            DriveBackend::VhostUser { socket } => cfg.socket = Some(socket.clone()),
+            DriveBackend::VhostUser { socket, .. } => cfg.socket = Some(socket.clone()),
         }
         cfg
     }
@@ -205,6 +254,20 @@ pub struct Drives {
 }
 
 impl Drives {
+    /// Whether a drive of this id may be (or stay) the root device. Upstream checks this
+    /// before it opens the backing file or connects to the backend, so its text wins over
+    /// theirs.
+    pub fn check_root(&self, cfg: &BlockDeviceConfig) -> Result<(), DriveError> {
+        let other_root = self
+            .list
+            .iter()
+            .any(|d| d.is_root_device && d.id != cfg.drive_id);
+        if cfg.is_root_device && other_root {
+            return Err(DriveError::RootBlockDeviceAlreadyAdded);
+        }
+        Ok(())
+    }
+
     /// Adds a drive, or replaces the one with the same id. At most one root device.
     pub fn insert(&mut self, drive: Drive) -> Result<(), DriveError> {
         let existing = self.list.iter().position(|d| d.id == drive.id);
@@ -253,6 +316,7 @@ impl super::VmResources {
         if cfg.is_root_device && self.pmem.has_root() {
             return Err(DriveError::AddingSecondRootDevice);
         }
+        self.drives.check_root(&cfg)?;
         let drive = Drive::try_from(cfg)?;
         self.drives.insert(drive)
     }
@@ -362,6 +426,61 @@ mod tests {
             Drive::try_from(vhost),
             Err(DriveError::InvalidBlockConfig)
         ));
+    }
+
+    #[test]
+    fn vhost_user_backend_is_connected_when_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vu.sock");
+        let socket = path.to_str().unwrap().to_string();
+        let cfg = BlockDeviceConfig {
+            drive_id: "vu".into(),
+            socket: Some(socket.clone()),
+            ..Default::default()
+        };
+        // An absent backend is refused with upstream's text.
+        assert_eq!(
+            Drive::try_from(cfg.clone()).unwrap_err().to_string(),
+            "Unable to create the virtio block device: Vhost user backend error: Vhost-user error: Failed to connect to UDS Unix stream: No such file or directory (os error 2)"
+        );
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let drive = Drive::try_from(cfg.clone()).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        let DriveBackend::VhostUser { connection, .. } = &drive.backend else {
+            panic!("not a vhost-user drive: {drive:?}");
+        };
+        assert_eq!(
+            drive.clone().backend,
+            drive.backend,
+            "copies share the connection"
+        );
+        assert_ne!(
+            Drive::try_from(cfg.clone()).unwrap().backend,
+            drive.backend,
+            "a second configuration is a second connection"
+        );
+        assert!(connection.raw_fd() >= 0);
+        assert_eq!(drive.to_config().socket.as_deref(), Some(socket.as_str()));
+        // A listener that never accepts and whose backlog is full refuses at once instead of
+        // blocking the caller.
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        let refused = loop {
+            match Drive::try_from(cfg.clone()) {
+                Ok(drive) => held.push(drive),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 100_000, "the backlog never filled");
+        };
+        assert!(
+            refused
+                .to_string()
+                .ends_with("Resource temporarily unavailable (os error 11)"),
+            "{refused}"
+        );
+        drop(listener);
     }
 
     #[test]

@@ -47,12 +47,13 @@ pub struct PmemDevices {
 impl PmemDevices {
     /// Adds or replaces a device; `block_root` says whether a block device is the root.
     pub fn insert(&mut self, cfg: PmemConfig, block_root: bool) -> Result<(), PmemConfigError> {
+        // Upstream's order: the block-device root is checked first.
         if cfg.root_device {
-            if self.list.iter().any(|p| p.root_device && p.id != cfg.id) {
-                return Err(PmemConfigError::RootPmemDeviceAlreadyExist);
-            }
             if block_root {
                 return Err(PmemConfigError::AddingSecondRootDevice);
+            }
+            if self.list.iter().any(|p| p.root_device && p.id != cfg.id) {
+                return Err(PmemConfigError::RootPmemDeviceAlreadyExist);
             }
         }
         match self.list.iter().position(|p| p.id == cfg.id) {
