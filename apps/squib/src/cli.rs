@@ -1,11 +1,17 @@
 //! Firecracker's command line: the same flags, the same error texts and exit codes, parsed
-//! with clap; squib's own additions (`--accel`, `--qemu`) come last in the help.
+//! with clap; squib's own additions (`--accel`, `--qemu`) come last in the help, and fall back
+//! to the environment (`SQUIB_ACCEL`, `SQUIB_QEMU`) through clap's `env`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Arg, ArgAction, ArgMatches, Command};
+
+/// `--accel` when the flag is absent.
+pub const ENV_ACCEL: &str = "SQUIB_ACCEL";
+/// `--qemu` when the flag is absent.
+pub const ENV_QEMU: &str = "SQUIB_QEMU";
 
 /// Exit code of an argument error, as upstream uses it.
 pub const EXIT_ARGUMENT_PARSING: u8 = 153;
@@ -100,8 +106,14 @@ fn command() -> Command {
             value("describe-snapshot", "Print the data format version of the provided snapshot state file."),
             flag("help", "Show the help message.").short('h'),
             flag("version", "Print the binary version number."),
-            value("accel", "squib: accelerator, auto|kvm|tcg (env SQUIB_ACCEL). [default: auto]"),
-            value("qemu", "squib: the QEMU binary to run (env SQUIB_QEMU). [default: qemu-system-x86_64]"),
+            // The help texts name the variables already: clap's `[env: …]` stays hidden.
+            value("accel", "squib: accelerator, auto|kvm|tcg (env SQUIB_ACCEL). [default: auto]")
+                .env(ENV_ACCEL)
+                .hide_env(true),
+            value("qemu", "squib: the QEMU binary to run (env SQUIB_QEMU). [default: qemu-system-x86_64]")
+                .env(ENV_QEMU)
+                .hide_env(true)
+                .value_parser(clap::value_parser!(PathBuf)),
         ])
 }
 
@@ -224,7 +236,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation, St
         seccomp_filter: string("seccomp-filter").map(PathBuf::from),
         enable_pci: matches.get_flag("enable-pci"),
         accel: string("accel"),
-        qemu: string("qemu").map(PathBuf::from),
+        qemu: matches.get_one::<PathBuf>("qemu").cloned(),
     })))
 }
 
@@ -290,6 +302,28 @@ mod tests {
             parse_str(&["--describe-snapshot", "/s"]).unwrap(),
             Invocation::DescribeSnapshot(p) if p == std::path::Path::new("/s")
         ));
+    }
+
+    #[test]
+    fn squib_flags_fall_back_to_the_environment() {
+        let command = command();
+        let env = |id: &str| {
+            command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_os_string())
+        };
+        assert_eq!(env("accel"), Some(ENV_ACCEL.into()));
+        assert_eq!(env("qemu"), Some(ENV_QEMU.into()));
+        let help = command.clone().render_help().to_string();
+        assert!(!help.contains("[env:"), "{help}");
+        assert!(
+            help.contains(
+                "squib: the QEMU binary to run (env SQUIB_QEMU). [default: qemu-system-x86_64]"
+            ),
+            "{help}"
+        );
     }
 
     #[test]

@@ -24,9 +24,8 @@ use crate::logging::{EXIT_BAD_CONFIGURATION, LogOptions, Logger};
 
 const EXIT_GENERIC_ERROR: u8 = 1;
 
-/// Environment overrides, for tests and for hosts where the default does not fit.
-const ENV_ACCEL: &str = "SQUIB_ACCEL";
-const ENV_QEMU: &str = "SQUIB_QEMU";
+/// Environment override of the action time-out, for tests (`--accel` and `--qemu` fall back to
+/// the environment in `cli.rs`).
 const ENV_ACTION_TIMEOUT_MS: &str = "SQUIB_ACTION_TIMEOUT_MS";
 
 fn main() -> ExitCode {
@@ -158,16 +157,13 @@ fn die_by(signal: libc::c_int) -> ExitCode {
 fn engine_from(args: &RunArgs) -> anyhow::Result<squib_qemu::QemuEngine> {
     let accel = args
         .accel
-        .clone()
-        .or_else(|| std::env::var(ENV_ACCEL).ok())
-        .unwrap_or_else(|| "auto".to_string());
-    let accel = accel
+        .as_deref()
+        .unwrap_or("auto")
         .parse::<squib_qemu::AccelChoice>()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let binary = args
         .qemu
         .clone()
-        .or_else(|| std::env::var_os(ENV_QEMU).map(Into::into))
         .unwrap_or_else(|| squib_qemu::DEFAULT_QEMU_BINARY.into());
     Ok(squib_qemu::QemuEngine::new(squib_qemu::EngineConfig {
         qemu_binary: binary,

@@ -37,7 +37,7 @@ pub enum DeviceKind {
 }
 
 /// One mutating request, already parsed and shape-checked by the API layer.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, strum::IntoStaticStr)]
 pub enum VmmAction {
     ConfigureBootSource(BootSourceConfig),
     PutMachineConfig(MachineConfig),
@@ -60,13 +60,17 @@ pub enum VmmAction {
     SetSerial(SerialConfig),
     ConfigureLogger(LoggerConfig),
     ConfigureMetrics(MetricsConfig),
+    #[strum(serialize = "PutMMDS")]
     PutMmds(Value),
+    #[strum(serialize = "PatchMMDS")]
     PatchMmds(Value),
     SetMmdsConfiguration(MmdsConfigRequest),
+    #[strum(serialize = "SetMemoryHotplugDevice")]
     SetMemoryHotplug(MemoryHotplugConfig),
     UpdateMemoryHotplugSize(MemoryHotplugSizeUpdate),
     CreateSnapshot(CreateSnapshotParams),
     LoadSnapshot(LoadSnapshotParams),
+    #[strum(serialize = "InstanceStart")]
     StartMicroVm,
     SendCtrlAltDel,
     FlushMetrics,
@@ -75,44 +79,10 @@ pub enum VmmAction {
 }
 
 impl VmmAction {
-    /// A short name for logs and for the time-out message.
+    /// A short name for logs and for the time-out message: the variant's name, or upstream's
+    /// where it differs (`#[strum(serialize)]` above).
     pub fn name(&self) -> &'static str {
-        use VmmAction::*;
-        match self {
-            ConfigureBootSource(_) => "ConfigureBootSource",
-            PutMachineConfig(_) => "PutMachineConfig",
-            PatchMachineConfig(_) => "PatchMachineConfig",
-            PutCpuConfiguration(_) => "PutCpuConfiguration",
-            InsertBlockDevice(_) => "InsertBlockDevice",
-            UpdateBlockDevice(_) => "UpdateBlockDevice",
-            InsertNetworkDevice(_) => "InsertNetworkDevice",
-            UpdateNetworkInterface(_) => "UpdateNetworkInterface",
-            InsertPmemDevice(_) => "InsertPmemDevice",
-            UpdatePmemDevice(_) => "UpdatePmemDevice",
-            RemoveDevice(..) => "RemoveDevice",
-            SetVsockDevice(_) => "SetVsockDevice",
-            SetBalloonDevice(_) => "SetBalloonDevice",
-            UpdateBalloon(_) => "UpdateBalloon",
-            UpdateBalloonStatistics(_) => "UpdateBalloonStatistics",
-            StartFreePageHinting(_) => "StartFreePageHinting",
-            StopFreePageHinting => "StopFreePageHinting",
-            SetEntropyDevice(_) => "SetEntropyDevice",
-            SetSerial(_) => "SetSerial",
-            ConfigureLogger(_) => "ConfigureLogger",
-            ConfigureMetrics(_) => "ConfigureMetrics",
-            PutMmds(_) => "PutMMDS",
-            PatchMmds(_) => "PatchMMDS",
-            SetMmdsConfiguration(_) => "SetMmdsConfiguration",
-            SetMemoryHotplug(_) => "SetMemoryHotplugDevice",
-            UpdateMemoryHotplugSize(_) => "UpdateMemoryHotplugSize",
-            CreateSnapshot(_) => "CreateSnapshot",
-            LoadSnapshot(_) => "LoadSnapshot",
-            StartMicroVm => "InstanceStart",
-            SendCtrlAltDel => "SendCtrlAltDel",
-            FlushMetrics => "FlushMetrics",
-            Pause => "Pause",
-            Resume => "Resume",
-        }
+        self.into()
     }
 
     /// When the action may run. Exhaustive on purpose: a new action does not compile
@@ -383,6 +353,18 @@ pub struct ActionRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn action_names_are_upstreams() {
+        assert_eq!(VmmAction::StartMicroVm.name(), "InstanceStart");
+        assert_eq!(VmmAction::PutMmds(Value::Null).name(), "PutMMDS");
+        assert_eq!(VmmAction::PatchMmds(Value::Null).name(), "PatchMMDS");
+        assert_eq!(VmmAction::FlushMetrics.name(), "FlushMetrics");
+        assert_eq!(
+            VmmAction::RemoveDevice(DeviceKind::Pmem, "p".into()).name(),
+            "RemoveDevice"
+        );
+    }
 
     #[test]
     fn unsupported_lists_read_well() {
