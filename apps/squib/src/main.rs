@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use squib_api::Controller;
-use squib_vmm::metrics::MetricsRegistry;
+use squib_metrics::MetricsRegistry;
 use squib_vmm::resources::logger::LogLevel;
 use squib_vmm::resources::metrics::MetricsConfig;
 use squib_vmm::{VmExit, Vmm, VmmExit};
@@ -268,7 +268,7 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<Ending> {
         _ = interrupt.recv() => Err(Ending::Signal(libc::SIGINT)),
         // Upstream handles SIGHUP: it counts it and exits with 156.
         _ = hangup.recv() => {
-            metrics.store("signals", "sighup", 1);
+            metrics.values.signals.sighup.set(1);
             Err(Ending::Code(156))
         }
     };
@@ -313,20 +313,20 @@ async fn exit_code(outcome: VmmExit) -> u8 {
 /// computes them (monotonic and process CPU clocks, in microseconds).
 fn report_startup_times(metrics: &MetricsRegistry, args: &RunArgs) {
     if let Some(start) = args.start_time_us {
-        let now = squib_vmm::metrics::clock_us(libc::CLOCK_MONOTONIC);
-        metrics.store(
-            "api_server",
-            "process_startup_time_us",
-            now.saturating_sub(start),
-        );
+        let now = squib_metrics::clock_us(libc::CLOCK_MONOTONIC);
+        metrics
+            .values
+            .api_server
+            .process_startup_time_us
+            .set(now.saturating_sub(start));
     }
     if let Some(start) = args.start_time_cpu_us {
-        let now = squib_vmm::metrics::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
-        metrics.store(
-            "api_server",
-            "process_startup_time_cpu_us",
-            now.saturating_sub(start) + args.parent_cpu_time_us.unwrap_or(0),
-        );
+        let now = squib_metrics::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
+        metrics
+            .values
+            .api_server
+            .process_startup_time_cpu_us
+            .set(now.saturating_sub(start) + args.parent_cpu_time_us.unwrap_or(0));
     }
 }
 
@@ -334,7 +334,7 @@ fn report_startup_times(metrics: &MetricsRegistry, args: &RunArgs) {
 fn install_panic_metrics(metrics: Arc<MetricsRegistry>) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        metrics.store("vmm", "panic_count", 1);
+        metrics.values.vmm.panic_count.set(1);
         let _ = metrics.try_flush();
         previous(info);
     }));

@@ -21,7 +21,7 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch, sock_filter,
 };
-use squib_vmm::metrics::MetricsRegistry;
+use squib_metrics::MetricsRegistry;
 
 use crate::logging::Logger;
 
@@ -257,7 +257,7 @@ extern "C" fn on_sigsys(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     // Like upstream, log and write metrics from the handler: squib is going down anyway. The
     // logger is never waited for (the faulting thread may hold it).
     if let Some(metrics) = METRICS.get() {
-        metrics.store("seccomp", "num_faults", 1);
+        metrics.values.seccomp.num_faults.set(1);
     }
     if let Some(logger) = LOGGER.get() {
         logger.error_from_signal_handler(&format!(

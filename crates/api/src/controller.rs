@@ -39,7 +39,7 @@ impl Controller {
     }
 
     /// The metrics registry the API's request counters go to.
-    pub(crate) fn metrics(&self) -> &Arc<squib_vmm::metrics::MetricsRegistry> {
+    pub(crate) fn metrics(&self) -> &Arc<squib_metrics::MetricsRegistry> {
         &self.handle.metrics
     }
 

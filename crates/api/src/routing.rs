@@ -5,7 +5,8 @@
 
 use std::str::SplitTerminator;
 
-use squib_vmm::metrics::MetricsRegistry;
+use squib_metrics::schema::{GetApiRequests, PatchApiRequests, PutApiRequests};
+use squib_metrics::{Counter, MetricsRegistry};
 
 use crate::endpoints::reads::GetRequest;
 use crate::endpoints::{
@@ -35,51 +36,52 @@ enum Body {
     Any,
 }
 
-/// The `*_count` (and, for PUT/PATCH, `*_fails`) counters of a route. A request a row takes
+/// The request counters of a route (§10.2): a field of `get_api_requests`, or the `*_count`
+/// and `*_fails` fields of `put_api_requests` / `patch_api_requests`. A request a row takes
 /// increments its `*_count`; one the row's parser rejects (JSON, id or field errors) also its
 /// `*_fails`. Errors the VMM returns later do not count as fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RequestMetric {
-    section: &'static str,
-    count: &'static str,
-    fails: Option<&'static str>,
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RequestMetric {
+    Get(fn(&GetApiRequests) -> &Counter),
+    Put(fn(&PutApiRequests) -> [&Counter; 2]),
+    Patch(fn(&PatchApiRequests) -> [&Counter; 2]),
 }
 
 impl RequestMetric {
     /// Counts one request that this metric's route took; `parsed` is false when its parser
     /// rejected it.
     pub(crate) fn record(self, metrics: &MetricsRegistry, parsed: bool) {
-        metrics.inc(self.section, self.count);
-        if let Some(fails) = self.fails
+        let values = &metrics.values;
+        let (count, fails) = match self {
+            Self::Get(count) => (count(&values.get_api_requests), None),
+            Self::Put(counters) => {
+                let [count, fails] = counters(&values.put_api_requests);
+                (count, Some(fails))
+            }
+            Self::Patch(counters) => {
+                let [count, fails] = counters(&values.patch_api_requests);
+                (count, Some(fails))
+            }
+        };
+        count.inc();
+        if let Some(fails) = fails
             && !parsed
         {
-            metrics.inc(self.section, fails);
+            fails.inc();
         }
     }
 }
 
-const fn get(count: &'static str) -> Option<RequestMetric> {
-    Some(RequestMetric {
-        section: "get_api_requests",
-        count,
-        fails: None,
-    })
+const fn get(count: fn(&GetApiRequests) -> &Counter) -> Option<RequestMetric> {
+    Some(RequestMetric::Get(count))
 }
 
-const fn put(count: &'static str, fails: &'static str) -> Option<RequestMetric> {
-    Some(RequestMetric {
-        section: "put_api_requests",
-        count,
-        fails: Some(fails),
-    })
+const fn put(counters: fn(&PutApiRequests) -> [&Counter; 2]) -> Option<RequestMetric> {
+    Some(RequestMetric::Put(counters))
 }
 
-const fn patch(count: &'static str, fails: &'static str) -> Option<RequestMetric> {
-    Some(RequestMetric {
-        section: "patch_api_requests",
-        count,
-        fails: Some(fails),
-    })
+const fn patch(counters: fn(&PatchApiRequests) -> [&Counter; 2]) -> Option<RequestMetric> {
+    Some(RequestMetric::Patch(counters))
 }
 
 struct Route {
@@ -120,39 +122,39 @@ fn read(request: GetRequest) -> Result<ParsedRequest, RequestError> {
 
 #[rustfmt::skip]
 const ROUTES: &[Route] = &[
-    row(Get, "", None, Empty, |_, _| read(GetRequest::InstanceInfo), get("instance_info_count")),
+    row(Get, "", None, Empty, |_, _| read(GetRequest::InstanceInfo), get(|m| &m.instance_info_count)),
     row(Get, "balloon", None, Empty, |_, s| balloon::parse_get_balloon(s), None),
-    row(Get, "version", None, Empty, |_, _| read(GetRequest::Version), get("vmm_version_count")),
+    row(Get, "version", None, Empty, |_, _| read(GetRequest::Version), get(|m| &m.vmm_version_count)),
     row(Get, "vm", Some("config"), Empty, |_, _| read(GetRequest::FullVmConfig), None),
-    row(Get, "machine-config", None, Empty, |_, _| read(GetRequest::MachineConfig), get("machine_cfg_count")),
-    row(Get, "mmds", None, Empty, |_, _| read(GetRequest::Mmds), get("mmds_count")),
-    row(Get, "hotplug", Some("memory"), Empty, |_, _| read(GetRequest::MemoryHotplug), get("hotplug_memory_count")),
+    row(Get, "machine-config", None, Empty, |_, _| read(GetRequest::MachineConfig), get(|m| &m.machine_cfg_count)),
+    row(Get, "mmds", None, Empty, |_, _| read(GetRequest::Mmds), get(|m| &m.mmds_count)),
+    row(Get, "hotplug", Some("memory"), Empty, |_, _| read(GetRequest::MemoryHotplug), get(|m| &m.hotplug_memory_count)),
 
-    row(Put, "actions", None, Required, |b, _| actions::parse_put(b), put("actions_count", "actions_fails")),
+    row(Put, "actions", None, Required, |b, _| actions::parse_put(b), put(|m| [&m.actions_count, &m.actions_fails])),
     row(Put, "balloon", None, Required, |b, _| balloon::parse_put(b), None),
-    row(Put, "boot-source", None, Required, |b, _| boot_source::parse_put(b), put("boot_source_count", "boot_source_fails")),
-    row(Put, "cpu-config", None, Required, |b, _| cpu_config::parse_put(b), put("cpu_cfg_count", "cpu_cfg_fails")),
-    row(Put, "drives", None, Required, |b, mut s| drives::parse_put(b, s.next()), put("drive_count", "drive_fails")),
-    row(Put, "pmem", None, Required, |b, mut s| pmem::parse_put(b, s.next()), put("pmem_count", "pmem_fails")),
-    row(Put, "logger", None, Required, |b, _| logger::parse_put(b), put("logger_count", "logger_fails")),
-    row(Put, "serial", None, Required, |b, _| serial::parse_put(b), put("serial_count", "serial_fails")),
-    row(Put, "machine-config", None, Required, |b, _| machine_config::parse_put(b), put("machine_cfg_count", "machine_cfg_fails")),
-    row(Put, "metrics", None, Required, |b, _| metrics::parse_put(b), put("metrics_count", "metrics_fails")),
-    row(Put, "mmds", None, Required, |b, mut s| mmds::parse_put(b, s.next()), put("mmds_count", "mmds_fails")),
-    row(Put, "network-interfaces", None, Required, |b, mut s| network_interfaces::parse_put(b, s.next()), put("network_count", "network_fails")),
+    row(Put, "boot-source", None, Required, |b, _| boot_source::parse_put(b), put(|m| [&m.boot_source_count, &m.boot_source_fails])),
+    row(Put, "cpu-config", None, Required, |b, _| cpu_config::parse_put(b), put(|m| [&m.cpu_cfg_count, &m.cpu_cfg_fails])),
+    row(Put, "drives", None, Required, |b, mut s| drives::parse_put(b, s.next()), put(|m| [&m.drive_count, &m.drive_fails])),
+    row(Put, "pmem", None, Required, |b, mut s| pmem::parse_put(b, s.next()), put(|m| [&m.pmem_count, &m.pmem_fails])),
+    row(Put, "logger", None, Required, |b, _| logger::parse_put(b), put(|m| [&m.logger_count, &m.logger_fails])),
+    row(Put, "serial", None, Required, |b, _| serial::parse_put(b), put(|m| [&m.serial_count, &m.serial_fails])),
+    row(Put, "machine-config", None, Required, |b, _| machine_config::parse_put(b), put(|m| [&m.machine_cfg_count, &m.machine_cfg_fails])),
+    row(Put, "metrics", None, Required, |b, _| metrics::parse_put(b), put(|m| [&m.metrics_count, &m.metrics_fails])),
+    row(Put, "mmds", None, Required, |b, mut s| mmds::parse_put(b, s.next()), put(|m| [&m.mmds_count, &m.mmds_fails])),
+    row(Put, "network-interfaces", None, Required, |b, mut s| network_interfaces::parse_put(b, s.next()), put(|m| [&m.network_count, &m.network_fails])),
     row(Put, "snapshot", None, Required, |b, mut s| snapshot::parse_put(b, s.next()), None),
-    row(Put, "vsock", None, Required, |b, _| vsock::parse_put(b), put("vsock_count", "vsock_fails")),
+    row(Put, "vsock", None, Required, |b, _| vsock::parse_put(b), put(|m| [&m.vsock_count, &m.vsock_fails])),
     row(Put, "entropy", None, Required, |b, _| entropy::parse_put(b), None),
-    row(Put, "hotplug", Some("memory"), Required, |b, _| hotplug_memory::parse_put(b), put("hotplug_memory_count", "hotplug_memory_fails")),
+    row(Put, "hotplug", Some("memory"), Required, |b, _| hotplug_memory::parse_put(b), put(|m| [&m.hotplug_memory_count, &m.hotplug_memory_fails])),
 
     row(Patch, "balloon", None, Any, balloon::parse_patch, None),
-    row(Patch, "drives", None, Required, |b, mut s| drives::parse_patch(b, s.next()), patch("drive_count", "drive_fails")),
-    row(Patch, "machine-config", None, Required, |b, _| machine_config::parse_patch(b), patch("machine_cfg_count", "machine_cfg_fails")),
-    row(Patch, "mmds", None, Required, |b, _| mmds::parse_patch(b), patch("mmds_count", "mmds_fails")),
-    row(Patch, "network-interfaces", None, Required, |b, mut s| network_interfaces::parse_patch(b, s.next()), patch("network_count", "network_fails")),
-    row(Patch, "pmem", None, Required, |b, mut s| pmem::parse_patch(b, s.next()), patch("pmem_count", "pmem_fails")),
+    row(Patch, "drives", None, Required, |b, mut s| drives::parse_patch(b, s.next()), patch(|m| [&m.drive_count, &m.drive_fails])),
+    row(Patch, "machine-config", None, Required, |b, _| machine_config::parse_patch(b), patch(|m| [&m.machine_cfg_count, &m.machine_cfg_fails])),
+    row(Patch, "mmds", None, Required, |b, _| mmds::parse_patch(b), patch(|m| [&m.mmds_count, &m.mmds_fails])),
+    row(Patch, "network-interfaces", None, Required, |b, mut s| network_interfaces::parse_patch(b, s.next()), patch(|m| [&m.network_count, &m.network_fails])),
+    row(Patch, "pmem", None, Required, |b, mut s| pmem::parse_patch(b, s.next()), patch(|m| [&m.pmem_count, &m.pmem_fails])),
     row(Patch, "vm", None, Required, |b, _| vm::parse_patch(b), None),
-    row(Patch, "hotplug", Some("memory"), Required, |b, _| hotplug_memory::parse_patch(b), patch("hotplug_memory_count", "hotplug_memory_fails")),
+    row(Patch, "hotplug", Some("memory"), Required, |b, _| hotplug_memory::parse_patch(b), patch(|m| [&m.hotplug_memory_count, &m.hotplug_memory_fails])),
 
     row(Delete, "drives", None, Empty, |_, mut s| drives::parse_delete(s.next()), None),
     row(Delete, "pmem", None, Empty, |_, mut s| pmem::parse_delete(s.next()), None),
@@ -221,6 +223,8 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequ
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn fault(method: &str, path: &str, body: &str) -> String {
@@ -283,29 +287,40 @@ mod tests {
         );
     }
 
-    fn metric(method: &str, path: &str, body: &str) -> Option<RequestMetric> {
-        route(method, path, body.as_bytes()).metric
+    /// The registry after one request went through `route` and its metric.
+    fn counted(method: &str, path: &str, body: &str) -> Arc<MetricsRegistry> {
+        let m = MetricsRegistry::new();
+        let routed = route(method, path, body.as_bytes());
+        if let Some(metric) = routed.metric {
+            metric.record(&m, routed.parsed.is_ok());
+        }
+        m
     }
 
     #[test]
     fn counted_requests() {
-        assert_eq!(metric("GET", "/", ""), get("instance_info_count"));
-        assert_eq!(
-            metric("PUT", "/drives/root", "{}"),
-            put("drive_count", "drive_fails")
-        );
-        assert_eq!(
-            metric("PUT", "/hotplug/memory", "{}"),
-            put("hotplug_memory_count", "hotplug_memory_fails")
-        );
-        assert_eq!(metric("PUT", "/hotplug/x", "{}"), None);
-        assert_eq!(metric("PUT", "/drives/root", ""), None);
-        assert_eq!(metric("PUT", "/balloon", "{}"), None);
-        assert_eq!(metric("GET", "/vm/config", ""), None);
-        assert_eq!(
-            metric("PATCH", "/machine-config", "{}"),
-            patch("machine_cfg_count", "machine_cfg_fails")
-        );
+        let m = counted("GET", "/", "");
+        assert_eq!(m.values.get_api_requests.instance_info_count.get(), 1);
+        let m = counted("PUT", "/drives/root", "{}");
+        assert_eq!(m.values.put_api_requests.drive_count.get(), 1);
+        assert_eq!(m.values.put_api_requests.drive_fails.get(), 1);
+        let m = counted("PUT", "/hotplug/memory", "{}");
+        assert_eq!(m.values.put_api_requests.hotplug_memory_count.get(), 1);
+        let m = counted("PATCH", "/machine-config", "{}");
+        assert_eq!(m.values.patch_api_requests.machine_cfg_count.get(), 1);
+        assert_eq!(m.values.patch_api_requests.machine_cfg_fails.get(), 1);
+        for (method, path, body) in [
+            ("PUT", "/hotplug/x", "{}"),
+            ("PUT", "/drives/root", ""),
+            ("PUT", "/balloon", "{}"),
+            ("GET", "/vm/config", ""),
+            ("DELETE", "/drives/root", ""),
+        ] {
+            assert!(
+                route(method, path, body.as_bytes()).metric.is_none(),
+                "{method} {path}"
+            );
+        }
     }
 
     #[test]
@@ -324,10 +339,11 @@ mod tests {
             let routed = route(method, path, body.as_bytes());
             routed.metric.unwrap().record(&m, routed.parsed.is_ok());
         }
-        assert_eq!(m.get("put_api_requests", "drive_count"), 2);
-        assert_eq!(m.get("put_api_requests", "drive_fails"), 1);
-        assert_eq!(m.get("get_api_requests", "vmm_version_count"), 1);
-        assert_eq!(m.get("patch_api_requests", "mmds_fails"), 1);
-        assert_eq!(m.get("patch_api_requests", "mmds_count"), 1);
+        let v = &m.values;
+        assert_eq!(v.put_api_requests.drive_count.get(), 2);
+        assert_eq!(v.put_api_requests.drive_fails.get(), 1);
+        assert_eq!(v.get_api_requests.vmm_version_count.get(), 1);
+        assert_eq!(v.patch_api_requests.mmds_fails.get(), 1);
+        assert_eq!(v.patch_api_requests.mmds_count.get(), 1);
     }
 }

@@ -390,11 +390,16 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
             let latency = match &parsed {
                 ParsedRequest::Action { deprecated, action } => {
                     if *deprecated {
-                        metrics.inc("deprecated_api", "deprecated_http_api_calls");
+                        metrics
+                            .values
+                            .deprecated_api
+                            .deprecated_http_api_calls
+                            .inc();
                     }
+                    let latencies = &metrics.values.latencies_us;
                     match action {
-                        VmmAction::Pause => Some("pause_vm"),
-                        VmmAction::Resume => Some("resume_vm"),
+                        VmmAction::Pause => Some(&latencies.pause_vm),
+                        VmmAction::Resume => Some(&latencies.resume_vm),
                         _ => None,
                     }
                 }
@@ -402,10 +407,10 @@ async fn respond(state: &ApiState, request: Request) -> ApiResponse {
             };
             let started = std::time::Instant::now();
             let reply = state.controller.respond(parsed).await;
-            if let Some(key) = latency
+            if let Some(latency) = latency
                 && reply.status.is_success()
             {
-                metrics.store("latencies_us", key, started.elapsed().as_micros() as u64);
+                latency.set(started.elapsed().as_micros() as u64);
             }
             reply
         }

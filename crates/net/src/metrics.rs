@@ -7,38 +7,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-squib_vhost::counters! {
-    /// Counters of one network interface; field names are the metric keys, in the contract's
-    /// order.
-    pub struct NetMetrics {
-    activate_fails,
-    cfg_fails,
-    no_rx_avail_buffer,
-    no_tx_avail_buffer,
-    event_fails,
-    rx_queue_event_count,
-    rx_event_rate_limiter_count,
-    rx_rate_limiter_throttled,
-    rx_tap_event_count,
-    rx_bytes_count,
-    rx_packets_count,
-    rx_fails,
-    rx_count,
-    tap_read_fails,
-    tap_write_fails,
-    tap_write_agg,
-    tx_bytes_count,
-    tx_malformed_frames,
-    tx_fails,
-    tx_count,
-    tx_packets_count,
-    tx_queue_event_count,
-    tx_rate_limiter_event_count,
-    tx_rate_limiter_throttled,
-    tx_spoofed_mac_count,
-    tx_remaining_reqs_count
-    }
-}
+/// Counters of one network interface; field names are the metric keys, in the contract's
+/// order (one home: the metrics crate's `net` section).
+pub use squib_metrics::schema::Net as NetMetrics;
 
 /// Adds one to a counter.
 pub(crate) fn inc(counter: &AtomicU64) {

@@ -1,7 +1,7 @@
 //! QEMU's `query-blockstats` mapped to Firecracker drive ids, for the `block_⟨id⟩` metrics.
 
 use serde_json::Value;
-use squib_vmm::metrics::BlockCounters;
+use squib_metrics::BlockCounters;
 
 use crate::plan::DriveNames;
 

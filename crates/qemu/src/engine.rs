@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use squib_vmm::metrics::{DeviceClass, MetricsRegistry};
+use squib_metrics::{DeviceClass, Fixed, MetricsRegistry};
 use squib_vmm::resources::balloon::BalloonStats;
 use squib_vmm::resources::drive::{Drive, DriveBackend, IoEngine};
 use squib_vmm::resources::machine_config::HugePages;
@@ -168,21 +168,21 @@ impl RunningVm for QemuVm {
             );
         }
         if let Some(mmds) = self.mmds().cloned() {
-            metrics.set_section_source("mmds", Arc::new(move || mmds.metrics().snapshot()));
+            metrics.set_section_source(Fixed::Mmds, Arc::new(move || mmds.metrics().snapshot()));
         }
         if let Some(vsock) = &self.vsock {
             let counters = vsock.metrics().clone();
-            metrics.set_section_source("vsock", Arc::new(move || counters.snapshot()));
+            metrics.set_section_source(Fixed::Vsock, Arc::new(move || counters.snapshot()));
         }
         if let Some(serial) = &self.serial {
             let counters = serial.counters().clone();
-            metrics.set_section_source("uart", Arc::new(move || counters.snapshot()));
+            metrics.set_section_source(Fixed::Uart, Arc::new(move || counters.snapshot()));
         }
     }
 
     async fn block_stats(
         &mut self,
-    ) -> Result<Vec<(String, squib_vmm::metrics::BlockCounters)>, EngineError> {
+    ) -> Result<Vec<(String, squib_metrics::BlockCounters)>, EngineError> {
         let stats = self.qmp.query_blockstats().await.map_err(engine_error)?;
         Ok(crate::block_stats::by_drive(&self.drives, &stats))
     }

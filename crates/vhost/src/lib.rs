@@ -7,8 +7,9 @@
 //!    `Vring = `[`Vring`]; queue handling goes through `virtio-queue` (no hand-written virtqueue
 //!    code). `exit_event` may be left to its default: the layer supplies the per-worker exit
 //!    events that stop the worker threads.
-//! 2. Give every counter the device reports a home in a [`counters!`] struct: its `snapshot()`
-//!    is what squib's metrics registry reads (a `CounterSource`), with upstream's key names.
+//! 2. Give every counter the device reports a home in its section of `squib-metrics` (a
+//!    `counters!` struct): its `snapshot()` is what squib's metrics registry reads (a
+//!    `CounterSource`), with upstream's key names.
 //! 3. Call [`serve`] with a short device name (`vsock`, `net0`): it binds the vhost-user socket
 //!    at the given path (in squib's private runtime directory) and returns a [`BackendHandle`].
 //!    Start QEMU afterwards with `-chardev socket,id=…,path=…` (QEMU is the client) and the
@@ -36,7 +37,6 @@
 //! `squib-⟨name⟩-vu` serves vhost-user requests, `squib-⟨name⟩-wN` are the vring workers (the
 //! worker renames itself on its first event: rust-vmm spawns it as `vring_worker`).
 
-mod counters;
 mod serve;
 mod thread;
 
@@ -52,8 +52,3 @@ pub type GuestMemory = vm_memory::GuestMemoryAtomic<vm_memory::GuestMemoryMmap<(
 
 /// The vring type every squib backend uses.
 pub type Vring = VringRwLock<GuestMemory>;
-
-#[doc(hidden)]
-pub mod __private {
-    pub use std::sync::atomic::{AtomicU64, Ordering};
-}

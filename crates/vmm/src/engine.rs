@@ -100,7 +100,7 @@ pub trait RunningVm: Send + 'static {
     /// that count nothing report none.
     fn block_stats(
         &mut self,
-    ) -> impl Future<Output = Result<Vec<(String, crate::metrics::BlockCounters)>, EngineError>> + Send
+    ) -> impl Future<Output = Result<Vec<(String, squib_metrics::BlockCounters)>, EngineError>> + Send
     {
         async { Ok(Vec::new()) }
     }
@@ -130,5 +130,5 @@ pub trait RunningVm: Send + 'static {
     }
     /// Hands the registry the counters the engine keeps live (network relays, MMDS), read
     /// at every flush. Engines that keep none register nothing.
-    fn register_metrics(&self, _metrics: &crate::metrics::MetricsRegistry) {}
+    fn register_metrics(&self, _metrics: &squib_metrics::MetricsRegistry) {}
 }

@@ -6,7 +6,6 @@ pub mod action;
 pub mod engine;
 #[cfg(feature = "fake-engine")]
 pub mod fake_engine;
-pub mod metrics;
 pub mod mmds_store;
 pub mod os_error;
 pub mod resources;

@@ -13,7 +13,6 @@ use crate::action::{
     VmmAction, VmmActionError, VmmData,
 };
 use crate::engine::{Engine, EngineError, ExitWatch, RunningVm, VmExit};
-use crate::metrics::{DeviceClass, MetricsRegistry};
 use crate::resources::VmResources;
 use crate::resources::balloon::{BalloonStats, BalloonUpdateStatsConfig};
 use crate::resources::boot_source::BootSource;
@@ -26,6 +25,7 @@ use crate::resources::rate_limiter::RateLimiterConfig;
 use crate::resources::vsock::Vsock;
 use crate::state::{VmState, VmView};
 use crate::tap::{TapOpener, host_tap_opener};
+use squib_metrics::{DeviceClass, LineHeader, MetricsRegistry};
 
 mod snapshot;
 
@@ -489,7 +489,10 @@ impl<E: Engine> Vmm<E> {
         let metrics = Metrics::open(config)?;
         self.metrics.install(
             &self.instance_id,
-            metrics.config.clone(),
+            LineHeader {
+                emit_id: metrics.config.emit_id,
+                properties: metrics.config.properties.clone(),
+            },
             metrics.file.clone(),
         );
         self.resources.metrics = Some(metrics);
@@ -574,7 +577,7 @@ impl<E: Engine> Vmm<E> {
                 DriveBackend::File { .. } => DeviceClass::Block,
                 DriveBackend::VhostUser { .. } => DeviceClass::VhostUserBlock,
             };
-            self.metrics.set_device_values(class, &drive.id, Vec::new());
+            self.metrics.add_device(class, &drive.id);
         }
     }
 
@@ -593,13 +596,13 @@ impl<E: Engine> Vmm<E> {
                 vm.resume().await
             };
             result.map_err(VmmActionError::InternalVmm)?;
-            let key = if paused {
-                "vmm_pause_vm"
+            let latencies = &self.metrics.values.latencies_us;
+            let latency = if paused {
+                &latencies.vmm_pause_vm
             } else {
-                "vmm_resume_vm"
+                &latencies.vmm_resume_vm
             };
-            self.metrics
-                .store("latencies_us", key, started.elapsed().as_micros() as u64);
+            latency.set(started.elapsed().as_micros() as u64);
             self.state = wanted;
             if !paused && let Some(timer) = self.metrics_timer.as_mut() {
                 // Paused time does not count towards the next periodic line.

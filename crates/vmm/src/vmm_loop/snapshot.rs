@@ -114,13 +114,11 @@ impl<E: Engine> Vmm<E> {
                 std::io::Error::other(e.to_string()).into(),
             )
         })??;
-        self.metrics
-            .store("latencies_us", "vmm_full_create_snapshot", engine_us);
-        self.metrics.store(
-            "latencies_us",
-            "full_create_snapshot",
-            started.elapsed().as_micros() as u64,
-        );
+        let latencies = &self.metrics.values.latencies_us;
+        latencies.vmm_full_create_snapshot.set(engine_us);
+        latencies
+            .full_create_snapshot
+            .set(started.elapsed().as_micros() as u64);
         tracing::info!(
             snapshot = %snapshot_path.display(),
             memory = %mem_path.display(),
@@ -136,13 +134,11 @@ impl<E: Engine> Vmm<E> {
         let started = Instant::now();
         match self.try_load_snapshot(params).await {
             Ok(engine_us) => {
-                self.metrics
-                    .store("latencies_us", "vmm_load_snapshot", engine_us);
-                self.metrics.store(
-                    "latencies_us",
-                    "load_snapshot",
-                    started.elapsed().as_micros() as u64,
-                );
+                let latencies = &self.metrics.values.latencies_us;
+                latencies.vmm_load_snapshot.set(engine_us);
+                latencies
+                    .load_snapshot
+                    .set(started.elapsed().as_micros() as u64);
                 tracing::info!(
                     ms = started.elapsed().as_millis() as u64,
                     state = ?self.state,

@@ -1,12 +1,15 @@
-//! squib's metrics system (docs/api-contract.md §10.2): a registry of counters and stored values that the
+//! squib's metrics system (contract §10.2): a registry of counters and stored values that the
 //! API, the VMM loop and device back-ends fill, and a writer that turns them into one compact
 //! JSON line per flush, with counters as deltas since the previous line.
 //!
-//! Every value is kept as an absolute number; the writer remembers what it last reported and
-//! subtracts. Sources that already count on their own (squib-net's `NetMetrics`, squib-mmds'
-//! `MmdsMetrics`, QEMU's block statistics) plug in as closures returning `(key, value)` pairs,
-//! so this crate needs no dependency on them.
+//! Keys are typed: every section is a struct of [`Counter`]s whose field names are upstream's
+//! keys ([`schema`]), so `metrics.values.put_api_requests.drive_count.inc()` names a key that
+//! exists or does not compile. Every value is kept as an absolute number; the writer remembers
+//! what it last reported and subtracts. Devices that count on their own (squib-net's `Net`,
+//! squib-mmds' `Mmds`, squib-vsock's `Vsock`, QEMU's block statistics) own such a struct and
+//! plug its `snapshot()` in as a [`CounterSource`].
 
+mod counters;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,10 +19,18 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use schema::{DeviceClass, Kind};
-use schema::{SECTIONS, Section};
+pub use counters::Counter;
+use schema::{Block, SECTIONS, Section};
+pub use schema::{DeviceClass, Fixed, Kind, Values};
 
-use crate::resources::metrics::MetricsConfig;
+/// What a line carries before the sections, from `PUT /metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineHeader {
+    /// Whether the line carries the instance id (`emit_id`).
+    pub emit_id: bool,
+    /// Constant key/value pairs reported under `properties`.
+    pub properties: Option<BTreeMap<String, String>>,
+}
 
 /// Why a metrics line could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +65,12 @@ impl Write for SharedFile {
     }
 }
 
-/// Named absolute values of one section.
-#[derive(Debug, Default)]
-struct Values(HashMap<&'static str, u64>);
-
 /// The registry: shared (`Arc`) by the API server, the VMM loop and the binary.
 #[derive(Default)]
 pub struct MetricsRegistry {
-    values: Mutex<HashMap<&'static str, Values>>,
-    sources: Mutex<HashMap<&'static str, CounterSource>>,
+    /// The registry's own counters of every fixed section.
+    pub values: Values,
+    sources: Mutex<HashMap<Fixed, CounterSource>>,
     devices: Mutex<BTreeMap<(DeviceClass, String), CounterSource>>,
     sink: Mutex<Option<Sink>>,
     exit_written: std::sync::atomic::AtomicBool,
@@ -82,7 +90,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Where lines go, and what the previous line reported.
 struct Sink {
     instance_id: String,
-    config: MetricsConfig,
+    header: LineHeader,
     target: Box<dyn Write + Send>,
     previous: HashMap<String, u64>,
 }
@@ -92,39 +100,10 @@ impl MetricsRegistry {
         Arc::new(Self::default())
     }
 
-    /// Adds one to the counter `group.key`.
-    pub fn inc(&self, group: &'static str, key: &'static str) {
-        self.add(group, key, 1);
-    }
-
-    /// Adds `n` to the counter `group.key`.
-    pub fn add(&self, group: &'static str, key: &'static str, n: u64) {
-        let mut values = lock(&self.values);
-        let slot = values.entry(group).or_default().0.entry(key).or_default();
-        *slot = slot.saturating_add(n);
-    }
-
-    /// Sets the stored value `group.key`.
-    pub fn store(&self, group: &'static str, key: &'static str, value: u64) {
-        lock(&self.values)
-            .entry(group)
-            .or_default()
-            .0
-            .insert(key, value);
-    }
-
-    /// The current absolute value of `group.key` (registry values only, not sources).
-    pub fn get(&self, group: &str, key: &str) -> u64 {
-        lock(&self.values)
-            .get(group)
-            .and_then(|v| v.0.get(key).copied())
-            .unwrap_or(0)
-    }
-
     /// Makes `source` report a fixed section (e.g. `mmds` from squib-mmds' counters). Its
     /// values replace the registry's own for that section.
-    pub fn set_section_source(&self, group: &'static str, source: CounterSource) {
-        lock(&self.sources).insert(group, source);
+    pub fn set_section_source(&self, section: Fixed, source: CounterSource) {
+        lock(&self.sources).insert(section, source);
     }
 
     /// Reports a device as `⟨class⟩_⟨id⟩` from `source` (e.g. a `NetMetrics` snapshot).
@@ -132,15 +111,9 @@ impl MetricsRegistry {
         lock(&self.devices).insert((class, id.to_string()), source);
     }
 
-    /// Sets a device's absolute values (e.g. QEMU's block statistics just polled).
-    pub fn set_device_values(
-        &self,
-        class: DeviceClass,
-        id: &str,
-        values: Vec<(&'static str, u64)>,
-    ) {
-        let values = Arc::new(values);
-        self.register_device(class, id, Arc::new(move || values.as_ref().clone()));
+    /// Reports a device whose values are not known yet: every key 0.
+    pub fn add_device(&self, class: DeviceClass, id: &str) {
+        self.register_device(class, id, Arc::new(Vec::new));
     }
 
     /// Forgets every device of a class.
@@ -149,23 +122,24 @@ impl MetricsRegistry {
     }
 
     /// Starts writing lines to `target` (the metrics file or FIFO).
-    pub fn install(&self, instance_id: &str, config: MetricsConfig, target: Arc<File>) {
-        self.install_writer(instance_id, config, Box::new(SharedFile(target)));
+    pub fn install(&self, instance_id: &str, header: LineHeader, target: Arc<File>) {
+        self.install_writer(instance_id, header, Box::new(SharedFile(target)));
     }
 
     /// Records QEMU's statistics of the running guest's drives (absolute values).
     pub fn set_block_stats(&self, stats: &[(String, BlockCounters)]) {
         for (id, c) in stats {
-            self.set_device_values(
+            let block = Block::default();
+            block.read_bytes.set(c.read_bytes);
+            block.write_bytes.set(c.write_bytes);
+            block.read_count.set(c.read_count);
+            block.write_count.set(c.write_count);
+            block.flush_count.set(c.flush_count);
+            let values = Arc::new(block.snapshot());
+            self.register_device(
                 DeviceClass::Block,
                 id,
-                vec![
-                    ("read_bytes", c.read_bytes),
-                    ("write_bytes", c.write_bytes),
-                    ("read_count", c.read_count),
-                    ("write_count", c.write_count),
-                    ("flush_count", c.flush_count),
-                ],
+                Arc::new(move || values.as_ref().clone()),
             );
         }
     }
@@ -174,12 +148,12 @@ impl MetricsRegistry {
     pub fn install_writer(
         &self,
         instance_id: &str,
-        config: MetricsConfig,
+        header: LineHeader,
         target: Box<dyn Write + Send>,
     ) {
         *lock(&self.sink) = Some(Sink {
             instance_id: instance_id.to_string(),
-            config,
+            header,
             target,
             previous: HashMap::new(),
         });
@@ -230,27 +204,28 @@ impl MetricsRegistry {
             .write_all(line.as_bytes())
             .and_then(|()| sink.target.flush());
         if let Err(e) = result {
-            self.inc("logger", "missed_metrics_count");
-            self.inc("logger", "metrics_fails");
+            self.values.logger.missed_metrics_count.inc();
+            self.values.logger.metrics_fails.inc();
             return Err(MetricsError::Write(e));
         }
         Ok(true)
     }
 
     /// Absolute values of a fixed section, in its key order.
-    fn fixed_values(&self, group: &'static str, fields: &[&'static str]) -> Vec<u64> {
-        if let Some(source) = lock(&self.sources).get(group).cloned() {
-            let reported: HashMap<&str, u64> = source().into_iter().collect();
-            return fields
-                .iter()
-                .map(|f| reported.get(f).copied().unwrap_or(0))
+    fn fixed_values(&self, section: Fixed) -> Vec<u64> {
+        let Some(source) = lock(&self.sources).get(&section).cloned() else {
+            return self
+                .values
+                .snapshot(section)
+                .into_iter()
+                .map(|(_, value)| value)
                 .collect();
-        }
-        let values = lock(&self.values);
-        let section = values.get(group);
-        fields
+        };
+        let reported: HashMap<&str, u64> = source().into_iter().collect();
+        section
+            .keys()
             .iter()
-            .map(|f| section.and_then(|s| s.0.get(f).copied()).unwrap_or(0))
+            .map(|f| reported.get(f).copied().unwrap_or(0))
             .collect()
     }
 
@@ -260,10 +235,10 @@ impl MetricsRegistry {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut out = format!("{{\"utc_timestamp_ms\":{millis}");
-        if sink.config.emit_id {
+        if sink.header.emit_id {
             let _ = write!(out, ",\"id\":{}", json_string(&sink.instance_id));
         }
-        if let Some(properties) = &sink.config.properties {
+        if let Some(properties) = &sink.header.properties {
             out.push_str(",\"properties\":{");
             for (i, (k, v)) in properties.iter().enumerate() {
                 let comma = if i > 0 { "," } else { "" };
@@ -277,8 +252,9 @@ impl MetricsRegistry {
             .collect();
         for section in SECTIONS {
             match *section {
-                Section::Fixed(group, fields) => {
-                    let absolute = self.fixed_values(group, fields);
+                Section::Fixed(section) => {
+                    let (group, fields) = (section.name(), section.keys());
+                    let absolute = self.fixed_values(section);
                     let reported = report(&mut sink.previous, group, fields, &absolute);
                     write_object(&mut out, group, fields, &reported);
                 }

@@ -28,6 +28,13 @@ impl Shared {
             .map(str::to_string)
             .collect()
     }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }
 
 /// Top-level keys of a line in their textual order (serde_json's Map would sort them).
@@ -52,19 +59,15 @@ fn keys_in_order(line: &str) -> Vec<String> {
     keys
 }
 
-fn installed(config: MetricsConfig) -> (Arc<MetricsRegistry>, Shared) {
+fn installed(config: LineHeader) -> (Arc<MetricsRegistry>, Shared) {
     let registry = MetricsRegistry::new();
     let out = Shared::default();
     registry.install_writer("vm-1", config, Box::new(out.clone()));
     (registry, out)
 }
 
-fn config() -> MetricsConfig {
-    MetricsConfig {
-        metrics_path: "/unused".into(),
-        emit_id: false,
-        properties: None,
-    }
+fn config() -> LineHeader {
+    LineHeader::default()
 }
 
 #[test]
@@ -75,9 +78,9 @@ fn no_target_means_no_line() {
 #[test]
 fn top_level_keys_in_upstream_order() {
     let (registry, out) = installed(config());
-    registry.set_device_values(DeviceClass::Block, "scratch", vec![]);
-    registry.set_device_values(DeviceClass::Block, "rootfs", vec![]);
-    registry.set_device_values(DeviceClass::Net, "eth0", vec![]);
+    registry.add_device(DeviceClass::Block, "scratch");
+    registry.add_device(DeviceClass::Block, "rootfs");
+    registry.add_device(DeviceClass::Net, "eth0");
     assert!(registry.flush().unwrap());
     let line = &out.lines()[0];
     assert_eq!(
@@ -127,10 +130,9 @@ fn top_level_keys_in_upstream_order() {
 
 #[test]
 fn id_and_properties_follow_the_timestamp() {
-    let (registry, out) = installed(MetricsConfig {
+    let (registry, out) = installed(LineHeader {
         emit_id: true,
         properties: Some([("team".to_string(), "a\"b".to_string())].into()),
-        ..config()
     });
     registry.flush().unwrap();
     let line = &out.lines()[0];
@@ -152,7 +154,7 @@ fn every_section_has_every_sub_key_in_order() {
     let v: Value = serde_json::from_str(line).unwrap();
     for section in schema::SECTIONS {
         let (name, fields) = match *section {
-            schema::Section::Fixed(name, fields) => (name, fields),
+            schema::Section::Fixed(section) => (section.name(), section.keys()),
             schema::Section::PerDevice {
                 class,
                 fields,
@@ -182,31 +184,26 @@ fn every_section_has_every_sub_key_in_order() {
 #[test]
 fn counters_are_deltas_and_stores_are_absolute() {
     let (registry, out) = installed(config());
-    registry.inc("put_api_requests", "drive_count");
-    registry.inc("put_api_requests", "drive_count");
-    registry.store("latencies_us", "pause_vm", 1234);
-    registry.store("signals", "sighup", 1);
-    registry.inc("signals", "sigpipe");
-    registry.set_device_values(
-        DeviceClass::Block,
-        "rootfs",
-        vec![("read_bytes", 4096), ("read_count", 2)],
-    );
-    registry.set_device_values(DeviceClass::Block, "data", vec![("read_bytes", 512)]);
+    let block = |read_bytes, read_count| BlockCounters {
+        read_bytes,
+        read_count,
+        ..BlockCounters::default()
+    };
+    registry.values.put_api_requests.drive_count.inc();
+    registry.values.put_api_requests.drive_count.inc();
+    registry.values.latencies_us.pause_vm.set(1234);
+    registry.values.signals.sighup.set(1);
+    registry.values.signals.sigpipe.inc();
+    registry.set_block_stats(&[
+        ("rootfs".to_string(), block(4096, 2)),
+        ("data".to_string(), block(512, 0)),
+    ]);
     registry.flush().unwrap();
-    registry.inc("put_api_requests", "drive_count");
-    registry.set_device_values(
-        DeviceClass::Block,
-        "rootfs",
-        vec![("read_bytes", 5120), ("read_count", 3)],
-    );
+    registry.values.put_api_requests.drive_count.inc();
+    registry.set_block_stats(&[("rootfs".to_string(), block(5120, 3))]);
     registry.flush().unwrap();
     registry.flush().unwrap();
-    let lines: Vec<Value> = out
-        .lines()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = out.json_lines();
     assert_eq!(lines[0]["put_api_requests"]["drive_count"], 2);
     assert_eq!(lines[1]["put_api_requests"]["drive_count"], 1);
     assert_eq!(lines[2]["put_api_requests"]["drive_count"], 0);
@@ -227,25 +224,20 @@ fn counters_are_deltas_and_stores_are_absolute() {
 #[test]
 fn section_and_device_sources() {
     let (registry, out) = installed(config());
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(3));
-    let c = counter.clone();
-    registry.set_section_source(
-        "mmds",
-        Arc::new(move || vec![("rx_count", c.load(std::sync::atomic::Ordering::Relaxed))]),
-    );
-    registry.register_device(
-        DeviceClass::Net,
-        "eth0",
-        Arc::new(|| vec![("tx_bytes_count", 100), ("tap_write_agg", 7)]),
-    );
+    let mmds = Arc::new(schema::Mmds::default());
+    mmds.rx_count.add(3);
+    let m = mmds.clone();
+    registry.set_section_source(Fixed::Mmds, Arc::new(move || m.snapshot()));
+    // The registry's own `mmds` values are not what the line reports once a source is set.
+    registry.values.mmds.rx_count.add(100);
+    let net = Arc::new(schema::Net::default());
+    net.tx_bytes_count.add(100);
+    net.tap_write_agg.add(7);
+    registry.register_device(DeviceClass::Net, "eth0", Arc::new(move || net.snapshot()));
     registry.flush().unwrap();
-    counter.store(5, std::sync::atomic::Ordering::Relaxed);
+    mmds.rx_count.add(2);
     registry.flush().unwrap();
-    let lines: Vec<Value> = out
-        .lines()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = out.json_lines();
     assert_eq!(lines[0]["mmds"]["rx_count"], 3);
     assert_eq!(lines[1]["mmds"]["rx_count"], 2);
     assert_eq!(lines[0]["net_eth0"]["tx_bytes_count"], 100);
@@ -272,14 +264,15 @@ fn write_failure_is_counted() {
         err.to_string(),
         "Failed to write metrics: Broken pipe (os error 32)"
     );
-    assert_eq!(registry.get("logger", "metrics_fails"), 1);
+    assert_eq!(registry.values.logger.metrics_fails.get(), 1);
+    assert_eq!(registry.values.logger.missed_metrics_count.get(), 1);
 }
 
 #[test]
 fn vhost_user_drives_get_their_own_section() {
     let (registry, out) = installed(config());
-    registry.set_device_values(DeviceClass::Block, "rootfs", vec![]);
-    registry.set_device_values(DeviceClass::VhostUserBlock, "vub", vec![]);
+    registry.add_device(DeviceClass::Block, "rootfs");
+    registry.add_device(DeviceClass::VhostUserBlock, "vub");
     assert!(registry.flush().unwrap());
     let line = &out.lines()[0];
     let keys = keys_in_order(line);
