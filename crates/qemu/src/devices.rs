@@ -45,6 +45,24 @@ impl DeviceState {
         }
     }
 
+    /// True when [`DeviceState::apply_initial`] has something to send: the guest must then
+    /// wait for it, paused.
+    pub fn has_initial(resources: &VmResources) -> bool {
+        resources
+            .balloon
+            .as_ref()
+            .is_some_and(|b| b.amount_mib > 0 || b.stats_polling_interval_s > 0)
+            || resources.drives.iter().any(|d| {
+                matches!(
+                    d.backend,
+                    DriveBackend::File {
+                        rate_limiter: Some(_),
+                        ..
+                    }
+                )
+            })
+    }
+
     /// Start-up settings that only QMP can make, sent while the guest is still paused:
     /// drive rate limits, the balloon's first target and its statistics interval.
     pub async fn apply_initial(

@@ -444,6 +444,9 @@ impl QemuEngine {
         if plan.incoming {
             // A restored guest stays paused until the VMM resumes it.
             tracing::info!(pid = process.pid(), "guest restored, paused");
+        } else if !plan.paused {
+            // Started without -S: QEMU ran the vCPUs before its monitor took any command.
+            tracing::info!(pid = process.pid(), "guest running");
         } else {
             // QEMU started paused (-S): let the vCPUs go and check they do.
             qmp.cont().await.map_err(|e| startup_error(&process, e))?;

@@ -4,6 +4,11 @@
 //! the ACPI tables at the top of RAM where QEMU also loads the initrd: the guest reads
 //! overwritten tables and hangs. Where QEMU's data directories hold `qboot.rom`, squib names it
 //! with `-bios`, so every QEMU boots the guest with the same firmware.
+//!
+//! Asking QEMU where its data lives (`-L help`) is a whole QEMU start (~0.1 s under load). A
+//! QEMU executable (not a wrapper script, which may pass its own `-L`) installed as
+//! `<prefix>/bin/…` reads its data from `<prefix>/share/qemu`, which is also where Debian and
+//! upstream put qboot: found there, it is used without asking QEMU.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,9 +16,12 @@ use std::time::Duration;
 const QBOOT: &str = "qboot.rom";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where QEMU finds qboot (`-L help` lists its data directories); part of the engine's
-/// [`crate::caps::Capabilities`], probed once.
+/// Where QEMU finds qboot: beside an installed QEMU executable, else as `-L help` lists its
+/// data directories; part of the engine's [`crate::caps::Capabilities`], probed once.
 pub(crate) async fn qboot(qemu: &Path) -> Option<PathBuf> {
+    if let Some(found) = beside_executable(qemu) {
+        return Some(found);
+    }
     let output = tokio::time::timeout(
         PROBE_TIMEOUT,
         tokio::process::Command::new(qemu)
@@ -27,6 +35,37 @@ pub(crate) async fn qboot(qemu: &Path) -> Option<PathBuf> {
     in_data_dirs(&String::from_utf8_lossy(&output.stdout))
 }
 
+/// `<prefix>/share/qemu/qboot.rom` of a QEMU ELF executable at `<prefix>/bin/…` (looked up
+/// on `PATH` when named without a directory), if that file exists.
+fn beside_executable(qemu: &Path) -> Option<PathBuf> {
+    let program = if qemu.components().count() == 1 {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(qemu))
+            .find(|p| p.is_file())?
+    } else {
+        qemu.to_path_buf()
+    };
+    let program = std::fs::canonicalize(program).ok()?;
+    if !is_elf(&program) {
+        return None;
+    }
+    let bin = program.parent()?;
+    if bin.file_name()? != "bin" {
+        return None;
+    }
+    let qboot = bin.parent()?.join("share/qemu").join(QBOOT);
+    qboot.is_file().then_some(qboot)
+}
+
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
 // The first data directory (one per line, QEMU's search order) that has qboot.
 fn in_data_dirs(listing: &str) -> Option<PathBuf> {
     listing
@@ -38,6 +77,33 @@ fn in_data_dirs(listing: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qboot_beside_an_executable_but_not_a_script() {
+        let prefix = tempfile::tempdir().unwrap();
+        let bin = prefix.path().join("bin");
+        let data = prefix.path().join("share/qemu");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        let elf = bin.join("qemu-elf");
+        std::fs::write(&elf, b"\x7fELF\x02\x01\x01").unwrap();
+        let script = bin.join("qemu-script");
+        std::fs::write(&script, b"#!/bin/sh\nexec qemu -L /elsewhere \"$@\"\n").unwrap();
+        assert_eq!(beside_executable(&elf), None, "no qboot.rom yet");
+        std::fs::write(data.join(QBOOT), b"qboot").unwrap();
+        assert_eq!(
+            beside_executable(&elf),
+            Some(std::fs::canonicalize(&data).unwrap().join(QBOOT))
+        );
+        assert_eq!(beside_executable(&script), None);
+        let elsewhere = prefix.path().join("qemu-elf");
+        std::fs::copy(&elf, &elsewhere).unwrap();
+        assert_eq!(
+            beside_executable(&elsewhere),
+            None,
+            "not in a bin directory"
+        );
+    }
 
     #[test]
     fn the_first_directory_with_qboot_wins() {

@@ -69,6 +69,12 @@ pub(crate) struct LaunchPlan {
     pub qmp_listener: RawFd,
     /// A restore: QEMU waits for the device state (`-incoming defer`).
     pub incoming: bool,
+    /// QEMU starts with the vCPUs stopped (`-S`) until the engine sends `cont`: on a restore,
+    /// and on a boot with settings only QMP can make first (drive rate limits, the balloon).
+    /// Otherwise the vCPUs run as soon as QEMU has started, and the start ends with the QMP
+    /// handshake (QEMU reads QMP a byte per main-loop round: each command saved is a round
+    /// trip, and a scheduling round per byte on a busy host).
+    pub paused: bool,
     /// QEMU's own seccomp sandbox (see [`argv::SANDBOX`]).
     pub sandbox: bool,
 }
@@ -363,8 +369,7 @@ pub enum PlanError {
 }
 
 impl LaunchPlan {
-    /// The plan that boots `resources` (or restores them, with `inputs.restore`). The guest
-    /// starts paused (`-S`): the engine connects to QMP, then sends `cont`.
+    /// The plan that boots `resources` (or restores them, with `inputs.restore`).
     pub(crate) fn new(
         resources: &VmResources,
         inputs: &LaunchInputs<'_>,
@@ -468,6 +473,7 @@ impl LaunchPlan {
             root_ports,
             qmp_listener: inputs.qmp_listener,
             incoming: inputs.restore.is_some(),
+            paused: inputs.restore.is_some() || crate::devices::DeviceState::has_initial(resources),
             sandbox: inputs.sandbox,
         };
         inputs.caps.check(&plan)?;

@@ -111,6 +111,18 @@ fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
 }
 
 #[test]
+fn a_boot_starts_paused_only_for_settings_made_over_qmp() {
+    let running = args(&resources(vec![file_drive("rootfs", true, "/r", true)]));
+    assert!(!running.iter().any(|s| s == "-S"), "{running:?}");
+    let mut limited = file_drive("rootfs", true, "/r", true);
+    if let DriveBackend::File { rate_limiter, .. } = &mut limited.backend {
+        *rate_limiter = Some(Default::default());
+    }
+    let paused = args(&resources(vec![limited]));
+    assert!(paused.iter().any(|s| s == "-S"), "{paused:?}");
+}
+
+#[test]
 fn typical_config_full_argv() {
     let res = resources(vec![
         file_drive("data", false, "/img/data.ext4", false),
@@ -121,11 +133,10 @@ fn typical_config_full_argv() {
         "-no-user-config",
         "-nographic",
         "-no-reboot",
-        "-S",
         "-M",
         "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on",
         "-accel",
-        "tcg",
+        "tcg,tb-size=32",
         "-cpu",
         "max",
         "-smp",
