@@ -105,7 +105,19 @@ fn main() -> ExitCode {
     }
     // Device backends confine their threads through this one hook.
     squib_vhost::set_thread_hook(|_| seccomp::apply_current(seccomp::ThreadKind::Backend));
-    // The VMM runtime: every worker and blocking thread installs the VMM filter as it starts.
+    // The API thread first, before any filter: it binds and answers while the VMM side is
+    // still being set up, and runs under its own filter alone.
+    let started = match prepare(*args, logger) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(EXIT_GENERIC_ERROR);
+        }
+    };
+    // Installed once, here: the runtime's threads inherit it (attaching a filter costs the
+    // kernel more than any other start-up step).
+    seccomp::apply_current(seccomp::ThreadKind::Vmm);
+    // The VMM runtime: every worker and blocking thread runs under the VMM filter.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("fc_vmm")
@@ -119,8 +131,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_GENERIC_ERROR);
         }
     };
-    seccomp::apply_current(seccomp::ThreadKind::Vmm);
-    let ending = match runtime.block_on(run(*args, logger)) {
+    let ending = match runtime.block_on(run(started)) {
         Ok(ending) => ending,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -182,13 +193,32 @@ fn action_timeout() -> Duration {
         .unwrap_or(squib_api::DEFAULT_ACTION_TIMEOUT)
 }
 
-async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<Ending> {
+/// The API thread's bind (and filter) outcome.
+type ApiReady = std::sync::mpsc::Receiver<anyhow::Result<()>>;
+
+/// What `prepare` set up for `run`.
+struct Prepared {
+    args: RunArgs,
+    /// The engine's QEMU probe runs on the VMM runtime, which `prepare` does not have yet.
+    probe: squib_qemu::QemuEngine,
+    vmm: Vmm<squib_qemu::QemuEngine>,
+    metrics: Arc<MetricsRegistry>,
+    controller: Controller,
+    api_ended: Option<tokio::sync::oneshot::Receiver<()>>,
+    api_ready: Option<ApiReady>,
+    config_done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The VMM (not yet running) and the API thread serving it, set up on the main thread before
+/// the VMM filter and runtime: requests queue for the VMM until `run` starts it.
+fn prepare(args: RunArgs, logger: Logger) -> anyhow::Result<Prepared> {
     if args.boot_timer {
         tracing::warn!(
             "--boot-timer: squib offers no boot-timer device to the guest; the flag has no effect."
         );
     }
     let engine = engine_from(&args)?;
+    let probe = engine.clone();
     let (mut vmm, handle) = Vmm::new(args.id.clone(), engine);
     let metrics = vmm.metrics();
     install_panic_metrics(metrics.clone());
@@ -218,27 +248,58 @@ async fn run(args: RunArgs, logger: Logger) -> anyhow::Result<Ending> {
     let controller = Controller::new(handle, action_timeout());
     // Upstream reports the start-up times when its API server starts.
     report_startup_times(&metrics, &args);
-    let mut vmm_task = tokio::spawn(vmm.run());
 
     // While `--config-file` boots, the socket is bound but not served: as upstream's API
     // requests wait behind that boot, `GET /` first answers once it is done.
     let (config_done, config_wait) = tokio::sync::oneshot::channel::<()>();
     let config_wait = args.config_file.is_some().then_some(config_wait);
     // The API thread ends only if its server fails: the sender is dropped with the thread.
-    let mut api_ended = if args.no_api {
-        None
+    let (api_ready, api_ended) = if args.no_api {
+        (None, None)
     } else {
         let limits = squib_api::ServerLimits {
             max_payload: args.http_api_max_payload_size,
             max_connections: connection_cap(),
         };
-        Some(spawn_api_thread(
+        let (ready, ended) = spawn_api_thread(
             args.api_sock.clone(),
             controller.clone(),
             limits,
             config_wait,
-        )?)
+        )?;
+        (Some(ready), Some(ended))
     };
+    Ok(Prepared {
+        args,
+        probe,
+        vmm,
+        metrics,
+        controller,
+        api_ended,
+        api_ready,
+        config_done,
+    })
+}
+
+async fn run(prepared: Prepared) -> anyhow::Result<Ending> {
+    let Prepared {
+        args,
+        probe,
+        vmm,
+        metrics,
+        controller,
+        mut api_ended,
+        api_ready,
+        config_done,
+    } = prepared;
+    if let Some(ready) = api_ready {
+        // The API thread has bound its socket (or failed to) long before this point.
+        ready
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("The API thread ended before serving")))?;
+    }
+    probe.probe_in_background();
+    let mut vmm_task = tokio::spawn(vmm.run());
 
     if let Some(path) = &args.config_file {
         let text = read_config_file(path)?;
@@ -359,14 +420,14 @@ fn connection_cap() -> usize {
 
 /// The API server on its own thread (`fc_api`) and runtime, under the API filter once its
 /// socket is bound (it then only accepts connections and moves bytes); requests reach the VMM
-/// through the controller's channels. The server never ends on its own: the receiver
-/// completes only if it does, or if the thread panics.
+/// through the controller's channels. Returns the bind outcome, and a receiver that completes
+/// only if the server ends (it never does on its own) or the thread panics.
 fn spawn_api_thread(
     socket: std::path::PathBuf,
     controller: Controller,
     limits: squib_api::ServerLimits,
     start: Option<tokio::sync::oneshot::Receiver<()>>,
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+) -> anyhow::Result<(ApiReady, tokio::sync::oneshot::Receiver<()>)> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -405,10 +466,7 @@ fn spawn_api_thread(
             drop(ended_tx);
         })
         .context("Cannot start the API thread")?;
-    ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("The API thread ended before serving")))?;
-    Ok(ended_rx)
+    Ok((ready_rx, ended_rx))
 }
 
 fn read_config_file(path: &Path) -> anyhow::Result<String> {

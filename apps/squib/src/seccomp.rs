@@ -12,20 +12,31 @@
 //! API thread, its `vmm` program on every other squib thread, its `vcpu` program is required
 //! and unused (squib's vCPUs are QEMU's threads, confined by QEMU's sandbox).
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch, sock_filter,
-};
+use seccompiler::{BpfProgram, sock_filter};
 use squib_metrics::MetricsRegistry;
 
 use crate::logging::Logger;
 
+// The rules themselves are compiled by build.rs (and checked by the tests): the binary
+// carries only their BPF and the thread kinds.
+#[cfg_attr(not(test), allow(dead_code))]
 mod syscalls;
+
+pub use syscalls::ThreadKind;
+
+/// squib's own filters, compiled from `syscalls.rs` by `build.rs`: nothing to compile at
+/// start-up.
+mod compiled {
+    use seccompiler::sock_filter;
+
+    include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
+}
 
 /// Upstream's exit code after a seccomp violation.
 pub const EXIT_BAD_SYSCALL: i32 = 148;
@@ -34,30 +45,6 @@ pub const EXIT_BAD_SYSCALL: i32 = 148;
 const FILE_SIZE_LIMIT: usize = 100_000;
 /// Upstream's thread categories, all required in a custom filter.
 const CATEGORIES: [&str; 3] = ["vmm", "api", "vcpu"];
-
-/// The kinds of squib threads; each has its own filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ThreadKind {
-    /// The main thread, the VMM runtime's workers and blocking threads: the VMM loop, the
-    /// QEMU engine (QMP, QEMU's start, snapshots), the network relays and MMDS, the logger
-    /// and metrics. QEMU inherits this filter.
-    Vmm,
-    /// The API server thread (`fc_api`): accepts connections and moves HTTP bytes.
-    Api,
-    /// Device backend threads (vhost-user: `squib-<device>…`): guest memory, the device's
-    /// sockets and TAPs, eventfds. Broad enough for any backend kind.
-    Backend,
-}
-
-impl ThreadKind {
-    fn name(self) -> &'static str {
-        match self {
-            ThreadKind::Vmm => "vmm",
-            ThreadKind::Api => "api",
-            ThreadKind::Backend => "backend",
-        }
-    }
-}
 
 /// Why the filters could not be loaded (upstream's texts, after `Seccomp error: `).
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +57,14 @@ pub enum FilterError {
     MissingThreadCategory(String),
     #[error("Filter file open error: {0}")]
     FileOpen(std::io::Error),
-    #[error("Default filter compilation failed: {0}")]
-    Compile(String),
 }
+
+/// One thread kind's program: squib's, built in, or one of a `--seccomp-filter` file.
+type Program = Cow<'static, [sock_filter]>;
 
 /// The programs to install, by thread kind; `None`: seccomp is off.
 struct Filters {
-    programs: Option<HashMap<ThreadKind, Arc<BpfProgram>>>,
+    programs: Option<HashMap<ThreadKind, Program>>,
 }
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
@@ -89,7 +77,7 @@ pub fn init(no_seccomp: bool, custom: Option<&Path>) -> Result<(), FilterError> 
     let programs = match (no_seccomp, custom) {
         (true, _) => None,
         (false, Some(path)) => Some(custom_filters(path)?),
-        (false, None) => Some(default_filters()?),
+        (false, None) => Some(default_filters()),
     };
     if programs.is_some() {
         // glibc shrinks a thread's malloc arena after large frees, and reads
@@ -140,46 +128,12 @@ fn already_filtered() -> bool {
     unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) == 2 }
 }
 
-/// `openat` with read-only flags: what the C library may do behind squib's back (time zone,
-/// CPU count, tunables) on a thread that opens nothing itself.
-fn read_only_openat() -> Result<Vec<SeccompRule>, FilterError> {
-    let writing =
-        (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_TMPFILE) as u64;
-    let condition = SeccompCondition::new(
-        2,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::MaskedEq(writing),
-        0,
-    )
-    .map_err(|e| FilterError::Compile(e.to_string()))?;
-    Ok(vec![
-        SeccompRule::new(vec![condition]).map_err(|e| FilterError::Compile(e.to_string()))?,
+fn default_filters() -> HashMap<ThreadKind, Program> {
+    HashMap::from([
+        (ThreadKind::Vmm, Cow::Borrowed(compiled::VMM)),
+        (ThreadKind::Api, Cow::Borrowed(compiled::API)),
+        (ThreadKind::Backend, Cow::Borrowed(compiled::BACKEND)),
     ])
-}
-
-fn compile(kind: ThreadKind) -> Result<BpfProgram, FilterError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls::allowed(kind)
-        .iter()
-        .map(|nr| (*nr, Vec::new()))
-        .collect();
-    rules.entry(libc::SYS_openat).or_insert(read_only_openat()?);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| FilterError::Compile(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| FilterError::Compile(e.to_string()))
-}
-
-fn default_filters() -> Result<HashMap<ThreadKind, Arc<BpfProgram>>, FilterError> {
-    [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Backend]
-        .into_iter()
-        .map(|kind| Ok((kind, Arc::new(compile(kind)?))))
-        .collect()
 }
 
 /// One upstream instruction (`struct sock_filter` as a little-endian `u64`).
@@ -222,7 +176,7 @@ pub(crate) fn parse_custom(bytes: &[u8]) -> Result<HashMap<String, BpfProgram>, 
     Ok(map)
 }
 
-fn custom_filters(path: &Path) -> Result<HashMap<ThreadKind, Arc<BpfProgram>>, FilterError> {
+fn custom_filters(path: &Path) -> Result<HashMap<ThreadKind, Program>, FilterError> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .map_err(FilterError::FileOpen)?
@@ -230,12 +184,12 @@ fn custom_filters(path: &Path) -> Result<HashMap<ThreadKind, Arc<BpfProgram>>, F
         .read_to_end(&mut bytes)
         .map_err(|e| FilterError::Deserialization(format!("Failed to read input: {e}")))?;
     let mut map = parse_custom(&bytes)?;
-    let vmm = Arc::new(map.remove("vmm").unwrap_or_default());
-    let api = Arc::new(map.remove("api").unwrap_or_default());
+    let vmm = map.remove("vmm").unwrap_or_default();
+    let api = map.remove("api").unwrap_or_default();
     Ok(HashMap::from([
-        (ThreadKind::Vmm, vmm.clone()),
-        (ThreadKind::Backend, vmm),
-        (ThreadKind::Api, api),
+        (ThreadKind::Vmm, Cow::Owned(vmm.clone())),
+        (ThreadKind::Backend, Cow::Owned(vmm)),
+        (ThreadKind::Api, Cow::Owned(api)),
     ]))
 }
 
@@ -288,6 +242,8 @@ fn install_sigsys_handler() {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn encode(map: &BTreeMap<String, Vec<u64>>) -> Vec<u8> {
@@ -295,11 +251,12 @@ mod tests {
     }
 
     #[test]
-    fn default_filters_compile_for_every_kind() {
-        let filters = default_filters().unwrap();
-        for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Backend] {
+    fn built_in_filters_are_the_compiled_rules() {
+        let filters = default_filters();
+        for kind in ThreadKind::ALL {
             let program = &filters[&kind];
             assert!(!program.is_empty() && program.len() < 4096, "{kind:?}");
+            assert_eq!(**program, *syscalls::compile(kind).unwrap(), "{kind:?}");
         }
         assert!(
             syscalls::allowed(ThreadKind::Api).len() < syscalls::allowed(ThreadKind::Vmm).len()

@@ -78,13 +78,19 @@ impl QemuEngine {
             config,
             caps: Arc::default(),
         };
+        engine.probe_in_background();
+        engine
+    }
+
+    /// Starts probing the QEMU binary on the current tokio runtime, if there is one (clones
+    /// of the engine share the outcome).
+    pub fn probe_in_background(&self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (caps, qemu) = (engine.caps.clone(), engine.config.qemu_binary.clone());
+            let (caps, qemu) = (self.caps.clone(), self.config.qemu_binary.clone());
             runtime.spawn(async move {
                 caps.get_or_init(|| Capabilities::probe(&qemu)).await;
             });
         }
-        engine
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -2,9 +2,43 @@
 //! VMM kind, QEMU: it inherits that filter) were seen to call across the end-to-end suite,
 //! plus the error paths next to them.
 
-use libc::*;
+//!
+//! Also compiled into the build script (`build.rs`), which turns them into BPF at build time:
+//! nothing here may depend on the rest of the crate.
 
-use super::ThreadKind;
+use std::collections::BTreeMap;
+
+use libc::*;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The kinds of squib threads; each has its own filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThreadKind {
+    /// The main thread, the VMM runtime's workers and blocking threads: the VMM loop, the
+    /// QEMU engine (QMP, QEMU's start, snapshots), the network relays and MMDS, the logger
+    /// and metrics. QEMU inherits this filter.
+    Vmm,
+    /// The API server thread (`fc_api`): accepts connections and moves HTTP bytes.
+    Api,
+    /// Device backend threads (vhost-user: `squib-<device>…`): guest memory, the device's
+    /// sockets and TAPs, eventfds. Broad enough for any backend kind.
+    Backend,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Backend];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Api => "api",
+            ThreadKind::Backend => "backend",
+        }
+    }
+}
 
 /// Every thread: memory, futexes, signals, time, exiting, logging.
 const COMMON: &[c_long] = &[
@@ -247,7 +281,7 @@ const VMM: &[c_long] = &[
 ];
 
 /// The sorted, de-duplicated allow list of a kind.
-pub(super) fn allowed(kind: ThreadKind) -> Vec<c_long> {
+pub(crate) fn allowed(kind: ThreadKind) -> Vec<c_long> {
     let mut list: Vec<c_long> = COMMON.to_vec();
     match kind {
         ThreadKind::Api => list.extend(API),
@@ -260,4 +294,38 @@ pub(super) fn allowed(kind: ThreadKind) -> Vec<c_long> {
     list.sort_unstable();
     list.dedup();
     list
+}
+
+/// `openat` with read-only flags: what the C library may do behind squib's back (time zone,
+/// CPU count, tunables) on a thread that opens nothing itself.
+fn read_only_openat() -> Result<Vec<SeccompRule>, String> {
+    let writing =
+        (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND | libc::O_TMPFILE) as u64;
+    let condition = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(writing),
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(vec![
+        SeccompRule::new(vec![condition]).map_err(|e| e.to_string())?,
+    ])
+}
+
+/// The BPF program of a kind: its allow list, read-only `openat`, everything else traps.
+pub(crate) fn compile(kind: ThreadKind) -> Result<BpfProgram, String> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed(kind).iter().map(|nr| (*nr, Vec::new())).collect();
+    rules.entry(libc::SYS_openat).or_insert(read_only_openat()?);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| e.to_string())?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
 }
