@@ -293,11 +293,11 @@ pub fn temp_path_for(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.squib-tmp-{}-{n}", std::process::id()))
 }
 
-/// A temporary file that is removed unless it was renamed into place.
+/// A temporary file next to its target (so a rename is atomic), removed unless it was
+/// renamed into place; `tempfile` picks the unique name and removes it on drop.
 pub struct TempFile {
-    pub path: PathBuf,
+    pub path: tempfile::TempPath,
     pub file: File,
-    persisted: bool,
 }
 
 impl TempFile {
@@ -306,42 +306,35 @@ impl TempFile {
     /// replacing a user's file never makes its content more readable.
     pub fn create_for(target: &Path) -> io::Result<Self> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let path = temp_path_for(target);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let temp = Self {
-            path,
-            file,
-            persisted: false,
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = match target.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
         };
+        // 0666 less the umask, as a plain create would give: tempfile's default is 0600.
+        let (file, path) = tempfile::Builder::new()
+            .prefix(&format!(".{name}.squib-tmp-"))
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)?
+            .into_parts();
         if let Ok(existing) = std::fs::metadata(target) {
-            let mine = temp.file.metadata()?;
+            let mine = file.metadata()?;
             if (existing.uid(), existing.gid()) != (mine.uid(), mine.gid()) {
-                std::os::unix::fs::fchown(&temp.file, Some(existing.uid()), Some(existing.gid()))?;
+                std::os::unix::fs::fchown(&file, Some(existing.uid()), Some(existing.gid()))?;
             }
-            temp.file
-                .set_permissions(std::fs::Permissions::from_mode(existing.mode() & 0o7777))?;
+            file.set_permissions(std::fs::Permissions::from_mode(existing.mode() & 0o7777))?;
         }
-        Ok(temp)
+        Ok(Self { path, file })
     }
 
     /// fsync, rename over `target`, fsync the directory.
-    pub fn persist(mut self, target: &Path) -> io::Result<()> {
+    pub fn persist(self, target: &Path) -> io::Result<()> {
         self.file.sync_all()?;
-        std::fs::rename(&self.path, target)?;
-        self.persisted = true;
+        self.path.persist(target).map_err(|e| e.error)?;
         sync_dir_of(target)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.persisted {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 
@@ -394,7 +387,6 @@ pub fn commit_pair(
             format!("{e}; the previous snapshot files were left as they were"),
         )
     };
-    let (mut memory, mut state) = (memory, state);
     memory
         .file
         .sync_all()
@@ -414,12 +406,12 @@ pub fn commit_pair(
             let _ = std::fs::remove_file(&backup);
         }
     };
-    if let Err(e) = std::fs::rename(&memory.path, mem_path) {
+    if let Err(e) = memory.path.persist(mem_path) {
         drop_backup();
-        return Err(fail(PairFile::Memory, "rename", intact(e)));
+        return Err(fail(PairFile::Memory, "rename", intact(e.error)));
     }
-    memory.persisted = true;
-    if let Err(e) = std::fs::rename(&state.path, state_path) {
+    if let Err(e) = state.path.persist(state_path) {
+        let e = e.error;
         // Put the previous memory file back (or take the new one away).
         let undone = if had_memory {
             std::fs::rename(&backup, mem_path)
@@ -440,7 +432,6 @@ pub fn commit_pair(
             ),
         });
     }
-    state.persisted = true;
     drop_backup();
     sync_dir_of(mem_path).map_err(|e| fail(PairFile::Memory, "sync", e))?;
     sync_dir_of(state_path).map_err(|e| fail(PairFile::State, "sync", e))?;
