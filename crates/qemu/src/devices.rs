@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 const PAGE_SIZE: u64 = 4096;
 
 fn qmp_error(err: QmpError) -> EngineError {
-    EngineError(err.to_string())
+    EngineError::Failed(err.to_string())
 }
 
 /// QOM path of the balloon device.
@@ -157,7 +157,7 @@ impl DeviceState {
             path, read_only, ..
         } = &drive.backend
         else {
-            return Err(EngineError(
+            return Err(EngineError::Failed(
                 "Block: Running method expected different backend.".to_string(),
             ));
         };

@@ -217,7 +217,7 @@ impl RunningVm for QemuVm {
         let names = self
             .drive_names(&drive.id)
             .cloned()
-            .ok_or_else(squib_vmm::action::device_not_found)?;
+            .ok_or(EngineError::DeviceNotFound)?;
         self.devices.swap_drive(&self.qmp, &names, drive).await
     }
 
@@ -228,7 +228,7 @@ impl RunningVm for QemuVm {
     ) -> Result<(), EngineError> {
         let names = self
             .drive_names(drive_id)
-            .ok_or_else(squib_vmm::action::device_not_found)?;
+            .ok_or(EngineError::DeviceNotFound)?;
         self.devices
             .set_drive_rate_limiter(&self.qmp, names, limiter.as_ref())
             .await
@@ -236,7 +236,7 @@ impl RunningVm for QemuVm {
 
     async fn set_memory_hotplug_size(&mut self, requested_mib: u32) -> Result<(), EngineError> {
         if !self.memory_hotplug {
-            return Err(squib_vmm::action::device_not_found());
+            return Err(EngineError::DeviceNotFound);
         }
         self.qmp
             .qom_set(
@@ -275,7 +275,7 @@ impl RunningVm for QemuVm {
         let device = self
             .net_devices()
             .find(|d| d.iface_id() == iface_id)
-            .ok_or_else(squib_vmm::action::device_not_found)?;
+            .ok_or(EngineError::DeviceNotFound)?;
         device.update_rate_limiters(rx.map(net::limiter_config), tx.map(net::limiter_config));
         Ok(())
     }
@@ -318,7 +318,9 @@ impl QemuEngine {
         let runtime_dir = tempfile::Builder::new()
             .prefix("squib-qemu-")
             .tempdir()
-            .map_err(|e| EngineError(format!("cannot create QEMU's runtime directory: {e}")))?;
+            .map_err(|e| {
+                EngineError::Failed(format!("cannot create QEMU's runtime directory: {e}"))
+            })?;
         let qmp_socket = runtime_dir.path().join("qmp.sock");
         // A serial output file is written by squib, through the serial rate limiter.
         let serial = match resources
@@ -332,7 +334,7 @@ impl QemuEngine {
                     Path::new(path),
                     limiter,
                 )
-                .map_err(|e| EngineError(e.to_string()))?,
+                .map_err(|e| EngineError::Failed(e.to_string()))?,
             ),
             None => None,
         };
@@ -341,7 +343,7 @@ impl QemuEngine {
             None => console,
         };
         let mem_bytes = resources.machine_config.mem_bytes().ok_or_else(|| {
-            EngineError(format!(
+            EngineError::Failed(format!(
                 "a memory size of {} MiB does not fit in 64 bits",
                 resources.machine_config.mem_size_mib
             ))
@@ -363,7 +365,7 @@ impl QemuEngine {
         // squib listens on QMP's socket and QEMU inherits it: the connection below is queued
         // before QEMU even runs, and answered as soon as its monitor is up.
         let qmp_listener = std::os::unix::net::UnixListener::bind(&qmp_socket)
-            .map_err(|e| EngineError(format!("cannot create QEMU's QMP socket: {e}")))?;
+            .map_err(|e| EngineError::Failed(format!("cannot create QEMU's QMP socket: {e}")))?;
         let plan = LaunchPlan::new(
             resources,
             &LaunchInputs {
@@ -381,8 +383,7 @@ impl QemuEngine {
                 sandbox: self.config.sandbox,
                 restore: restoring.as_ref().map(|(meta, _)| meta),
             },
-        )
-        .map_err(|e| EngineError(e.to_string()))?;
+        )?;
         let snapshot = crate::snapshot::Snapshottable {
             ram,
             meta: plan.engine_meta(),
@@ -411,18 +412,21 @@ impl QemuEngine {
             }))
             .collect();
         let process = QemuProcess::spawn(&self.config.qemu_binary, &args, &inherited)
-            .map_err(|e| EngineError(e.to_string()))?; // QEMU holds the only listening descriptor now: if it dies, the connection fails.
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        // QEMU holds the only listening descriptor now: if it dies, the connection fails.
         drop(qmp_listener);
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
         if let Some((_, device_state)) = &restoring {
             let stream = runtime_dir.path().join("device-state");
             std::fs::write(&stream, device_state)
-                .map_err(|e| EngineError(format!("cannot stage the device state: {e}")))?;
+                .map_err(|e| EngineError::Failed(format!("cannot stage the device state: {e}")))?;
             crate::snapshot::load_device_state(&qmp, &stream)
                 .await
                 .map_err(|e| match process.try_exit() {
-                    Some(exit) => EngineError(format!("{e}; QEMU ended: {}", exit.describe())),
+                    Some(exit) => {
+                        EngineError::Failed(format!("{e}; QEMU ended: {}", exit.describe()))
+                    }
                     None => e,
                 })?;
             let _ = std::fs::remove_file(&stream);
@@ -461,7 +465,7 @@ impl QemuEngine {
                 .await
                 .map_err(|e| startup_error(&process, e))?
             {
-                return Err(EngineError(
+                return Err(EngineError::Failed(
                     "QEMU did not report the guest running after `cont`".to_string(),
                 ));
             }
@@ -520,7 +524,7 @@ fn start_vsock(
     };
     squib_vsock::Vsock::start(&spec, &plan::vsock_socket(runtime_dir))
         .map(Some)
-        .map_err(|e| EngineError(format!("Cannot start the vsock device: {e}")))
+        .map_err(|e| EngineError::Vsock(e.to_string()))
 }
 
 /// The size of each pmem backing file. Upstream opens them at `InstanceStart` (read-only
@@ -537,7 +541,7 @@ fn pmem_sizes(resources: &VmResources) -> Result<Vec<u64>, EngineError> {
                 .and_then(|file| file.metadata())
                 .map(|meta| meta.len())
                 .map_err(|e| {
-                    EngineError(format!(
+                    EngineError::Failed(format!(
                         "Cannot open the pmem backing file {}: {e}",
                         pmem.path_on_host
                     ))
@@ -585,7 +589,7 @@ async fn connect_qmp(
     timeout: Duration,
 ) -> Result<QmpClient, EngineError> {
     let ended = |exit: ProcessExit| {
-        EngineError(format!(
+        EngineError::Failed(format!(
             "QEMU ended before the guest started: {}",
             exit.describe()
         ))
@@ -598,9 +602,9 @@ async fn connect_qmp(
             // QEMU closing the socket is QEMU ending: prefer its exit status and last words.
             Ok(Err(err)) => match tokio::time::timeout(EVENTS_DRAIN, process.exit_watch()).await {
                 Ok(exit) => Err(ended(exit)),
-                Err(_) => Err(EngineError(format!("cannot talk to QEMU over QMP: {err}"))),
+                Err(_) => Err(EngineError::Failed(format!("cannot talk to QEMU over QMP: {err}"))),
             },
-            Err(_) => Err(EngineError(format!(
+            Err(_) => Err(EngineError::Failed(format!(
                 "QEMU did not answer on its QMP socket within {timeout:?}"
             ))),
         },
@@ -610,14 +614,14 @@ async fn connect_qmp(
 /// A QMP failure during start-up, explained by QEMU's exit when it has died.
 fn startup_error(process: &QemuProcess, err: QmpError) -> EngineError {
     match process.try_exit() {
-        Some(exit) => EngineError(format!(
+        Some(exit) => EngineError::Failed(format!(
             "QEMU ended before the guest started: {}",
             exit.describe()
         )),
         None => {
             let tail = process.stderr_tail();
             match tail.last() {
-                Some(last) => EngineError(format!("{err} (QEMU said: {last})")),
+                Some(last) => EngineError::Failed(format!("{err} (QEMU said: {last})")),
                 None => engine_error(err),
             }
         }
@@ -625,7 +629,7 @@ fn startup_error(process: &QemuProcess, err: QmpError) -> EngineError {
 }
 
 fn engine_error(err: QmpError) -> EngineError {
-    EngineError(err.to_string())
+    EngineError::Failed(err.to_string())
 }
 
 /// Logs every setting the QEMU engine accepts but does not apply yet.
@@ -784,6 +788,6 @@ mod tests {
             Err(err) => err,
             Ok(_) => panic!("started without a kernel"),
         };
-        assert_eq!(err.0, "Cannot start microvm without kernel configuration.");
+        assert_eq!(err, EngineError::MissingKernelConfig);
     }
 }

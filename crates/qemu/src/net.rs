@@ -67,7 +67,7 @@ pub fn serve_devices(
     let mut out = Vec::with_capacity(resources.net.len());
     for (index, iface) in resources.net.iter().enumerate() {
         let id = &iface.config.iface_id;
-        let fail = |what: String| EngineError(format!("network interface {id}: {what}"));
+        let fail = |what: String| EngineError::Failed(format!("network interface {id}: {what}"));
         let fd = iface
             .tap
             .dup_fd()

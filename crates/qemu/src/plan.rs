@@ -11,9 +11,9 @@ pub(crate) mod argv;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use squib_vmm::VmResources;
 use squib_vmm::resources::boot_source::MAX_CMDLINE_LEN;
 use squib_vmm::resources::drive::{CacheType, Drive, DriveBackend, IoEngine};
+use squib_vmm::{EngineError, VmResources};
 
 use crate::accel::Accel;
 use crate::caps::Capabilities;
@@ -347,7 +347,8 @@ pub(crate) struct LaunchInputs<'a> {
 /// Why the resources cannot be turned into a launch plan.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("Cannot start microvm without kernel configuration.")]
+    /// The engine reports it as [`EngineError::MissingKernelConfig`].
+    #[error("the VM has no boot source")]
     NoBootSource,
     #[error("{count} virtio devices are configured, but QEMU's microvm machine offers at most {max}{}",
         if *max == MAX_LEGACY_VIRTIO_MMIO_DEVICES { " when the kernel command line has `noapic` or `acpi=off`" } else { "" })]
@@ -366,6 +367,15 @@ pub enum PlanError {
     NonUtf8Path { what: &'static str, path: PathBuf },
     #[error("{0}")]
     Unsupported(#[from] crate::caps::Missing),
+}
+
+impl From<PlanError> for EngineError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::NoBootSource => Self::MissingKernelConfig,
+            e => Self::Failed(e.to_string()),
+        }
+    }
 }
 
 impl LaunchPlan {

@@ -27,7 +27,6 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use squib_vmm::engine::MEMORY_WRITE_FAILED;
 use squib_vmm::snapshot_file::{copy_sparse, file_len};
 use squib_vmm::{EngineError, VmResources};
 use tokio::time::Instant;
@@ -64,7 +63,7 @@ impl GuestRam {
         // descriptor is owned by the `File` below.
         let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
-            return Err(EngineError(format!(
+            return Err(EngineError::Failed(format!(
                 "cannot create the guest memory: {}",
                 std::io::Error::last_os_error()
             )));
@@ -72,7 +71,7 @@ impl GuestRam {
         // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)
-            .map_err(|e| EngineError(format!("cannot size the guest memory: {e}")))?;
+            .map_err(|e| EngineError::Failed(format!("cannot size the guest memory: {e}")))?;
         Ok(Self {
             file,
             size,
@@ -116,7 +115,7 @@ impl GuestRam {
         let source = open_memory_file(memory_file, size)?;
         let ram = Self::new(size)?;
         copy_sparse(&source, &ram.file, size)
-            .map_err(|e| EngineError(format!("Failed to load guest memory: {e}")))?;
+            .map_err(|e| EngineError::LoadMemory(e.to_string()))?;
         Ok(ram)
     }
 
@@ -173,15 +172,15 @@ impl GuestRam {
 /// The user's memory file, read-only, checked to hold exactly `size` bytes.
 fn open_memory_file(memory_file: &Path, size: u64) -> Result<File, EngineError> {
     let mut source = File::open(memory_file).map_err(|e| {
-        EngineError(format!(
-            "Failed to load guest memory: cannot open the memory file {}: {e}",
+        EngineError::LoadMemory(format!(
+            "cannot open the memory file {}: {e}",
             memory_file.display()
         ))
     })?;
-    let len = file_len(&mut source).map_err(|e| EngineError(e.to_string()))?;
+    let len = file_len(&mut source).map_err(|e| EngineError::Failed(e.to_string()))?;
     if len != size {
-        return Err(EngineError(format!(
-            "Failed to load guest memory: the memory file is {len} bytes, the snapshot's guest has {size}"
+        return Err(EngineError::LoadMemory(format!(
+            "the memory file is {len} bytes, the snapshot's guest has {size}"
         )));
     }
     Ok(source)
@@ -235,7 +234,8 @@ pub fn encode_device_state(meta: &EngineMeta, stream: &[u8]) -> Vec<u8> {
 
 /// Splits the device state into the engine's header and QEMU's migration stream.
 pub fn decode_device_state(bytes: &[u8]) -> Result<(EngineMeta, &[u8]), EngineError> {
-    let bad = |why: String| EngineError(format!("the engine's device state is invalid: {why}"));
+    let bad =
+        |why: String| EngineError::Failed(format!("the engine's device state is invalid: {why}"));
     let len = bytes
         .get(..4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
@@ -275,7 +275,9 @@ impl Snapshottable {
             qmp.stop().await
         }
         .await
-        .map_err(|e| EngineError(format!("cannot pause the guest again after the save: {e}")));
+        .map_err(|e| {
+            EngineError::Failed(format!("cannot pause the guest again after the save: {e}"))
+        });
         copied.and(rearmed)
     }
 
@@ -289,22 +291,26 @@ impl Snapshottable {
         memory: &File,
     ) -> Result<Result<(), EngineError>, EngineError> {
         save_device_state(qmp, device_state).await?;
-        let clone = |f: &File| f.try_clone().map_err(|e| EngineError(e.to_string()));
+        let clone = |f: &File| {
+            f.try_clone()
+                .map_err(|e| EngineError::Failed(e.to_string()))
+        };
         let (ram, out) = (clone(&self.ram.file)?, clone(memory)?);
         let size = self.ram.size;
         let (meta, device_state) = (self.meta.clone(), device_state.to_path_buf());
         // File work runs off the async threads.
         let copied = tokio::task::spawn_blocking(move || {
-            let stream = std::fs::read(&device_state)
-                .map_err(|e| EngineError(format!("cannot read QEMU's device state: {e}")))?;
+            let stream = std::fs::read(&device_state).map_err(|e| {
+                EngineError::Failed(format!("cannot read QEMU's device state: {e}"))
+            })?;
             std::fs::write(&device_state, encode_device_state(&meta, &stream))
-                .map_err(|e| EngineError(format!("cannot write the device state: {e}")))?;
+                .map_err(|e| EngineError::Failed(format!("cannot write the device state: {e}")))?;
             copy_sparse(&ram, &out, size)
                 .and_then(|()| out.sync_all())
-                .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+                .map_err(|e| EngineError::WriteMemory(e.to_string()))
         })
         .await
-        .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+        .map_err(|e| EngineError::WriteMemory(e.to_string()))
         .and_then(|copied| copied);
         Ok(copied)
     }
@@ -327,7 +333,7 @@ impl Snapshottable {
         device_state: &Path,
         memory: &File,
     ) -> Result<(), SaveFailure> {
-        let io = |what: &str, e: std::io::Error| EngineError(format!("{what}: {e}"));
+        let io = |what: &str, e: std::io::Error| EngineError::Failed(format!("{what}: {e}"));
         let dir = tempfile::Builder::new()
             .prefix("squib-migrate-")
             .tempdir()
@@ -337,7 +343,7 @@ impl Snapshottable {
         let listener = tokio::net::UnixListener::bind(&socket)
             .map_err(|e| io("cannot create the migration socket", e))
             .map_err(SaveFailure::Migration)?;
-        let err = |e: QmpError| SaveFailure::Migration(EngineError(e.to_string()));
+        let err = |e: QmpError| SaveFailure::Migration(EngineError::Failed(e.to_string()));
         qmp.migrate_set_capability(IGNORE_SHARED, true)
             .await
             .map_err(err)?;
@@ -346,7 +352,7 @@ impl Snapshottable {
             .map_err(err)?;
         let (stream, _) = tokio::time::timeout(MIGRATION_TIMEOUT, listener.accept())
             .await
-            .map_err(|_| EngineError("QEMU did not connect its migration stream".into()))
+            .map_err(|_| EngineError::Failed("QEMU did not connect its migration stream".into()))
             .and_then(|accepted| {
                 accepted.map_err(|e| io("cannot accept QEMU's migration stream", e))
             })
@@ -360,9 +366,9 @@ impl Snapshottable {
             })
             .map_err(|e| io("cannot read QEMU's migration stream", e))
             .map_err(SaveFailure::Migration)?;
-        let out = memory.try_clone().map_err(|e| {
-            SaveFailure::Migration(EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
-        })?;
+        let out = memory
+            .try_clone()
+            .map_err(|e| SaveFailure::Migration(EngineError::WriteMemory(e.to_string())))?;
         let size = self.ram.size;
         // QEMU stops writing once the split fails (its socket closes), and the split ends
         // once QEMU's migration does: neither waits on the other for ever.
@@ -377,13 +383,11 @@ impl Snapshottable {
         let migrated = wait_for_migration(qmp).await;
         let stream = split
             .await
-            .map_err(|e| EngineError(format!("the migration reader failed: {e}")));
+            .map_err(|e| EngineError::Failed(format!("the migration reader failed: {e}")));
         migrated.map_err(SaveFailure::Migration)?;
         let written = stream.and_then(|split| {
             let stream = split.map_err(|e| match e {
-                crate::ram_stream::SplitError::Memory(e) => {
-                    EngineError(format!("{MEMORY_WRITE_FAILED}{e}"))
-                }
+                crate::ram_stream::SplitError::Memory(e) => EngineError::WriteMemory(e.to_string()),
                 crate::ram_stream::SplitError::Stream(e) => {
                     io("cannot split QEMU's migration stream", e)
                 }
@@ -392,7 +396,7 @@ impl Snapshottable {
                 .map_err(|e| io("cannot write the device state", e))?;
             memory
                 .sync_all()
-                .map_err(|e| EngineError(format!("{MEMORY_WRITE_FAILED}{e}")))
+                .map_err(|e| EngineError::WriteMemory(e.to_string()))
         });
         written.map_err(SaveFailure::Output)
     }
@@ -406,14 +410,14 @@ pub(crate) fn decode_restore(
 ) -> Result<(EngineMeta, &[u8]), EngineError> {
     let (meta, stream) = decode_device_state(device_state)?;
     if meta.accel != accel.qemu_name() {
-        return Err(EngineError(format!(
+        return Err(EngineError::Failed(format!(
             "the snapshot was taken with the {} accelerator, this squib runs {}",
             meta.accel,
             accel.qemu_name()
         )));
     }
     if !crate::cpu_model::is_own_cpu_argument(&meta.cpu, accel.cpu_model()) {
-        return Err(EngineError(format!(
+        return Err(EngineError::Failed(format!(
             "the engine's device state is invalid: {:?} is not a CPU model squib writes",
             meta.cpu
         )));
@@ -427,7 +431,7 @@ fn socket_dir() -> Result<tempfile::TempDir, EngineError> {
         .prefix("squib-migrate-")
         .tempdir()
         .map_err(|e| {
-            EngineError(format!(
+            EngineError::Failed(format!(
                 "cannot create the migration socket's directory: {e}"
             ))
         })
@@ -436,17 +440,18 @@ fn socket_dir() -> Result<tempfile::TempDir, EngineError> {
 /// Saves the paused guest's device state into `device_state` (an existing file): QEMU
 /// migrates to a socket squib listens on, squib writes the stream into the file.
 pub async fn save_device_state(qmp: &QmpClient, device_state: &Path) -> Result<(), EngineError> {
-    let err = |e: QmpError| EngineError(e.to_string());
+    let err = |e: QmpError| EngineError::Failed(e.to_string());
     let dir = socket_dir()?;
     let socket = dir.path().join("migrate.sock");
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| EngineError(format!("cannot listen for QEMU's migration stream: {e}")))?;
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| {
+        EngineError::Failed(format!("cannot listen for QEMU's migration stream: {e}"))
+    })?;
     let mut out = tokio::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(device_state)
         .await
-        .map_err(|e| EngineError(format!("cannot open the device-state file: {e}")))?;
+        .map_err(|e| EngineError::Failed(format!("cannot open the device-state file: {e}")))?;
     let receive = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await?;
         tokio::io::copy(&mut stream, &mut out).await?;
@@ -468,11 +473,13 @@ pub async fn save_device_state(qmp: &QmpClient, device_state: &Path) -> Result<(
     }
     match tokio::time::timeout(MIGRATION_TIMEOUT, receive).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(EngineError(format!(
+        Ok(Ok(Err(e))) => Err(EngineError::Failed(format!(
             "cannot write QEMU's device state: {e}"
         ))),
-        Ok(Err(e)) => Err(EngineError(format!("the migration receiver failed: {e}"))),
-        Err(_) => Err(EngineError(
+        Ok(Err(e)) => Err(EngineError::Failed(format!(
+            "the migration receiver failed: {e}"
+        ))),
+        Err(_) => Err(EngineError::Failed(
             "QEMU's migration stream did not end".to_string(),
         )),
     }
@@ -482,7 +489,7 @@ pub async fn save_device_state(qmp: &QmpClient, device_state: &Path) -> Result<(
 /// file in squib's private runtime directory. QEMU listens on a socket beside it; squib
 /// connects and sends the file.
 pub async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<(), EngineError> {
-    let err = |e: QmpError| EngineError(e.to_string());
+    let err = |e: QmpError| EngineError::Failed(e.to_string());
     let socket = stream.with_extension("sock");
     qmp.migrate_set_capability(IGNORE_SHARED, true)
         .await
@@ -497,7 +504,7 @@ pub async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<(), Eng
         tokio::io::AsyncWriteExt::shutdown(&mut conn).await
     };
     send.await
-        .map_err(|e| EngineError(format!("cannot send the device state to QEMU: {e}")))?;
+        .map_err(|e| EngineError::Failed(format!("cannot send the device state to QEMU: {e}")))?;
     wait_for_migration(qmp).await
 }
 
@@ -507,7 +514,7 @@ async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
         let info = qmp
             .query_migrate()
             .await
-            .map_err(|e| EngineError(e.to_string()))?;
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
         match info["status"].as_str() {
             Some("completed") => return Ok(()),
             Some("failed") | Some("cancelled") => {
@@ -515,12 +522,14 @@ async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
                     .as_str()
                     .unwrap_or("no reason given")
                     .to_string();
-                return Err(EngineError(format!("QEMU's migration failed: {why}")));
+                return Err(EngineError::Failed(format!(
+                    "QEMU's migration failed: {why}"
+                )));
             }
             _ => {}
         }
         if Instant::now() >= deadline {
-            return Err(EngineError(format!(
+            return Err(EngineError::Failed(format!(
                 "QEMU's migration did not complete within {MIGRATION_TIMEOUT:?}"
             )));
         }
@@ -561,13 +570,16 @@ mod tests {
             legacy_interrupts: false,
         };
         let err = decode_restore(&encode_device_state(&kvm, b""), Accel::Tcg).unwrap_err();
-        assert!(err.0.contains("kvm accelerator"), "{err}");
+        assert!(err.to_string().contains("kvm accelerator"), "{err}");
         let crafted = EngineMeta {
             cpu: "max -device x".into(),
             ..meta
         };
         let err = decode_restore(&encode_device_state(&crafted, b""), Accel::Tcg).unwrap_err();
-        assert!(err.0.contains("not a CPU model squib writes"), "{err}");
+        assert!(
+            err.to_string().contains("not a CPU model squib writes"),
+            "{err}"
+        );
     }
 
     #[test]

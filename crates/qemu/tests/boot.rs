@@ -274,7 +274,7 @@ async fn qemu_refusing_the_kernel_fails_start_with_its_reason() {
         Ok(_) => panic!("QEMU booted a text file"),
     };
     assert!(
-        err.0
+        err.to_string()
             .starts_with("QEMU ended before the guest started: QEMU exited with status 1: "),
         "{err}"
     );

@@ -336,11 +336,6 @@ impl VmmActionError {
     }
 }
 
-/// "Failed perform action on device: Device not found", as an engine-level error.
-pub fn device_not_found() -> EngineError {
-    EngineError("Failed perform action on device: Device not found".to_string())
-}
-
 pub type ActionResult = Result<VmmData, VmmActionError>;
 
 /// An action on its way to the VMM loop, with the channel its answer goes back on.

@@ -9,14 +9,39 @@ use crate::resources::balloon::BalloonStats;
 use crate::resources::drive::Drive;
 use crate::resources::rate_limiter::RateLimiterConfig;
 
-/// An engine failure, described for the client.
+/// An engine failure. The engine picks the variant and gives its own details; the texts
+/// a client reads (upstream's, where upstream has one) are written here, in the VMM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EngineError(pub String);
-
-/// How an engine's error about writing the snapshot memory file begins; the VMM reports the
-/// rest as upstream's `Cannot write memory file: …`.
-pub const MEMORY_WRITE_FAILED: &str = "Cannot write memory file: ";
+pub enum EngineError {
+    /// The device an action names is not in the running guest.
+    #[error("Failed perform action on device: Device not found")]
+    DeviceNotFound,
+    /// The VM has no boot source.
+    #[error("Cannot start microvm without kernel configuration.")]
+    MissingKernelConfig,
+    /// The snapshot's memory file cannot back the restored guest.
+    #[error("Failed to load guest memory: {0}")]
+    LoadMemory(String),
+    /// Writing the snapshot's memory file failed (upstream's `Cannot write memory file: …`,
+    /// see [`RunningVm::save_snapshot`]).
+    #[error("Cannot write memory file: {0}")]
+    WriteMemory(String),
+    /// The vsock device could not start.
+    #[error("Cannot start the vsock device: {0}")]
+    Vsock(String),
+    /// A metrics line could not be written.
+    #[error("Metrics error: {0}")]
+    Metrics(String),
+    /// Balloon statistics were asked for with statistics disabled.
+    #[error("Balloon: Received stats query when stats are disabled.")]
+    BalloonStatsDisabled,
+    /// What this engine cannot do at all.
+    #[error("this engine cannot {0}")]
+    Unsupported(&'static str),
+    /// Anything else, in the engine's own words (QEMU, QMP, the host).
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// How a running guest ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +73,7 @@ pub trait Engine: Send + 'static {
         _resources: &VmResources,
         _source: RestoreSource<'_>,
     ) -> impl Future<Output = Result<(Self::Vm, ExitWatch), EngineError>> + Send {
-        async { Err(EngineError("this engine cannot restore snapshots".into())) }
+        async { Err(EngineError::Unsupported("restore snapshots")) }
     }
 }
 
@@ -106,14 +131,14 @@ pub trait RunningVm: Send + 'static {
     }
     /// Saves the paused guest: its device state into the new file `device_state`, its memory
     /// into the new file `memory` (both created by the caller, empty). An error writing the
-    /// memory file starts with [`MEMORY_WRITE_FAILED`]. The guest stays
+    /// memory file is [`EngineError::WriteMemory`]. The guest stays
     /// paused and can be resumed afterwards.
     fn save_snapshot(
         &mut self,
         _device_state: &std::path::Path,
         _memory: &std::fs::File,
     ) -> impl Future<Output = Result<(), EngineError>> + Send {
-        async { Err(EngineError("this engine cannot save snapshots".into())) }
+        async { Err(EngineError::Unsupported("save snapshots")) }
     }
     /// `PATCH /hotplug/memory`: asks the guest to plug `requested_mib` MiB of the
     /// hot-pluggable memory (the guest plugs or unplugs blocks to get there).
@@ -121,7 +146,7 @@ pub trait RunningVm: Send + 'static {
         &mut self,
         _requested_mib: u32,
     ) -> impl Future<Output = Result<(), EngineError>> + Send {
-        async { Err(crate::action::device_not_found()) }
+        async { Err(EngineError::DeviceNotFound) }
     }
     /// The hot-pluggable memory the guest has plugged, in bytes, as it changes; `None`
     /// without a memory hot-plug device.

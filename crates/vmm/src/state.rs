@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::action::{VmmActionError, device_not_found};
+use crate::action::VmmActionError;
 use crate::engine::EngineError;
 use crate::resources::VmResources;
 use crate::resources::balloon::{
@@ -77,7 +77,7 @@ impl VmView {
         match (self.resources.balloon, self.state.is_booted()) {
             (Some(cfg), _) => Ok(cfg),
             (None, false) => Err(BalloonConfigError::DeviceNotFound.into()),
-            (None, true) => Err(VmmActionError::InternalVmm(device_not_found())),
+            (None, true) => Err(VmmActionError::InternalVmm(EngineError::DeviceNotFound)),
         }
     }
 
@@ -89,11 +89,11 @@ impl VmView {
         let cfg = self
             .resources
             .balloon
-            .ok_or_else(|| VmmActionError::InternalVmm(device_not_found()))?;
+            .ok_or(VmmActionError::InternalVmm(EngineError::DeviceNotFound))?;
         if cfg.stats_polling_interval_s == 0 {
-            return Err(VmmActionError::InternalVmm(EngineError(
-                "Balloon: Received stats query when stats are disabled.".into(),
-            )));
+            return Err(VmmActionError::InternalVmm(
+                EngineError::BalloonStatsDisabled,
+            ));
         }
         let mut stats = self.balloon_stats.clone().unwrap_or_default();
         stats.target_mib = cfg.amount_mib;
@@ -119,7 +119,7 @@ impl VmView {
             return Err(VmmActionError::OperationNotSupportedPreBoot);
         }
         let Some(cfg) = self.resources.memory_hotplug else {
-            return Err(VmmActionError::InternalVmm(device_not_found()));
+            return Err(VmmActionError::InternalVmm(EngineError::DeviceNotFound));
         };
         Ok(MemoryHotplugStatus {
             block_size_mib: cfg.block_size_mib,

@@ -375,7 +375,7 @@ impl<E: Engine> Vmm<E> {
                 self.running_vm()?
                     .set_memory_hotplug_size(requested)
                     .await
-                    .map_err(|e| VmmActionError::MemoryHotplugUpdate(e.0))?;
+                    .map_err(|e| VmmActionError::MemoryHotplugUpdate(e.to_string()))?;
                 self.resources.memory_requested_mib = requested;
                 Ok(VmmData::Empty)
             }
@@ -463,12 +463,12 @@ impl<E: Engine> Vmm<E> {
         if patch.new_backing_file {
             vm.swap_drive(&patch.drive)
                 .await
-                .map_err(|e| DriveError::PatchEngine(e.0))?;
+                .map_err(|e| DriveError::PatchEngine(e.to_string()))?;
         }
         if let Some(limiter) = patch.limiter {
             vm.set_drive_rate_limiter(&patch.drive.id, limiter)
                 .await
-                .map_err(|e| DriveError::PatchEngine(e.0))?;
+                .map_err(|e| DriveError::PatchEngine(e.to_string()))?;
         }
         self.resources.drives.insert(patch.drive)?;
         Ok(VmmData::Empty)
@@ -513,7 +513,7 @@ impl<E: Engine> Vmm<E> {
         self.metrics
             .flush()
             .map(drop)
-            .map_err(|e| EngineError(format!("Metrics error: {e}")))
+            .map_err(|e| EngineError::Metrics(e.to_string()))
     }
 
     /// The line written when the VMM exits (the engine can no longer be asked).

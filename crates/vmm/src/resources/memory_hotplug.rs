@@ -89,7 +89,7 @@ impl super::VmResources {
     /// size, within its total size. The texts are upstream's.
     pub(crate) fn check_memory_hotplug_request(&self, requested_mib: u32) -> Result<(), String> {
         let Some(cfg) = self.memory_hotplug else {
-            return Err(crate::action::device_not_found().0);
+            return Err(crate::engine::EngineError::DeviceNotFound.to_string());
         };
         if requested_mib > cfg.total_size_mib || !requested_mib.is_multiple_of(cfg.block_size_mib) {
             return Err(format!(

@@ -18,7 +18,7 @@ use super::{METRICS_PERIOD, Vmm};
 use crate::action::{
     ActionResult, CreateSnapshotError, LoadSnapshotError, VmmActionError, VmmData,
 };
-use crate::engine::{Engine, RestoreSource, RunningVm};
+use crate::engine::{Engine, EngineError, RestoreSource, RunningVm};
 use crate::resources::VmResources;
 use crate::resources::drive::{Drive, DriveBackend};
 use crate::resources::machine_config::{HugePages, MachineConfig};
@@ -79,12 +79,10 @@ impl<E: Engine> Vmm<E> {
         self.running_vm()?
             .save_snapshot(&device_state.path, &memory.file)
             .await
-            .map_err(
-                |e| match e.0.strip_prefix(crate::engine::MEMORY_WRITE_FAILED) {
-                    Some(why) => CreateSnapshotError::Memory(why.to_string()),
-                    None => CreateSnapshotError::MicrovmState(e),
-                },
-            )?;
+            .map_err(|e| match e {
+                EngineError::WriteMemory(why) => CreateSnapshotError::Memory(why),
+                e => CreateSnapshotError::MicrovmState(e),
+            })?;
         let engine_us = engine_started.elapsed().as_micros() as u64;
         let resources = StateHeader::from_resources(&self.resources);
         let (state_target, mem_target) = (snapshot_path.to_path_buf(), mem_path.to_path_buf());
@@ -202,7 +200,7 @@ impl<E: Engine> Vmm<E> {
                 },
             )
             .await
-            .map_err(|e| LoadSnapshotError::Restore(e.0))?;
+            .map_err(|e| LoadSnapshotError::Restore(e.to_string()))?;
         self.resources = resources;
         self.adopt_vm(vm, exit, VmState::Paused);
         if params.resume_vm {
