@@ -66,24 +66,22 @@ impl Default for EngineConfig {
 #[derive(Clone, Debug, Default)]
 pub struct QemuEngine {
     config: EngineConfig,
-    /// What the QEMU binary offers, probed once (see [`QemuEngine::new`]).
+    /// What the QEMU binary offers, probed once (see [`QemuEngine::probe_in_background`]).
     caps: Arc<tokio::sync::OnceCell<Capabilities>>,
 }
 
 impl QemuEngine {
-    /// On a tokio runtime, the QEMU binary is probed right away, in the background, so the
-    /// first start rarely waits for it.
     pub fn new(config: EngineConfig) -> Self {
-        let engine = Self {
+        Self {
             config,
             caps: Arc::default(),
-        };
-        engine.probe_in_background();
-        engine
+        }
     }
 
     /// Starts probing the QEMU binary on the current tokio runtime, if there is one (clones
-    /// of the engine share the outcome).
+    /// of the engine share the outcome). squib calls it once its API is up: the probe's QEMU
+    /// costs descriptors and CPU that the API's start should not compete with; a start
+    /// that comes first probes itself.
     pub fn probe_in_background(&self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (caps, qemu) = (self.caps.clone(), self.config.qemu_binary.clone());

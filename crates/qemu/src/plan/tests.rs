@@ -92,11 +92,8 @@ fn args(res: &VmResources) -> Vec<String> {
     build_args(
         res,
         &LaunchSpec {
-            accel: Accel::Tcg,
             qmp_socket: Path::new("/run/squib/qmp.sock"),
-            console: &ConsoleTarget::Stdio,
-            tsc_khz: None,
-            pmem_sizes: &[],
+            ..spec()
         },
     )
     .unwrap()
@@ -294,10 +291,7 @@ fn kvm_uses_host_cpu() {
         &res,
         &LaunchSpec {
             accel: Accel::Kvm,
-            qmp_socket: Path::new("/q"),
-            console: &ConsoleTarget::Stdio,
-            tsc_khz: None,
-            pmem_sizes: &[],
+            ..spec()
         },
     )
     .unwrap();
@@ -408,11 +402,9 @@ fn commas_in_option_values_are_doubled() {
     let a = build_args(
         &res,
         &LaunchSpec {
-            accel: Accel::Tcg,
             qmp_socket: Path::new("/run/a,b/qmp.sock"),
             console: &ConsoleTarget::File("/log/c,d.log".into()),
-            tsc_khz: None,
-            pmem_sizes: &[],
+            ..spec()
         },
     )
     .unwrap();
@@ -435,11 +427,8 @@ fn console_targets() {
     let a = build_args(
         &res,
         &LaunchSpec {
-            accel: Accel::Tcg,
-            qmp_socket: Path::new("/q"),
             console: &ConsoleTarget::Null,
-            tsc_khz: None,
-            pmem_sizes: &[],
+            ..spec()
         },
     )
     .unwrap();
@@ -453,11 +442,8 @@ fn a_relayed_console_is_a_socket_chardev() {
     let a = build_args(
         &res,
         &LaunchSpec {
-            accel: Accel::Tcg,
-            qmp_socket: Path::new("/q"),
             console: &ConsoleTarget::Socket("/run/x,y/serial.sock".into()),
-            tsc_khz: None,
-            pmem_sizes: &[],
+            ..spec()
         },
     )
     .unwrap();
@@ -491,17 +477,7 @@ fn drive_names_fall_back_to_index() {
 fn no_boot_source_is_refused() {
     let mut res = resources(vec![]);
     res.boot_source = None;
-    let err = build_args(
-        &res,
-        &LaunchSpec {
-            accel: Accel::Tcg,
-            qmp_socket: Path::new("/q"),
-            console: &ConsoleTarget::Stdio,
-            tsc_khz: None,
-            pmem_sizes: &[],
-        },
-    )
-    .unwrap_err();
+    let err = build_args(&res, &spec()).unwrap_err();
     assert_eq!(err, PlanError::NoBootSource);
 }
 
@@ -588,13 +564,7 @@ fn vhost_user_root_drive_is_vda_and_rw() {
 
 #[test]
 fn vhost_user_drives_count_toward_the_24_transports() {
-    let spec = LaunchSpec {
-        accel: Accel::Tcg,
-        qmp_socket: Path::new("/q"),
-        console: &ConsoleTarget::Stdio,
-        tsc_khz: None,
-        pmem_sizes: &[],
-    };
+    let spec = spec();
     let drives = |n: usize| {
         (0..n)
             .map(|i| vhost_drive(&format!("v{i}"), false, &format!("/s{i}")))
@@ -691,13 +661,7 @@ fn client_arguments_end_at_a_nul() {
 
 #[test]
 fn at_most_24_virtio_devices() {
-    let spec = LaunchSpec {
-        accel: Accel::Tcg,
-        qmp_socket: Path::new("/q"),
-        console: &ConsoleTarget::Stdio,
-        tsc_khz: None,
-        pmem_sizes: &[],
-    };
+    let spec = spec();
     let drives = |n: usize| {
         (0..n)
             .map(|i| file_drive(&format!("d{i}"), false, &format!("/d{i}"), true))
@@ -729,11 +693,8 @@ fn network_interfaces_get_a_vhost_user_netdev_and_a_virtio_net_device() {
     let a = build_args(
         &res,
         &LaunchSpec {
-            accel: Accel::Tcg,
             qmp_socket: Path::new("/run/x,y/qmp.sock"),
-            console: &ConsoleTarget::Stdio,
-            tsc_khz: None,
-            pmem_sizes: &[],
+            ..spec()
         },
     )
     .unwrap();
@@ -783,17 +744,7 @@ fn network_interfaces_get_a_vhost_user_netdev_and_a_virtio_net_device() {
             )
             .unwrap();
     }
-    let err = build_args(
-        &res,
-        &LaunchSpec {
-            accel: Accel::Tcg,
-            qmp_socket: Path::new("/q"),
-            console: &ConsoleTarget::Stdio,
-            tsc_khz: None,
-            pmem_sizes: &[],
-        },
-    )
-    .unwrap_err();
+    let err = build_args(&res, &spec()).unwrap_err();
     assert_eq!(err, PlanError::TooManyDevices { count: 25, max: 24 });
 }
 
@@ -863,13 +814,7 @@ fn balloon_and_entropy_count_as_virtio_devices() {
         .collect();
     let mut res = resources(drives);
     res.balloon = Some(BalloonDeviceConfig::default());
-    let spec = LaunchSpec {
-        accel: Accel::Tcg,
-        qmp_socket: Path::new("/q"),
-        console: &ConsoleTarget::Stdio,
-        tsc_khz: None,
-        pmem_sizes: &[],
-    };
+    let spec = spec();
     assert!(build_args(&res, &spec).is_ok());
     res.entropy = Some(EntropyDeviceConfig::default());
     assert_eq!(
