@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use squib_metrics::{DeviceClass, Fixed, MetricsRegistry};
+use squib_vmm::action::DeviceKind;
+use squib_vmm::engine::HotplugDevice;
 use squib_vmm::resources::balloon::BalloonStats;
 use squib_vmm::resources::drive::{Drive, DriveBackend, IoEngine};
 use squib_vmm::resources::machine_config::HugePages;
+use squib_vmm::resources::pci::{PciLayout, device_key};
 use squib_vmm::{Engine, EngineError, ExitWatch, RunningVm, VmExit, VmResources};
 use tempfile::TempDir;
 use tokio::sync::{oneshot, watch};
@@ -105,7 +108,8 @@ impl QemuEngine {
 /// One running guest. Dropping it kills QEMU.
 pub struct QemuVm {
     // Fields drop in this order: QMP first, then the process (killed), then the socket dir.
-    qmp: QmpClient,
+    // Shared with the tasks that finish hot-unplugs.
+    qmp: Arc<QmpClient>,
     process: QemuProcess,
     accel: Accel,
     drives: Vec<(String, DriveNames)>,
@@ -117,6 +121,8 @@ pub struct QemuVm {
     // Writes `serial_out_path`; stopped after QEMU is killed.
     serial: Option<SerialRelay>,
     devices: DeviceState,
+    /// Root ports and pluggable devices of a PCI machine.
+    pci: Option<crate::hotplug::PciHotplug>,
     /// The guest has a virtio-mem device.
     memory_hotplug: bool,
     /// The guest's RAM (QEMU maps it; squib reads it for snapshots) and the CPU it runs.
@@ -244,6 +250,63 @@ impl RunningVm for QemuVm {
             )
             .await
             .map_err(engine_error)
+    }
+
+    async fn hotplug(&mut self, device: HotplugDevice<'_>) -> Result<(), EngineError> {
+        let Some(pci) = self.pci.as_mut() else {
+            return Err(EngineError::Failed(
+                "the guest has no PCI machine".to_string(),
+            ));
+        };
+        match device {
+            HotplugDevice::Drive(drive) => {
+                if let Some(names) = pci.plug_drive(&self.qmp, drive).await? {
+                    self.drives.push((drive.id.clone(), names));
+                }
+            }
+            HotplugDevice::Net(iface) => {
+                let served = pci.plug_net(&self.qmp, iface).await?;
+                self.nets.push(served);
+            }
+            HotplugDevice::Pmem(pmem, size) => pci.plug_pmem(&self.qmp, pmem, size).await?,
+        }
+        Ok(())
+    }
+
+    async fn unplug(&mut self, kind: DeviceKind, id: &str) -> Result<(), EngineError> {
+        let Some(pci) = self.pci.as_mut() else {
+            return Err(EngineError::Failed(
+                "the guest has no PCI machine".to_string(),
+            ));
+        };
+        if kind == DeviceKind::Pmem {
+            // QEMU refuses `device_del` on every virtio memory device.
+            return Err(EngineError::Failed(
+                "QEMU cannot unplug virtio-pmem devices".to_string(),
+            ));
+        }
+        let key = device_key(kind, id);
+        // The net device serves the guest until the guest has let the card go.
+        let served = match kind {
+            DeviceKind::NetworkInterface => self
+                .nets
+                .iter()
+                .position(|n| n.shared.iface_id() == id)
+                .map(|at| self.nets.remove(at)),
+            _ => None,
+        };
+        if let Err((e, served)) = pci.unplug(&self.qmp, &key, served).await {
+            self.nets.extend(served);
+            return Err(e);
+        }
+        if kind == DeviceKind::Drive {
+            self.drives.retain(|(drive_id, _)| drive_id != id);
+        }
+        Ok(())
+    }
+
+    fn pci_layout(&self) -> Option<PciLayout> {
+        self.pci.as_ref().map(|pci| pci.layout())
     }
 
     fn plugged_memory_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -437,6 +500,17 @@ impl QemuEngine {
         if let Some(model) = &cpu_model {
             crate::cpu_model::applied::warn_unapplied(&qmp, model, accel).await;
         }
+        let pci = plan.pci_layout.clone().map(|layout| {
+            crate::hotplug::PciHotplug::new(
+                layout,
+                resources,
+                runtime_dir.path(),
+                io_uring_usable(),
+            )
+        });
+        if let Some(pci) = &pci {
+            pci.record_memaddrs(&qmp, resources).await;
+        }
         let memory_hotplug = resources.memory_hotplug.is_some();
         if memory_hotplug {
             // Events only report changes: a restored guest starts with what it had plugged.
@@ -489,7 +563,7 @@ impl QemuEngine {
 
         Ok((
             QemuVm {
-                qmp,
+                qmp: Arc::new(qmp),
                 process,
                 accel,
                 drives,
@@ -498,6 +572,7 @@ impl QemuEngine {
                 mmds,
                 serial,
                 devices,
+                pci,
                 memory_hotplug,
                 snapshot,
                 _runtime_dir: runtime_dir,

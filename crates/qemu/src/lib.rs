@@ -10,6 +10,7 @@ pub mod devices;
 pub mod engine;
 pub mod firmware;
 pub mod host_tsc;
+pub mod hotplug;
 pub mod net;
 pub(crate) mod plan;
 pub mod process;

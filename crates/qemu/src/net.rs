@@ -12,6 +12,7 @@ use squib_net::{
     NetShared, ServiceLink, Tap,
 };
 use squib_vmm::resources::mmds::MmdsVersion as ApiMmdsVersion;
+use squib_vmm::resources::net::NetworkInterface;
 use squib_vmm::resources::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use squib_vmm::{EngineError, VmResources};
 
@@ -64,76 +65,93 @@ pub fn serve_devices(
     runtime_dir: &Path,
     mmds: Option<&Arc<Mmds>>,
 ) -> Result<Vec<NetInterface>, EngineError> {
-    let mut out = Vec::with_capacity(resources.net.len());
-    for (index, iface) in resources.net.iter().enumerate() {
-        let id = &iface.config.iface_id;
-        let fail = |what: String| EngineError::Failed(format!("network interface {id}: {what}"));
-        let fd = iface
-            .tap
-            .dup_fd()
-            .ok_or_else(|| fail(format!("the TAP {} is not open", iface.tap.name())))?
-            .map_err(|e| fail(format!("cannot duplicate the TAP descriptor: {e}")))?;
-        let tap = Tap::from_fd(fd, iface.tap.name()).map_err(|e| fail(e.to_string()))?;
-        let service = match mmds {
-            Some(mmds) if iface.mmds => {
-                let ip = mmds.config().ipv4_address;
-                let ends = squib_mmds::spawn_stack(mmds.clone(), ip)
-                    .map_err(|e| fail(format!("cannot start the MMDS: {e}")))?;
-                let link = ServiceLink::spawn(FrameDetour {
-                    claims: ends.claims,
-                    to_service: ends.to_service,
-                    from_service: ends.from_service,
-                })
-                .map_err(|e| fail(format!("cannot start the MMDS: {e}")))?;
-                Some(link)
-            }
-            _ => None,
-        };
-        let limiter = |c: Option<RateLimiterConfig>| c.map(limiter_config).unwrap_or_default();
-        let shared = NetBackend::shared_for(
-            id,
-            limiter(iface.config.rx_rate_limiter),
-            limiter(iface.config.tx_rate_limiter),
-        )
-        .map_err(|e| fail(format!("cannot create the device: {e}")))?;
-        let backend = NetBackend::new(NetDeviceConfig {
-            tap,
-            shared: shared.clone(),
-            guest_mac: iface.config.guest_mac.map(|m| m.0),
-            mtu: iface.config.mtu.is_some(),
-            service,
+    resources
+        .net
+        .iter()
+        .enumerate()
+        .map(|(index, iface)| {
+            serve_device(
+                iface,
+                &plan::netdev_id(index),
+                &plan::net_socket(runtime_dir, index),
+                mmds.filter(|_| iface.mmds),
+            )
         })
-        .map_err(|e| fail(format!("cannot create the device: {e}")))?;
-        let listeners = backend.listeners();
-        let name = plan::netdev_id(index);
-        let public = plan::net_socket(runtime_dir, index);
-        let private = public.with_file_name(format!("{name}-dev.sock"));
-        let handle = squib_vhost::serve_with_workers(
-            &name,
-            &private,
-            Arc::new(Mutex::new(backend)),
-            move |workers| {
-                // Both queues are served by the one worker.
-                let Some(worker) = workers.first() else {
-                    return;
-                };
-                for (fd, events, id) in listeners {
-                    if let Err(err) = worker.add(fd, events, id) {
-                        tracing::error!(%err, "the net device cannot watch its descriptors");
-                    }
+        .collect()
+}
+
+/// Serves one interface's device on the vhost-user socket `public` (threads named after
+/// `name`), with `mmds` as its frame detour when given. Must run on a tokio runtime.
+pub fn serve_device(
+    iface: &NetworkInterface,
+    name: &str,
+    public: &Path,
+    mmds: Option<&Arc<Mmds>>,
+) -> Result<NetInterface, EngineError> {
+    let id = &iface.config.iface_id;
+    let fail = |what: String| EngineError::Failed(format!("network interface {id}: {what}"));
+    let fd = iface
+        .tap
+        .dup_fd()
+        .ok_or_else(|| fail(format!("the TAP {} is not open", iface.tap.name())))?
+        .map_err(|e| fail(format!("cannot duplicate the TAP descriptor: {e}")))?;
+    let tap = Tap::from_fd(fd, iface.tap.name()).map_err(|e| fail(e.to_string()))?;
+    let service = match mmds {
+        Some(mmds) => {
+            let ip = mmds.config().ipv4_address;
+            let ends = squib_mmds::spawn_stack(mmds.clone(), ip)
+                .map_err(|e| fail(format!("cannot start the MMDS: {e}")))?;
+            let link = ServiceLink::spawn(FrameDetour {
+                claims: ends.claims,
+                to_service: ends.to_service,
+                from_service: ends.from_service,
+            })
+            .map_err(|e| fail(format!("cannot start the MMDS: {e}")))?;
+            Some(link)
+        }
+        None => None,
+    };
+    let limiter = |c: Option<RateLimiterConfig>| c.map(limiter_config).unwrap_or_default();
+    let shared = NetBackend::shared_for(
+        id,
+        limiter(iface.config.rx_rate_limiter),
+        limiter(iface.config.tx_rate_limiter),
+    )
+    .map_err(|e| fail(format!("cannot create the device: {e}")))?;
+    let backend = NetBackend::new(NetDeviceConfig {
+        tap,
+        shared: shared.clone(),
+        guest_mac: iface.config.guest_mac.map(|m| m.0),
+        mtu: iface.config.mtu.is_some(),
+        service,
+    })
+    .map_err(|e| fail(format!("cannot create the device: {e}")))?;
+    let listeners = backend.listeners();
+    let private = public.with_file_name(format!("{name}-dev.sock"));
+    let handle = squib_vhost::serve_with_workers(
+        name,
+        &private,
+        Arc::new(Mutex::new(backend)),
+        move |workers| {
+            // Both queues are served by the one worker.
+            let Some(worker) = workers.first() else {
+                return;
+            };
+            for (fd, events, id) in listeners {
+                if let Err(err) = worker.add(fd, events, id) {
+                    tracing::error!(%err, "the net device cannot watch its descriptors");
                 }
-            },
-        )
-        .map_err(|e| fail(e.to_string()))?;
-        let relay = FrontendRelay::spawn(&public, private, &name)
-            .map_err(|e| fail(format!("cannot listen on {}: {e}", public.display())))?;
-        out.push(NetInterface {
-            shared,
-            _relay: relay,
-            _backend: handle,
-        });
-    }
-    Ok(out)
+            }
+        },
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let relay = FrontendRelay::spawn(public, private, name)
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", public.display())))?;
+    Ok(NetInterface {
+        shared,
+        _relay: relay,
+        _backend: handle,
+    })
 }
 
 #[cfg(test)]

@@ -11,8 +11,11 @@ pub(crate) mod argv;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
+use squib_vmm::action::DeviceKind;
 use squib_vmm::resources::boot_source::MAX_CMDLINE_LEN;
 use squib_vmm::resources::drive::{CacheType, Drive, DriveBackend, IoEngine};
+use squib_vmm::resources::pci::{PciLayout, PciSlot, device_key};
+use squib_vmm::resources::pmem::PMEM_ALIGN;
 use squib_vmm::{EngineError, VmResources};
 
 use crate::accel::Accel;
@@ -37,8 +40,96 @@ pub(crate) const MAX_PCI_PORTS: usize = 29;
 /// [`MAX_PCI_PORTS`] in all).
 pub(crate) const HOTPLUG_PORTS: usize = 8;
 
-/// virtio-pmem regions are mapped in 2 MiB units.
-const PMEM_ALIGN: u64 = 2 << 20;
+/// Room squib reserves above a `--enable-pci` guest's RAM for pmem devices hot-plugged
+/// after boot (address space only: nothing is allocated until a device is plugged).
+pub const PMEM_HOTPLUG_MIB: u64 = 64 << 10;
+
+/// The layout keys of the devices `resources` cold-plug, in the order they take ports.
+fn cold_keys(resources: &VmResources) -> Vec<String> {
+    let mut keys: Vec<String> = resources
+        .drives
+        .iter()
+        .map(|d| device_key(DeviceKind::Drive, &d.id))
+        .collect();
+    keys.extend(
+        resources
+            .net
+            .iter()
+            .map(|n| device_key(DeviceKind::NetworkInterface, &n.config.iface_id)),
+    );
+    if resources.balloon.is_some() {
+        keys.push(BALLOON_KEY.to_string());
+    }
+    if resources.entropy.is_some() {
+        keys.push(ENTROPY_KEY.to_string());
+    }
+    if resources.vsock.is_some() {
+        keys.push(VSOCK_KEY.to_string());
+    }
+    keys.extend(
+        resources
+            .pmem
+            .iter()
+            .map(|p| device_key(DeviceKind::Pmem, &p.id)),
+    );
+    if resources.memory_hotplug.is_some() {
+        keys.push(MEMORY_KEY.to_string());
+    }
+    keys
+}
+
+/// Layout keys of the devices that are not drives, interfaces or pmem.
+pub const BALLOON_KEY: &str = "balloon";
+pub const ENTROPY_KEY: &str = "entropy";
+pub const VSOCK_KEY: &str = "vsock";
+pub const MEMORY_KEY: &str = "memory";
+
+/// Where each device of a PCI machine sits; `None` on microvm. A running or snapshotted
+/// machine keeps its layout (`resources.pci_layout`: a restore rebuilds the same ports,
+/// hot-plugged devices included); a new one takes ports in [`cold_keys`] order, with
+/// [`HOTPLUG_PORTS`] free ones after them. `pmem_sizes`: see [`LaunchSpec::pmem_sizes`].
+pub(crate) fn pci_layout(resources: &VmResources, pmem_sizes: &[u64]) -> Option<PciLayout> {
+    if !Machine::for_resources(resources).is_pci() {
+        return None;
+    }
+    let fresh = resources.pci_layout.is_none();
+    let mut layout = resources.pci_layout.clone().unwrap_or_else(|| {
+        let pmem_mib = pmem_sizes.iter().sum::<u64>().div_ceil(1 << 20);
+        let hotplug_mib = resources
+            .memory_hotplug
+            .map_or(0, |h| u64::from(h.total_size_mib));
+        let reserve = if resources.pci_enabled {
+            PMEM_HOTPLUG_MIB
+        } else {
+            0
+        };
+        PciLayout {
+            ports: 0,
+            devices: Vec::new(),
+            device_memory_mib: hotplug_mib + pmem_mib + reserve,
+        }
+    });
+    for key in cold_keys(resources) {
+        if layout.slot(&key).is_some() {
+            continue;
+        }
+        let port = layout.free_port().unwrap_or_else(|| {
+            layout.ports += 1;
+            layout.ports - 1
+        });
+        layout.devices.push(PciSlot {
+            device: key,
+            port,
+            memaddr: None,
+        });
+    }
+    if fresh {
+        layout.ports = (layout.devices.len() + HOTPLUG_PORTS)
+            .min(MAX_PCI_PORTS)
+            .max(layout.devices.len());
+    }
+    Some(layout)
+}
 
 /// QOM id of the balloon device (its QOM path is `/machine/peripheral/<id>`).
 pub(crate) const BALLOON_ID: &str = "balloon0";
@@ -65,6 +156,9 @@ pub(crate) struct LaunchPlan {
     pub devices: Vec<PlacedDevice>,
     /// PCIe root ports on q35, the cold-plugged devices' and the free ones for hot-plug.
     pub root_ports: usize,
+    /// Which root port each device holds (q35): the engine keeps it for hot-plug, snapshots
+    /// for a restore.
+    pub pci_layout: Option<PciLayout>,
     /// The QMP socket squib already listens on; QEMU inherits the descriptor.
     pub qmp_listener: RawFd,
     /// A restore: QEMU waits for the device state (`-incoming defer`).
@@ -190,6 +284,8 @@ pub(crate) enum Device {
         path: String,
         size: u64,
         read_only: bool,
+        /// Where a restore puts it back (guest-physical address).
+        memaddr: Option<u64>,
     },
     /// virtio-mem over a private RAM backend of `total_mib` (unplugged blocks are discarded
     /// from it), plugged in `block_mib` blocks, starting at `requested_mib`.
@@ -197,6 +293,8 @@ pub(crate) enum Device {
         total_mib: u32,
         block_mib: u32,
         requested_mib: u32,
+        /// Where a restore puts it back (guest-physical address).
+        memaddr: Option<u64>,
     },
 }
 
@@ -449,18 +547,13 @@ impl LaunchPlan {
         if let ConsoleTarget::File(path) | ConsoleTarget::Socket(path) = &inputs.console {
             utf8(path, "console")?;
         }
-        let pmem_bytes: u64 = inputs.pmem_sizes.iter().sum();
-        let hotplug_mib = resources
-            .memory_hotplug
-            .map_or(0, |h| u64::from(h.total_size_mib));
-        let max_mib = (kind.is_pci() && (hotplug_mib > 0 || pmem_bytes > 0))
-            .then(|| size_mib + hotplug_mib + pmem_bytes.div_ceil(1 << 20));
-        let devices = devices(resources, kind, inputs)?;
-        let root_ports = if kind.is_pci() {
-            (devices.len() + HOTPLUG_PORTS).min(MAX_PCI_PORTS)
-        } else {
-            0
-        };
+        let pci_layout = pci_layout(resources, inputs.pmem_sizes);
+        let max_mib = pci_layout
+            .as_ref()
+            .filter(|l| l.device_memory_mib > 0)
+            .map(|l| size_mib + l.device_memory_mib);
+        let devices = devices(resources, pci_layout.as_ref(), inputs)?;
+        let root_ports = pci_layout.as_ref().map_or(0, |l| l.ports);
         let plan = Self {
             machine,
             accel: inputs.accel,
@@ -481,6 +574,7 @@ impl LaunchPlan {
             console: inputs.console.clone(),
             devices,
             root_ports,
+            pci_layout,
             qmp_listener: inputs.qmp_listener,
             incoming: inputs.restore.is_some(),
             paused: inputs.restore.is_some() || crate::devices::DeviceState::has_initial(resources),
@@ -503,48 +597,58 @@ impl LaunchPlan {
 /// The guest's devices in guest order, each in a root port of its own on q35.
 fn devices(
     resources: &VmResources,
-    machine: Machine,
+    layout: Option<&PciLayout>,
     inputs: &LaunchInputs<'_>,
 ) -> Result<Vec<PlacedDevice>, PlanError> {
     let mut out: Vec<PlacedDevice> = Vec::new();
-    let mut push = |device: Device| {
-        let port = machine.is_pci().then_some(out.len());
+    let slot = |key: &str| layout.and_then(|l| l.slot(key));
+    let mut push = |key: &str, device: Device| {
+        let port = slot(key).map(|s| s.port);
         out.push(PlacedDevice { port, device });
     };
     for (index, drive) in resources.drives.iter().enumerate() {
         let names = drive_names(index, &drive.id);
-        push(match &drive.backend {
-            DriveBackend::File {
-                path, read_only, ..
-            } => Device::Drive {
-                names,
-                path: path.clone(),
-                read_only: *read_only,
-                no_flush: matches!(drive.cache_type, CacheType::Unsafe),
-                aio: Aio::of(drive),
+        push(
+            &device_key(DeviceKind::Drive, &drive.id),
+            match &drive.backend {
+                DriveBackend::File {
+                    path, read_only, ..
+                } => Device::Drive {
+                    names,
+                    path: path.clone(),
+                    read_only: *read_only,
+                    no_flush: matches!(drive.cache_type, CacheType::Unsafe),
+                    aio: Aio::of(drive),
+                },
+                DriveBackend::VhostUser { connection, .. } => Device::VhostUserDrive {
+                    chardev: vhost_user_chardev_id(index),
+                    device_id: names.device,
+                    connection: connection.raw_fd(),
+                },
             },
-            DriveBackend::VhostUser { connection, .. } => Device::VhostUserDrive {
-                chardev: vhost_user_chardev_id(index),
-                device_id: names.device,
-                connection: connection.raw_fd(),
-            },
-        });
+        );
     }
     for (index, iface) in resources.net.iter().enumerate() {
         let socket = net_socket(inputs.runtime_dir, index);
-        push(Device::Net {
-            index,
-            socket: utf8(&socket, "netdev socket")?.to_string(),
-            mac: iface.config.guest_mac.map(|mac| mac.to_string()),
-            mtu: iface.config.mtu,
-        });
+        push(
+            &device_key(DeviceKind::NetworkInterface, &iface.config.iface_id),
+            Device::Net {
+                index,
+                socket: utf8(&socket, "netdev socket")?.to_string(),
+                mac: iface.config.guest_mac.map(|mac| mac.to_string()),
+                mtu: iface.config.mtu,
+            },
+        );
     }
     if let Some(balloon) = &resources.balloon {
-        push(Device::Balloon {
-            deflate_on_oom: balloon.deflate_on_oom,
-            free_page_reporting: balloon.free_page_reporting,
-            free_page_hinting: balloon.free_page_hinting,
-        });
+        push(
+            BALLOON_KEY,
+            Device::Balloon {
+                deflate_on_oom: balloon.deflate_on_oom,
+                free_page_reporting: balloon.free_page_reporting,
+                free_page_hinting: balloon.free_page_hinting,
+            },
+        );
     }
     if let Some(entropy) = &resources.entropy {
         let quota = entropy
@@ -552,13 +656,16 @@ fn devices(
             .rate_limiter
             .and_then(|limiter| limiter.bandwidth)
             .map(|bucket| (bucket.size, bucket.refill_time));
-        push(Device::Rng { quota });
+        push(ENTROPY_KEY, Device::Rng { quota });
     }
     if resources.vsock.is_some() {
         let socket = vsock_socket(inputs.runtime_dir);
-        push(Device::Vsock {
-            socket: utf8(&socket, "vsock socket")?.to_string(),
-        });
+        push(
+            VSOCK_KEY,
+            Device::Vsock {
+                socket: utf8(&socket, "vsock socket")?.to_string(),
+            },
+        );
     }
     for (index, pmem) in resources.pmem.iter().enumerate() {
         let size = inputs.pmem_sizes.get(index).copied().unwrap_or(0);
@@ -568,19 +675,30 @@ fn devices(
                 size,
             });
         }
-        push(Device::Pmem {
-            index,
-            path: pmem.path_on_host.clone(),
-            size,
-            read_only: pmem.read_only,
-        });
+        let key = device_key(DeviceKind::Pmem, &pmem.id);
+        let memaddr = slot(&key).and_then(|s| s.memaddr);
+        push(
+            &key,
+            Device::Pmem {
+                index,
+                path: pmem.path_on_host.clone(),
+                size,
+                read_only: pmem.read_only,
+                memaddr,
+            },
+        );
     }
     if let Some(hotplug) = &resources.memory_hotplug {
-        push(Device::Mem {
-            total_mib: hotplug.total_size_mib,
-            block_mib: hotplug.block_size_mib,
-            requested_mib: resources.memory_requested_mib,
-        });
+        let memaddr = slot(MEMORY_KEY).and_then(|s| s.memaddr);
+        push(
+            MEMORY_KEY,
+            Device::Mem {
+                total_mib: hotplug.total_size_mib,
+                block_mib: hotplug.block_size_mib,
+                requested_mib: resources.memory_requested_mib,
+                memaddr,
+            },
+        );
     }
     Ok(out)
 }

@@ -15,8 +15,11 @@ use qapi::qmp::{self, Event, KeyValue, QKeyCode, QKeyCodeWrapper, RunState, Stat
 use qapi::{Command, Execute, ExecuteError};
 use tokio::io::WriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+
+/// `DEVICE_DELETED` events kept for a slow waiter (each unplug waits for one id).
+const DELETED_BACKLOG: usize = 64;
 
 /// How long one QMP command may take before squib gives up on it.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,13 +60,17 @@ pub struct QmpClient {
     shutdown: watch::Receiver<Option<ShutdownEvent>>,
     memory_tx: Arc<watch::Sender<u64>>,
     memory_size: watch::Receiver<u64>,
+    /// The ids of devices QEMU has removed (`DEVICE_DELETED`).
+    deleted: broadcast::Sender<String>,
     timeout: Duration,
 }
 
 impl QmpClient {
     /// Connects to `path`, negotiates capabilities and starts consuming events.
     pub async fn connect(path: &Path) -> Result<Self, QmpError> {
-        let stream = QmpStreamTokio::open_uds(path)
+        let socket = UnixStream::connect(path).await.map_err(QmpError::Connect)?;
+        let (from_qemu, to_qemu) = tokio::io::split(socket);
+        let stream = QmpStreamTokio::open_split(known_messages_only(from_qemu), to_qemu)
             .await
             .map_err(QmpError::Connect)?
             .negotiate()
@@ -76,6 +83,8 @@ impl QmpClient {
         let (memory_tx, memory_size) = watch::channel(0u64);
         let memory_tx = Arc::new(memory_tx);
         let memory_events = memory_tx.clone();
+        let (deleted, _) = broadcast::channel(DELETED_BACKLOG);
+        let deleted_events = deleted.clone();
         let events = tokio::spawn(async move {
             while let Some(item) = events.next().await {
                 match item {
@@ -97,6 +106,13 @@ impl QmpClient {
                         );
                         memory_events.send_replace(data.size);
                     }
+                    Ok(Event::DEVICE_DELETED { data, .. }) => {
+                        tracing::debug!(device = ?data.device, path = %data.path, "QEMU removed a device");
+                        if let Some(id) = data.device {
+                            // Nobody waiting for it is fine.
+                            let _ = deleted_events.send(id);
+                        }
+                    }
                     Ok(event) => tracing::debug!(?event, "QMP event"),
                     Err(err) => {
                         if err.kind() != io::ErrorKind::UnexpectedEof {
@@ -115,6 +131,7 @@ impl QmpClient {
             shutdown,
             memory_tx,
             memory_size,
+            deleted,
             timeout: DEFAULT_COMMAND_TIMEOUT,
         })
     }
@@ -123,6 +140,12 @@ impl QmpClient {
     /// runs at most one), seeded by [`QmpClient::seed_memory_size`].
     pub fn memory_size_events(&self) -> watch::Receiver<u64> {
         self.memory_size.clone()
+    }
+
+    /// Ids of devices QEMU removes from now on (`DEVICE_DELETED`); subscribe before asking
+    /// for a removal. The stream ends when the QMP connection does.
+    pub fn deleted_devices(&self) -> broadcast::Receiver<String> {
+        self.deleted.subscribe()
     }
 
     /// Records a size read from the device (events only report changes).
@@ -217,6 +240,71 @@ json_command!(Balloon, "balloon");
 json_command!(QueryBalloon, "query-balloon");
 json_command!(QomGet, "qom-get");
 json_command!(QomSet, "qom-set");
+json_command!(DeviceAdd, "device_add");
+json_command!(DeviceDel, "device_del");
+json_command!(ChardevAdd, "chardev-add");
+json_command!(ChardevRemove, "chardev-remove");
+json_command!(NetdevAdd, "netdev_add");
+json_command!(NetdevDel, "netdev_del");
+json_command!(ObjectAdd, "object-add");
+json_command!(ObjectDel, "object-del");
+
+/// Hot-plug commands (arguments as QMP's JSON).
+impl QmpClient {
+    /// `device_add` with the device's properties (`driver`, `id`, `bus`…).
+    pub async fn device_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
+        self.execute(DeviceAdd(properties)).await.map(drop)
+    }
+
+    /// Asks the guest to release the device; QEMU reports `DEVICE_DELETED` once it has.
+    pub async fn device_del(&self, id: &str) -> Result<(), QmpError> {
+        self.execute(DeviceDel(serde_json::json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
+    /// A socket chardev that connects to the Unix socket `path`.
+    pub async fn chardev_add_unix_client(&self, id: &str, path: &str) -> Result<(), QmpError> {
+        self.execute(ChardevAdd(serde_json::json!({
+            "id": id,
+            "backend": {
+                "type": "socket",
+                "data": {
+                    "addr": { "type": "unix", "data": { "path": path } },
+                    "server": false,
+                },
+            },
+        })))
+        .await
+        .map(drop)
+    }
+
+    pub async fn chardev_remove(&self, id: &str) -> Result<(), QmpError> {
+        self.execute(ChardevRemove(serde_json::json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
+    pub async fn netdev_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
+        self.execute(NetdevAdd(properties)).await.map(drop)
+    }
+
+    pub async fn netdev_del(&self, id: &str) -> Result<(), QmpError> {
+        self.execute(NetdevDel(serde_json::json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
+    pub async fn object_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
+        self.execute(ObjectAdd(properties)).await.map(drop)
+    }
+
+    pub async fn object_del(&self, id: &str) -> Result<(), QmpError> {
+        self.execute(ObjectDel(serde_json::json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+}
 
 /// Block and balloon commands (arguments as QMP's JSON).
 impl QmpClient {
@@ -284,6 +372,49 @@ impl QmpClient {
         ))
         .await
         .map(drop)
+    }
+}
+
+/// The longest QMP line squib reads (replies such as `query-blockstats` stay far below).
+const MAX_LINE: u64 = 16 << 20;
+
+/// QEMU's side of the connection without the events the `qapi` schema does not know: newer
+/// QEMUs add events (10.0's `NETDEV_VHOST_USER_CONNECTED` on a hot-plugged vhost-user
+/// netdev), and a line the decoder cannot read would end the whole stream.
+fn known_messages_only(
+    mut from_qemu: tokio::io::ReadHalf<UnixStream>,
+) -> tokio::io::ReadHalf<tokio::io::DuplexStream> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (ours, mut theirs) = tokio::io::duplex(64 << 10);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new((&mut from_qemu).take(MAX_LINE));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            lines.get_mut().set_limit(MAX_LINE);
+            match lines.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if unknown_event(&line) {
+                tracing::debug!(line = %String::from_utf8_lossy(&line).trim_end(), "QMP event squib does not know");
+                continue;
+            }
+            if theirs.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::io::split(ours).0
+}
+
+/// True for an event line the `qapi` schema cannot decode.
+fn unknown_event(line: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(value) if value.get("event").is_some() => {
+            serde_json::from_value::<qapi::qmp::QmpMessageAny>(value).is_err()
+        }
+        _ => false,
     }
 }
 
@@ -373,5 +504,20 @@ impl QmpClient {
     /// `query-migrate`, as QMP's JSON (`status`, and `error-desc` when it failed).
     pub async fn query_migrate(&self) -> Result<serde_json::Value, QmpError> {
         self.execute(QueryMigrate(serde_json::json!({}))).await
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::unknown_event;
+
+    #[test]
+    fn only_events_the_schema_cannot_read_are_dropped() {
+        let unknown = br#"{"event": "NETDEV_VHOST_USER_CONNECTED", "data": {"netdev-id": "n", "chardev-id": "c"}, "timestamp": {"seconds": 1, "microseconds": 2}}"#;
+        assert!(unknown_event(unknown));
+        let known = br#"{"event": "DEVICE_DELETED", "data": {"device": "hp3-blk", "path": "/machine/peripheral/hp3-blk"}, "timestamp": {"seconds": 1, "microseconds": 2}}"#;
+        assert!(!unknown_event(known));
+        assert!(!unknown_event(br#"{"return": {}}"#));
+        assert!(!unknown_event(b"not json"));
     }
 }

@@ -312,6 +312,14 @@ pub enum VmmActionError {
     VsockConfig(#[from] VsockConfigError),
     #[error("PCI is not enabled")]
     PciNotEnabled,
+    #[error("Device ID in use")]
+    DeviceIdInUse,
+    #[error("Device not found")]
+    DeviceNotFound,
+    #[error("Cannot unplug root device")]
+    CannotUnplugRootDevice,
+    #[error("PCI manager error: {0}")]
+    PciManager(EngineError),
     #[error("{0} is not supported by squib yet.")]
     NotSupportedBySquib(&'static str),
     #[error("The requested operation is not supported before starting the microVM.")]

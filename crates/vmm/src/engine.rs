@@ -4,9 +4,13 @@ use std::future::Future;
 
 use tokio::sync::oneshot;
 
+use crate::action::DeviceKind;
 use crate::resources::VmResources;
 use crate::resources::balloon::BalloonStats;
 use crate::resources::drive::Drive;
+use crate::resources::net::NetworkInterface;
+use crate::resources::pci::PciLayout;
+use crate::resources::pmem::PmemConfig;
 use crate::resources::rate_limiter::RateLimiterConfig;
 
 /// An engine failure. The engine picks the variant and gives its own details; the texts
@@ -86,6 +90,20 @@ pub struct RestoreSource<'a> {
     pub memory_file: &'a std::path::Path,
 }
 
+/// What the engine reports when a PCI machine has no free root port left; after `PCI manager
+/// error: `, upstream's text for a full bus.
+pub const NO_FREE_PCI_SLOT: &str =
+    "PCI root error: Could not find an available device slot on the PCI bus.";
+
+/// A device to plug into a running PCI guest, already validated (files and TAP open).
+#[derive(Clone, Copy, Debug)]
+pub enum HotplugDevice<'a> {
+    Drive(&'a Drive),
+    Net(&'a NetworkInterface),
+    /// With its backing file's size, checked by the VMM.
+    Pmem(&'a PmemConfig, u64),
+}
+
 /// Controls one running guest.
 pub trait RunningVm: Send + 'static {
     fn pause(&mut self) -> impl Future<Output = Result<(), EngineError>> + Send;
@@ -151,6 +169,28 @@ pub trait RunningVm: Send + 'static {
     /// The hot-pluggable memory the guest has plugged, in bytes, as it changes; `None`
     /// without a memory hot-plug device.
     fn plugged_memory_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Plugs a device into a free root port of the running PCI guest; the guest sees it
+    /// without a rescan. Errors: [`NO_FREE_PCI_SLOT`], or the engine's own.
+    fn hotplug(
+        &mut self,
+        _device: HotplugDevice<'_>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported("hot-plug devices")) }
+    }
+    /// Asks the guest to release a device plugged into a root port (at boot or later) and
+    /// returns at once: the engine frees its port and its host side once the guest has let
+    /// it go, without holding up the caller.
+    fn unplug(
+        &mut self,
+        _kind: DeviceKind,
+        _id: &str,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async { Err(EngineError::Unsupported("unplug devices")) }
+    }
+    /// Which root port each device holds, on a PCI machine.
+    fn pci_layout(&self) -> Option<PciLayout> {
         None
     }
     /// Hands the registry the counters the engine keeps live (network relays, MMDS), read

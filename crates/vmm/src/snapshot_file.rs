@@ -83,6 +83,10 @@ pub struct StateHeader {
     /// The size the guest was asked to plug into its virtio-mem device.
     #[serde(default)]
     pub memory_requested_mib: u32,
+    /// Root port (and address, for memory devices) of every device of a PCI machine,
+    /// hot-plugged ones included: the restore rebuilds the same machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_layout: Option<crate::resources::pci::PciLayout>,
 }
 
 impl StateHeader {
@@ -91,6 +95,7 @@ impl StateHeader {
             config: resources.vm_config(),
             pci_enabled: resources.pci_enabled,
             memory_requested_mib: resources.memory_requested_mib,
+            pci_layout: resources.pci_layout.clone(),
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::state::{VmState, VmView};
 use crate::tap::{TapOpener, host_tap_opener};
 use squib_metrics::{DeviceClass, LineHeader, MetricsRegistry};
 
+mod hotplug;
 mod snapshot;
 
 /// Depth of the action queue; senders wait when it is full.
@@ -253,14 +254,9 @@ impl<E: Engine> Vmm<E> {
             {
                 Err(VmmActionError::PciNotEnabled)
             }
-            InsertBlockDevice(_)
-            | InsertNetworkDevice(_)
-            | InsertPmemDevice(_)
-            | RemoveDevice(..)
-                if booted =>
-            {
-                Err(VmmActionError::NotSupportedBySquib("Device hot-plug"))
-            }
+            InsertBlockDevice(cfg) if booted => self.hotplug_drive(cfg).await,
+            InsertNetworkDevice(cfg) if booted => self.hotplug_net(cfg).await,
+            InsertPmemDevice(cfg) if booted => self.hotplug_pmem(cfg).await,
             InsertBlockDevice(cfg) => {
                 self.resources.insert_drive(cfg)?;
                 Ok(VmmData::Empty)
@@ -305,7 +301,8 @@ impl<E: Engine> Vmm<E> {
                     .update_rate_limiter(&update.id, update.rate_limiter)?;
                 Ok(VmmData::Empty)
             }
-            RemoveDevice(..) => Err(VmmActionError::OperationNotSupportedPreBoot),
+            // Pre-boot it never gets here (post-boot only).
+            RemoveDevice(kind, id) => self.unplug(kind, id).await,
             SetVsockDevice(cfg) => {
                 let vsock = Vsock::bind(cfg, self.resources.vsock.as_ref())?;
                 self.resources.vsock = Some(vsock);
@@ -560,16 +557,25 @@ impl<E: Engine> Vmm<E> {
     /// counters, the balloon statistics timer, and a `block_⟨id⟩` (`vhost_user_block_⟨id⟩`) metrics
     /// section per drive.
     fn adopt_vm(&mut self, vm: E::Vm, exit: ExitWatch, state: VmState) {
-        self.metrics.clear_devices(DeviceClass::Net);
-        vm.register_metrics(&self.metrics);
         self.plugged_memory = vm.plugged_memory_watch();
         if let Some(watch) = self.plugged_memory.as_mut() {
             self.memory_plugged_bytes = *watch.borrow_and_update();
         }
+        self.resources.pci_layout = vm.pci_layout();
         self.vm = Some(vm);
         self.exit = Some(exit);
         self.state = state;
         self.arm_stats_timer();
+        self.register_device_metrics();
+    }
+
+    /// A metrics section per device the guest has: the engine's live counters, and a
+    /// `block_⟨id⟩` (`vhost_user_block_⟨id⟩`) section per drive.
+    fn register_device_metrics(&self) {
+        self.metrics.clear_devices(DeviceClass::Net);
+        if let Some(vm) = self.vm.as_ref() {
+            vm.register_metrics(&self.metrics);
+        }
         self.metrics.clear_devices(DeviceClass::Block);
         self.metrics.clear_devices(DeviceClass::VhostUserBlock);
         for drive in self.resources.drives.iter() {

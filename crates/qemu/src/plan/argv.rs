@@ -266,6 +266,7 @@ fn push_device(args: &mut Argv, machine: Machine, placed: &PlacedDevice) {
             path,
             size,
             read_only,
+            memaddr,
         } => {
             args.push(&[
                 "-object",
@@ -277,13 +278,17 @@ fn push_device(args: &mut Argv, machine: Machine, placed: &PlacedDevice) {
             ]);
             (
                 VirtioKind::Pmem,
-                format!("id=pmem{index},memdev=pmem_mem{index}"),
+                format!(
+                    "id=pmem{index},memdev=pmem_mem{index}{}",
+                    memaddr_prop(*memaddr)
+                ),
             )
         }
         Device::Mem {
             total_mib,
             block_mib,
             requested_mib,
+            memaddr,
         } => {
             args.push(&[
                 "-object",
@@ -292,10 +297,18 @@ fn push_device(args: &mut Argv, machine: Machine, placed: &PlacedDevice) {
             (
                 VirtioKind::Mem,
                 format!(
-                    "id={MEMORY_HOTPLUG_ID},memdev={MEMORY_HOTPLUG_ID}_ram,block-size={block_mib}M,requested-size={requested_mib}M"
+                    "id={MEMORY_HOTPLUG_ID},memdev={MEMORY_HOTPLUG_ID}_ram,block-size={block_mib}M,requested-size={requested_mib}M{}",
+                    memaddr_prop(*memaddr)
                 ),
             )
         }
     };
     args.push(&["-device", &machine.device(kind, port, &props)]);
+}
+
+/// `,memaddr=…` for a memory device a restore puts back where it was.
+fn memaddr_prop(memaddr: Option<u64>) -> String {
+    memaddr
+        .map(|addr| format!(",memaddr={addr}"))
+        .unwrap_or_default()
 }

@@ -297,6 +297,12 @@ impl Drives {
         self.list.iter().find(|d| d.id == id)
     }
 
+    /// Takes the drive with this id out (hot-unplug).
+    pub fn remove(&mut self, id: &str) -> Option<Drive> {
+        let at = self.list.iter().position(|d| d.id == id)?;
+        Some(self.list.remove(at))
+    }
+
     pub fn root(&self) -> Option<&Drive> {
         self.list.first().filter(|d| d.is_root_device)
     }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mmds;
 pub mod net;
 mod path_string;
+pub mod pci;
 pub mod pmem;
 pub mod rate_limiter;
 pub mod serial;
@@ -65,6 +66,9 @@ pub struct VmResources {
     pub memory_requested_mib: u32,
     /// `--enable-pci`: virtio devices on PCI, and hot-plug after boot.
     pub pci_enabled: bool,
+    /// The root port of every device of a running (or snapshotted) PCI machine, as the engine
+    /// laid them out at boot and hot-plug changed them since; `None` before boot.
+    pub pci_layout: Option<crate::resources::pci::PciLayout>,
 }
 
 impl Default for VmResources {
@@ -86,6 +90,7 @@ impl Default for VmResources {
             memory_hotplug: None,
             memory_requested_mib: 0,
             pci_enabled: false,
+            pci_layout: None,
         }
     }
 }

@@ -184,6 +184,12 @@ impl NetworkInterfaces {
         self.list.iter().find(|n| n.config.iface_id == id)
     }
 
+    /// Takes the interface with this id out (hot-unplug); its TAP closes with the last handle.
+    pub fn remove(&mut self, id: &str) -> Option<NetworkInterface> {
+        let at = self.list.iter().position(|n| n.config.iface_id == id)?;
+        Some(self.list.remove(at))
+    }
+
     pub fn get_mut(&mut self, id: &str) -> Option<&mut NetworkInterface> {
         self.list.iter_mut().find(|n| n.config.iface_id == id)
     }

@@ -36,6 +36,41 @@ pub enum PmemConfigError {
         "Unable to patch the pmem device: Failed perform action on device: Device not found Please verify the request arguments."
     )]
     DeviceNotFound,
+    /// A hot-plugged device's file cannot be opened (upstream opens it at the PUT).
+    #[error("Unable to create the virtio-pmem device: Error accessing backing file: {0}")]
+    BackingFile(String),
+    #[error("Unable to create the virtio-pmem device: Error backing file size is 0")]
+    BackingFileEmpty,
+    /// QEMU maps pmem in 2 MiB units and would grow the file otherwise (docs/deviations.md).
+    #[error(
+        "Unable to create the virtio-pmem device: the backing file {path} is {size} bytes long: squib needs a size that is a multiple of 2 MiB"
+    )]
+    BackingFileSize { path: String, size: u64 },
+}
+
+/// virtio-pmem regions are mapped in 2 MiB units.
+pub const PMEM_ALIGN: u64 = 2 << 20;
+
+/// Opens a device's backing file the way the engine maps it (read-only when asked) and
+/// returns its size, refusing sizes the engine cannot map as they are.
+pub fn backing_file_size(cfg: &PmemConfig) -> Result<u64, PmemConfigError> {
+    let size = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!cfg.read_only)
+        .open(&cfg.path_on_host)
+        .and_then(|file| file.metadata())
+        .map(|meta| meta.len())
+        .map_err(|e| PmemConfigError::BackingFile(crate::os_error::OsError(e).to_string()))?;
+    if size == 0 {
+        return Err(PmemConfigError::BackingFileEmpty);
+    }
+    if !size.is_multiple_of(PMEM_ALIGN) {
+        return Err(PmemConfigError::BackingFileSize {
+            path: cfg.path_on_host.clone(),
+            size,
+        });
+    }
+    Ok(size)
 }
 
 /// The configured pmem devices, in insertion order.
@@ -78,6 +113,16 @@ impl PmemDevices {
             device.rate_limiter = limiter;
         }
         Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<&PmemConfig> {
+        self.list.iter().find(|p| p.id == id)
+    }
+
+    /// Takes the device with this id out (hot-unplug).
+    pub fn remove(&mut self, id: &str) -> Option<PmemConfig> {
+        let at = self.list.iter().position(|p| p.id == id)?;
+        Some(self.list.remove(at))
     }
 
     pub fn has_root(&self) -> bool {

@@ -285,6 +285,7 @@ impl<E: Engine> Vmm<E> {
             balloon: saved.balloon,
             entropy: saved.entropy,
             pci_enabled: state.resources.pci_enabled,
+            pci_layout: state.resources.pci_layout.clone(),
             memory_hotplug: saved.memory_hotplug,
             memory_requested_mib: state.resources.memory_requested_mib,
             pmem: {
