@@ -12,7 +12,8 @@ enum VmState {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+// Upstream's type name, which serde spells in its error texts.
+#[serde(rename = "Vm", deny_unknown_fields)]
 struct VmStateBody {
     state: VmState,
 }

@@ -80,15 +80,18 @@ fn open_regular(path: &str) -> std::io::Result<File> {
 }
 
 fn validate_cmdline(args: &str) -> Result<(), String> {
+    // Upstream builds the command line with a capacity of MAX_CMDLINE_LEN (room for the
+    // kernel's terminating NUL), which refuses a longer one as an invalid capacity before
+    // looking at its characters.
+    if args.len() >= MAX_CMDLINE_LEN {
+        return Err("Invalid cmdline capacity provided.".to_string());
+    }
+    // A NUL is accepted as upstream accepts it (the launch plan cuts QEMU's -append there).
     if args
         .chars()
-        .any(|c| !c.is_ascii() || c == '\0' || (c.is_ascii_control() && c != '\t'))
+        .any(|c| !c.is_ascii() || (c.is_ascii_control() && c != '\t' && c != '\0'))
     {
         return Err("String contains an invalid character".to_string());
-    }
-    // The kernel needs room for the terminating NUL.
-    if args.len() >= MAX_CMDLINE_LEN {
-        return Err("Command line string is too large".to_string());
     }
     Ok(())
 }
@@ -96,6 +99,19 @@ fn validate_cmdline(args: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cmdline_rules_in_upstreams_order() {
+        assert_eq!(validate_cmdline("a\0b"), Ok(()));
+        assert_eq!(
+            validate_cmdline(&"\u{1}".repeat(MAX_CMDLINE_LEN)),
+            Err("Invalid cmdline capacity provided.".to_string())
+        );
+        assert_eq!(
+            validate_cmdline("a\u{1}b"),
+            Err("String contains an invalid character".to_string())
+        );
+    }
 
     #[test]
     fn missing_kernel_reports_os_error() {

@@ -17,7 +17,8 @@ pub enum MmdsVersion {
 /// Body of `PUT /mmds/config`. `version` stays optional here because omitting it is itself
 /// deprecated (docs/api-contract.md §3.6).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Upstream's type name, which serde spells in its error texts.
+#[serde(rename = "MmdsConfig", deny_unknown_fields)]
 pub struct MmdsConfigRequest {
     /// Absent is `None`; `null` is refused, as upstream (whose field is not an `Option`).
     #[serde(default, deserialize_with = "present_version")]

@@ -19,7 +19,8 @@ pub struct PmemConfig {
 
 /// Body of `PATCH /pmem/{id}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Upstream's type name, which serde spells in its error texts.
+#[serde(rename = "PmemDeviceUpdateConfig", deny_unknown_fields)]
 pub struct PmemUpdateConfig {
     pub id: String,
     pub rate_limiter: Option<RateLimiterConfig>,
