@@ -102,11 +102,10 @@ if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^parti
   apt_get update
 fi
 
-# QEMU 7.2 from bookworm cannot sit beside a QEMU 10 from bookworm-backports that the machine
-# already has (qemu-utils 10 breaks qemu-system-common << 8.0, so apt would remove it). Then
-# the QEMU of bookworm-backports is the one that fits: its source is derived from the machine's
-# own Debian entry (same URIs and keys, only the suite swapped), and its packages are pinned
-# by `-t`, so nothing else on the machine moves to backports.
+# bookworm-backports' source is derived from the machine's own Debian entry (same URIs and keys,
+# only the suite swapped), and its packages are pinned by `-t`, so nothing else on the machine
+# moves to backports. (QEMU 7.2 from bookworm also cannot sit beside a QEMU 10 the machine may
+# already have: qemu-utils 10 breaks qemu-system-common << 8.0.)
 BACKPORTS_SOURCES=/etc/apt/sources.list.d/squib-bookworm-backports.sources
 add_backports_source() {
   [ -f "$BACKPORTS_SOURCES" ] && return 0
@@ -157,12 +156,13 @@ done
 if [ "${#others[@]}" -ne 0 ]; then
   install_checked -- "${others[@]}" || { report_harm "${others[@]}"; exit 1; }
 fi
+# The system QEMU squib is tested with is bookworm-backports' QEMU 10 (post-boot PCI hot-plug
+# needs it: QEMU 7.2 crashes on it); scripts/test.sh runs the boot, snapshot and device tests
+# against bookworm's 7.2 as well. Without a backports source, bookworm's 7.2 is installed.
 if [ "${#qemu[@]}" -ne 0 ]; then
-  if ! install_checked -- "${qemu[@]}" 2>/dev/null; then
-    echo "install-deps: bookworm's QEMU would remove or downgrade a package of this machine;" \
-      "trying bookworm-backports' QEMU"
-    add_backports_source
-    install_checked -t bookworm-backports -- "${qemu[@]}" || { report_harm "${qemu[@]}"; exit 1; }
+  if ! { add_backports_source && install_checked -t bookworm-backports -- "${qemu[@]}"; }; then
+    echo "install-deps: no QEMU from bookworm-backports; trying bookworm's QEMU"
+    install_checked -- "${qemu[@]}" || { report_harm "${qemu[@]}"; exit 1; }
   fi
 fi
 echo "install-deps: done"
