@@ -6,6 +6,9 @@
 //! than the whole bucket is let through once and then blocks the limiter for as long as the
 //! excess takes to refill. Where upstream polls with a 100 ms timer after a refusal, this limiter
 //! tells the caller exactly when enough tokens will be there; the resulting rate is the same.
+//! As upstream's, a bucket refills only when a request finds its budget short, counting from the
+//! last refill: the time a full bucket spends idle (less than one refill period) is credited when
+//! it first runs dry, so a burst after a pause may pass up to twice the bucket's size.
 //!
 //! Every method that looks at time has an `_at` form taking the current [`Instant`], so tests
 //! drive a fake clock without sleeping.
@@ -434,6 +437,29 @@ mod tests {
         assert_eq!(rl.consume_at(100, t0 + ms(10_000)), Ok(()));
         assert_eq!(rl.bandwidth().unwrap().one_time_burst(), 0);
         assert!(rl.consume_at(1, t0 + ms(10_000)).is_err());
+    }
+
+    #[test]
+    fn a_full_bucket_keeps_its_idle_refill_time_until_it_runs_dry_as_upstream() {
+        let t0 = Instant::now();
+        // 1000 bytes per 100 ms, idle and full for 60 ms.
+        let mut rl = RateLimiter::new_at(
+            LimiterConfig {
+                bandwidth: bucket(1000, 0, 100),
+                ops: None,
+            },
+            t0,
+        );
+        let t = t0 + ms(60);
+        assert_eq!(rl.consume_at(1000, t), Ok(()));
+        // Upstream only refills when a request finds the budget short, counting from the last
+        // refill: the 600 tokens of the idle 60 ms are granted on top of the full bucket.
+        assert_eq!(rl.consume_at(600, t), Ok(()));
+        assert!(rl.consume_at(1, t).is_err());
+        // Idle for a whole refill period or more, the bucket is simply full.
+        let t = t + ms(100);
+        assert_eq!(rl.consume_at(1000, t), Ok(()));
+        assert!(rl.consume_at(1, t).is_err());
     }
 
     #[test]
