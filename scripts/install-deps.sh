@@ -156,9 +156,9 @@ done
 if [ "${#others[@]}" -ne 0 ]; then
   install_checked -- "${others[@]}" || { report_harm "${others[@]}"; exit 1; }
 fi
-# The system QEMU squib is tested with is bookworm-backports' QEMU 10 (post-boot PCI hot-plug
-# needs it: QEMU 7.2 crashes on it); scripts/test.sh runs the boot, snapshot and device tests
-# against bookworm's 7.2 as well. Without a backports source, bookworm's 7.2 is installed.
+# The system QEMU squib is tested with is bookworm-backports' QEMU 10; scripts/test.sh runs the
+# boot, snapshot, device, PCI and hot-plug tests against bookworm's 7.2 as well. Without a
+# backports source, bookworm's 7.2 is installed.
 if [ "${#qemu[@]}" -ne 0 ]; then
   if ! { add_backports_source && install_checked -t bookworm-backports -- "${qemu[@]}"; }; then
     echo "install-deps: no QEMU from bookworm-backports; trying bookworm's QEMU"

@@ -2,7 +2,7 @@
 # squib's test command (README, .ci/run): installs what is missing (QEMU and friends, the test
 # guest), then runs the whole suite: the benchmark harness in quick mode, the Python clients
 # from PyPI, and last the Rust suite (unit tests, API conformance over a real Unix socket,
-# end-to-end tests that boot real guests under QEMU), then the boot/snapshot/device e2e tests
+# end-to-end tests that boot real guests under QEMU), then the boot/snapshot/device/PCI e2e tests
 # once more against the other QEMU (7.2 or 10) in a private prefix.
 # Every part runs even when an earlier one failed; the script fails if any did.
 set -euo pipefail
@@ -31,7 +31,8 @@ else
   cargo test --workspace --no-fail-fast "$@" || cargo_status=$?
 fi
 
-# The boot, snapshot and device end-to-end tests again against the other QEMU users have:
+# The boot, snapshot, device, PCI and hot-plug end-to-end tests again against the other QEMU
+# users have:
 # Debian 12's QEMU 7.2 when the system's is the QEMU 10 of bookworm-backports (which
 # install-deps picks when the machine already has QEMU 10 packages), else that QEMU 10.
 # It is extracted into a private prefix beside the build, never installed over the system's
@@ -46,10 +47,12 @@ if SECOND_QEMU="$(bash scripts/private-qemu.sh "$SECOND_SUITE" "$SECOND_DIR")"; 
   if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast --test-threads "$RUST_TEST_THREADS" \
       -E 'package(squib-qemu) | binary_id(squib::e2e_boot) | binary_id(squib::e2e_snapshot)
-        | binary_id(squib::e2e_devices)' || second_status=$?
+        | binary_id(squib::e2e_devices) | binary_id(squib::e2e_pci)
+        | binary_id(squib::e2e_hotplug)' || second_status=$?
   else
     { cargo test --no-fail-fast -p squib-qemu &&
-      cargo test --no-fail-fast -p squib --test e2e_boot --test e2e_snapshot --test e2e_devices; } ||
+      cargo test --no-fail-fast -p squib --test e2e_boot --test e2e_snapshot --test e2e_devices \
+        --test e2e_pci --test e2e_hotplug; } ||
       second_status=$?
   fi
   unset SQUIB_QEMU

@@ -83,6 +83,14 @@ impl Capabilities {
         self.ram_file_properties.contains("rom")
     }
 
+    /// QEMU 7.2 dies (SIGSEGV in `vhost_net_start` → `msix_set_vector_notifiers`) as soon as
+    /// a guest starts a vhost-user `virtio-net-pci` card that uses MSI-X, cold- or hot-plugged
+    /// (seen under TCG; QEMU 10 is fine). Such a card gets no MSI-X vectors there and
+    /// interrupts the guest over INTx instead. An unknown QEMU is treated as the oldest.
+    pub fn vhost_user_net_pci_needs_intx(&self) -> bool {
+        self.version.is_none_or(|v| v.major < 8)
+    }
+
     /// Refuses a plan that needs a machine or device type this QEMU lacks.
     pub(crate) fn check(&self, plan: &LaunchPlan) -> Result<(), Missing> {
         if !self.known {

@@ -506,6 +506,7 @@ impl QemuEngine {
                 resources,
                 runtime_dir.path(),
                 io_uring_usable(),
+                caps.vhost_user_net_pci_needs_intx(),
             )
         });
         if let Some(pci) = &pci {

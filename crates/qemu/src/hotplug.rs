@@ -50,6 +50,8 @@ pub struct PciHotplug {
     names: HashMap<String, Plugged>,
     runtime_dir: PathBuf,
     io_uring: bool,
+    /// Cards get no MSI-X (see [`crate::caps::Capabilities::vhost_user_net_pci_needs_intx`]).
+    net_intx: bool,
 }
 
 fn qmp_error(err: QmpError) -> EngineError {
@@ -113,12 +115,14 @@ impl PciHotplug {
         resources: &VmResources,
         runtime_dir: &Path,
         io_uring: bool,
+        net_intx: bool,
     ) -> Self {
         Self {
             layout: Arc::new(Mutex::new(layout)),
             names: cold_names(resources),
             runtime_dir: runtime_dir.to_path_buf(),
             io_uring,
+            net_intx,
         }
     }
 
@@ -276,6 +280,9 @@ impl PciHotplug {
         }
         if let Some(mtu) = iface.config.mtu {
             props["host_mtu"] = json!(mtu);
+        }
+        if self.net_intx {
+            props["vectors"] = json!(0);
         }
         let plugged = Plugged {
             device: device.clone(),
@@ -500,6 +507,7 @@ mod tests {
             &VmResources::default(),
             Path::new("/nonexistent"),
             true,
+            false,
         );
         assert_eq!(
             hotplug.reserve("drive/b").unwrap_err().to_string(),

@@ -264,6 +264,9 @@ pub(crate) enum Device {
         socket: String,
         mac: Option<String>,
         mtu: Option<u16>,
+        /// No MSI-X on the PCI machine (see
+        /// [`Capabilities::vhost_user_net_pci_needs_intx`]).
+        intx: bool,
     },
     Balloon {
         deflate_on_oom: bool,
@@ -637,6 +640,7 @@ fn devices(
                 socket: utf8(&socket, "netdev socket")?.to_string(),
                 mac: iface.config.guest_mac.map(|mac| mac.to_string()),
                 mtu: iface.config.mtu,
+                intx: inputs.caps.vhost_user_net_pci_needs_intx(),
             },
         );
     }

@@ -210,6 +210,7 @@ fn push_device(args: &mut Argv, machine: Machine, placed: &PlacedDevice) {
             socket,
             mac,
             mtu,
+            intx,
         } => {
             let id = netdev_id(*index);
             args.push(&[
@@ -224,6 +225,9 @@ fn push_device(args: &mut Argv, machine: Machine, placed: &PlacedDevice) {
             }
             if let Some(mtu) = mtu {
                 device.push_str(&format!(",host_mtu={mtu}"));
+            }
+            if *intx && machine.is_pci() {
+                device.push_str(",vectors=0");
             }
             (VirtioKind::Net, device)
         }

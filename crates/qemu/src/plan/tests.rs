@@ -749,6 +749,51 @@ fn network_interfaces_get_a_vhost_user_netdev_and_a_virtio_net_device() {
 }
 
 #[test]
+fn a_pci_card_has_no_msi_x_on_qemu_7() {
+    let mut res = resources(vec![file_drive("root", true, "/r", false)]);
+    let open: squib_vmm::tap::TapOpener =
+        std::sync::Arc::new(|name: &str| Ok(squib_vmm::tap::TapHandle::detached(name)));
+    res.net
+        .insert(
+            serde_json::from_str(r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#).unwrap(),
+            &open,
+        )
+        .unwrap();
+    let nic = |res: &VmResources, major: Option<u32>| {
+        let caps = Capabilities {
+            version: major.map(|major| crate::caps::QemuVersion {
+                major,
+                minor: 2,
+                micro: 0,
+            }),
+            ..Capabilities::default()
+        };
+        let spec = spec();
+        let argv = render(&LaunchPlan::new(res, &inputs(&spec, &caps)).unwrap());
+        values(&argv, "-device")
+            .into_iter()
+            .find(|d| d.starts_with("virtio-net"))
+            .unwrap()
+            .to_string()
+    };
+    // microvm's virtio-mmio has no MSI-X to turn off.
+    assert_eq!(nic(&res, Some(7)), "virtio-net-device,netdev=net0,id=nic0");
+    res.pci_enabled = true;
+    assert_eq!(
+        nic(&res, Some(7)),
+        "virtio-net-pci,bus=rp1,netdev=net0,id=nic0,vectors=0,romfile="
+    );
+    assert_eq!(
+        nic(&res, None),
+        "virtio-net-pci,bus=rp1,netdev=net0,id=nic0,vectors=0,romfile="
+    );
+    assert_eq!(
+        nic(&res, Some(10)),
+        "virtio-net-pci,bus=rp1,netdev=net0,id=nic0,romfile="
+    );
+}
+
+#[test]
 fn io_engine_async_is_io_uring() {
     let mut d = file_drive("data", false, "/d", false);
     assert_eq!(Aio::of(&d), Aio::Threads);
