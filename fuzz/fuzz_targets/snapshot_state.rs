@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use squib_vmm::snapshot_file::{crc64, decode};
+use squib_snapshot::crc64;
+use squib_vmm::snapshot_file::decode;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {

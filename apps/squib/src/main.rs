@@ -45,15 +45,13 @@ fn main() -> ExitCode {
         // squib's state files are squib's own format (not Firecracker's): the version
         // printed is squib's format version.
         Ok(Invocation::SnapshotVersion) => {
-            println!("v{}", squib_vmm::snapshot_file::SNAPSHOT_VERSION);
+            println!("v{}", squib_snapshot::SNAPSHOT_VERSION);
             return ExitCode::SUCCESS;
         }
         Ok(Invocation::DescribeSnapshot(path)) => {
-            let described = squib_vmm::snapshot_file::read_state_file(&path)
+            let described = squib_snapshot::read_state_file(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    squib_vmm::snapshot_file::describe(&bytes).map_err(|e| e.to_string())
-                });
+                .and_then(|bytes| squib_snapshot::describe(&bytes).map_err(|e| e.to_string()));
             return match described {
                 Ok(version) => {
                     println!("v{version}");

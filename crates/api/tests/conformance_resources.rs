@@ -588,7 +588,7 @@ async fn corrupt_snapshot_state_files_fail_the_load_fatally() {
     let mut bad_magic = good.clone();
     bad_magic[..8].copy_from_slice(&7u64.to_le_bytes());
     let body = bad_magic.len() - 8;
-    let crc = squib_vmm::snapshot_file::crc64(&bad_magic[..body]);
+    let crc = squib_snapshot::crc64(&bad_magic[..body]);
     bad_magic[body..].copy_from_slice(&crc.to_le_bytes());
     let mut bad_crc = good.clone();
     bad_crc[20] ^= 1;

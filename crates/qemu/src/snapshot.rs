@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use squib_vmm::snapshot_file::{copy_sparse, file_len};
+use squib_snapshot::{copy_sparse, file_len};
 use squib_vmm::{EngineError, VmResources};
 use tokio::time::Instant;
 

@@ -252,7 +252,7 @@ pub enum LoadSnapshotError {
     #[error(
         "Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: {0}"
     )]
-    LoadStateFile(crate::snapshot_file::SnapshotFormatError),
+    LoadStateFile(squib_snapshot::SnapshotFormatError),
     #[error("Failed to restore from snapshot: Failed to get snapshot state from file: {0}")]
     SnapshotState(String),
     #[error(

@@ -4,7 +4,7 @@
 //! and the guest memory into a temporary file next to `mem_file_path` (each taking the mode
 //! and owner of the file it replaces); squib then writes its state file
 //! ([`crate::snapshot_file`]) to a temporary file, and the pair is committed together
-//! ([`snapshot_file::commit_pair`]): a failure leaves the previous pair as it was. A user
+//! ([`squib_snapshot::commit_pair`]): a failure leaves the previous pair as it was. A user
 //! file at either path is replaced atomically, never half-written.
 //!
 //! Load: the state file is read and checked, the resources are rebuilt from it (drives and
@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use squib_snapshot::{PairFile, ReadStateError, TempFile};
 
 use super::{METRICS_PERIOD, Vmm};
 use crate::action::{
@@ -25,7 +27,7 @@ use crate::resources::machine_config::{HugePages, MachineConfig};
 use crate::resources::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
 };
-use crate::snapshot_file::{self, PairFile, ReadStateError, SnapshotState, StateHeader, TempFile};
+use crate::snapshot_file::{self, SnapshotState, StateHeader};
 use crate::state::VmState;
 
 impl<E: Engine> Vmm<E> {
@@ -94,7 +96,7 @@ impl<E: Engine> Vmm<E> {
             let bytes = snapshot_file::encode(&resources, &stream);
             let mut state = TempFile::create_for(&state_target).map_err(state_err("open"))?;
             std::io::Write::write_all(&mut state.file, &bytes).map_err(state_err("write"))?;
-            snapshot_file::commit_pair(memory, &mem_target, state, &state_target).map_err(|e| {
+            squib_snapshot::commit_pair(memory, &mem_target, state, &state_target).map_err(|e| {
                 match e.file {
                     PairFile::State => {
                         CreateSnapshotError::SnapshotBackingFile(e.op, e.error.into())
@@ -330,7 +332,7 @@ impl<E: Engine> Vmm<E> {
 /// on the file (a FIFO, a slow disk).
 async fn read_state(path: PathBuf) -> Result<SnapshotState, LoadSnapshotError> {
     tokio::task::spawn_blocking(move || {
-        let bytes = snapshot_file::read_state_file(&path).map_err(|e| match e {
+        let bytes = squib_snapshot::read_state_file(&path).map_err(|e| match e {
             ReadStateError::Open(e) => LoadSnapshotError::OpenStateFile(e.into()),
             ReadStateError::Format(e) => LoadSnapshotError::LoadStateFile(e),
         })?;
