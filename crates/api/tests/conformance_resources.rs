@@ -635,7 +635,7 @@ async fn crafted_state_file_values_are_validated_like_api_input() {
         edit(&mut resources);
         encode(&resources, b"device state")
     };
-    let cases: [(Vec<u8>, String); 3] = [
+    let cases: [(Vec<u8>, String); 4] = [
         (
             crafted(&|r| r.config.machine_config.as_mut().unwrap().vcpu_count = 0),
             "machine configuration: The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled.".into(),
@@ -650,6 +650,15 @@ async fn crafted_state_file_values_are_validated_like_api_input() {
                     .unwrap()
             }),
             "balloon: ".into(),
+        ),
+        (
+            crafted(&|r| {
+                r.config.pmem = serde_json::from_str(
+                    r#"[{"id":"pm0","path_on_host":"/a","root_device":true},{"id":"pm1","path_on_host":"/b","root_device":true}]"#,
+                )
+                .unwrap()
+            }),
+            "pmem pm1: A root pmem device already exist".into(),
         ),
     ];
     for (bytes, text) in cases {

@@ -201,19 +201,8 @@ pub enum VmmData {
 pub enum StartMicroVmError {
     #[error("Cannot start microvm without kernel configuration.")]
     MissingKernelConfig,
-    /// Configured resources squib's engine cannot provide yet: refusing beats ignoring them.
-    #[error("{} not supported by squib yet.", unsupported_list(.0))]
-    Unsupported(Vec<&'static str>),
     #[error("{0}")]
     Engine(EngineError),
-}
-
-fn unsupported_list(items: &[&'static str]) -> String {
-    match items {
-        [] => "nothing is".to_string(),
-        [one] => format!("{one} is"),
-        [init @ .., last] => format!("{} and {last} are", init.join(", ")),
-    }
 }
 
 /// Why `PUT /snapshot/create` failed.
@@ -367,38 +356,5 @@ mod tests {
             VmmAction::RemoveDevice(DeviceKind::Pmem, "p".into()).name(),
             "RemoveDevice"
         );
-    }
-
-    #[test]
-    fn unsupported_lists_read_well() {
-        let e = |v: Vec<&'static str>| {
-            VmmActionError::from(StartMicroVmError::Unsupported(v)).to_string()
-        };
-        assert_eq!(
-            e(vec!["vsock"]),
-            "Start microvm error: vsock is not supported by squib yet."
-        );
-        assert_eq!(
-            e(vec!["network interfaces", "vsock", "MMDS"]),
-            "Start microvm error: network interfaces, vsock and MMDS are not supported by squib yet."
-        );
-    }
-
-    #[test]
-    fn phases_refuse_with_upstreams_texts() {
-        let text =
-            |action: VmmAction, booted| action.check_phase(booted).map_err(|e| e.to_string()).err();
-        assert_eq!(
-            text(VmmAction::StartMicroVm, true).as_deref(),
-            Some("The requested operation is not supported after starting the microVM.")
-        );
-        assert_eq!(
-            text(VmmAction::Pause, false).as_deref(),
-            Some("The requested operation is not supported before starting the microVM.")
-        );
-        assert_eq!(text(VmmAction::PutMmds(Value::Null), true), None);
-        assert_eq!(text(VmmAction::PutMmds(Value::Null), false), None);
-        assert!(!VmmAction::StartMicroVm.commits_to_boot());
-        assert!(VmmAction::ConfigureBootSource(Default::default()).commits_to_boot());
     }
 }

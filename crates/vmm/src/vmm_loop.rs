@@ -529,10 +529,6 @@ impl<E: Engine> Vmm<E> {
         if self.resources.boot_source.is_none() {
             return Err(StartMicroVmError::MissingKernelConfig.into());
         }
-        let unsupported = self.resources.unsupported_by_engine();
-        if !unsupported.is_empty() {
-            return Err(StartMicroVmError::Unsupported(unsupported).into());
-        }
         let (vm, exit) = self
             .engine
             .start(&self.resources)

@@ -94,33 +94,3 @@ impl Default for VmResources {
         }
     }
 }
-
-impl VmResources {
-    /// Configured resources that squib's engine cannot provide yet. `InstanceStart` refuses
-    /// while this is not empty: silently booting without them would lie to the client.
-    pub fn unsupported_by_engine(&self) -> Vec<&'static str> {
-        // Every resource the API accepts has an engine today (vsock, pmem, memory hot-plug
-        // included); the check stays for the next one that does not.
-        Vec::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nothing_configured_means_nothing_unsupported() {
-        assert!(VmResources::default().unsupported_by_engine().is_empty());
-        let resources = VmResources {
-            balloon: Some(BalloonDeviceConfig::default()),
-            memory_hotplug: Some(MemoryHotplugConfig {
-                total_size_mib: 128,
-                block_size_mib: 2,
-                slot_size_mib: 128,
-            }),
-            ..Default::default()
-        };
-        assert!(resources.unsupported_by_engine().is_empty());
-    }
-}

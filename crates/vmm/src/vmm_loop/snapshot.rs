@@ -22,7 +22,7 @@ use crate::action::{
 };
 use crate::engine::{Engine, EngineError, RestoreSource, RunningVm};
 use crate::resources::VmResources;
-use crate::resources::drive::{Drive, DriveBackend};
+use crate::resources::drive::DriveBackend;
 use crate::resources::machine_config::{HugePages, MachineConfig};
 use crate::resources::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
@@ -290,40 +290,15 @@ impl<E: Engine> Vmm<E> {
             pci_layout: state.resources.pci_layout.clone(),
             memory_hotplug: saved.memory_hotplug,
             memory_requested_mib: state.resources.memory_requested_mib,
-            pmem: {
-                let mut pmem = crate::resources::pmem::PmemDevices::default();
-                for cfg in &saved.pmem {
-                    pmem.insert(cfg.clone(), false)
-                        .map_err(|e| LoadSnapshotError::Restore(format!("pmem {}: {e}", cfg.id)))?;
-                }
-                pmem
-            },
+            // The devices are added below, through the rules the API applies.
+            drives: Default::default(),
+            pmem: Default::default(),
+            net: Default::default(),
             ..self.resources.clone()
         };
-        let restore = |what: String| VmmActionError::from(LoadSnapshotError::Restore(what));
-        for cfg in &saved.drives {
-            let id = cfg.drive_id.clone();
-            let drive =
-                Drive::try_from(cfg.clone()).map_err(|e| restore(format!("drive {id}: {e}")))?;
-            resources
-                .drives
-                .insert(drive)
-                .map_err(|e| restore(format!("drive {id}: {e}")))?;
-        }
-        for cfg in interfaces {
-            let id = cfg.iface_id.clone();
-            resources
-                .net
-                .insert(cfg, &self.open_tap)
-                .map_err(|e| restore(format!("network interface {id}: {e}")))?;
-        }
-        let unsupported = resources.unsupported_by_engine();
-        if !unsupported.is_empty() {
-            return Err(restore(format!(
-                "not supported by squib's engine: {}",
-                unsupported.join(", ")
-            )));
-        }
+        resources
+            .add_saved_devices(saved, interfaces, &self.open_tap)
+            .map_err(invalid)?;
         Ok(resources)
     }
 }
