@@ -4,7 +4,7 @@
 //! virtio-net header, through Firecracker-style token-bucket limiters and an optional
 //! [`FrameDetour`] for the MMDS.
 //!
-//! Wiring, per interface: open the TAP when the interface is configured ([`tap::attach`]; its
+//! Wiring, per interface: open the TAP when the interface is configured ([`tap::open_tap`]; its
 //! error texts are Firecracker's), keep one [`NetShared`] per interface for metrics and `PATCH`,
 //! and for each QEMU start build a [`NetBackend`] and serve it on a vhost-user socket before
 //! QEMU connects to it.
@@ -13,6 +13,7 @@ pub mod detour;
 pub mod device;
 pub mod frontend;
 pub mod metrics;
+pub mod os_error;
 pub mod tap;
 pub mod token_bucket;
 pub mod vnet;
@@ -21,5 +22,6 @@ pub use detour::{ClaimFn, FrameDetour};
 pub use device::{NetBackend, NetDeviceConfig, NetShared, ServiceLink};
 pub use frontend::FrontendRelay;
 pub use metrics::NetMetrics;
-pub use tap::{Tap, TapError};
+pub use os_error::OsError;
+pub use tap::{Tap, TapError, TapHandle, TapOpener};
 pub use token_bucket::{BucketConfig, LimiterConfig, RateLimiter, TokenBucket};

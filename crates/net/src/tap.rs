@@ -1,117 +1,164 @@
-//! An existing TAP device opened by name for the virtio-net backend.
-//!
-//! The flags are Firecracker's: `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`. Every frame read or written
-//! is preceded by a virtio-net header ([`crate::vnet`]), so checksum and segmentation offloads
-//! pass between the guest and the host kernel untouched. The host is expected to have made the
-//! device (`ip tuntap add … mode tap`); as with upstream, a caller holding CAP_NET_ADMIN who names
-//! a device that does not exist gets a transient one from the kernel.
+//! Host TAP devices, opened by name as Firecracker does: `/dev/net/tun` + `TUNSETIFF` with
+//! `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`. The VMM opens the TAP when `PUT /network-interfaces`
+//! arrives ([`open_tap`], kept in a [`TapHandle`] so a TAP that did not exist before stays alive
+//! while squib holds it); at boot the virtio-net backend adopts a duplicate of that descriptor
+//! ([`Tap::from_fd`]). Every frame read or written is preceded by a virtio-net header
+//! ([`crate::vnet`]), so checksum and segmentation offloads pass between the guest and the host
+//! kernel untouched. As with upstream, a caller holding CAP_NET_ADMIN who names a device that
+//! does not exist gets a transient one from the kernel.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
-/// Interface names must fit `IFNAMSIZ` including the terminating NUL.
-const IFNAMSIZ: usize = libc::IFNAMSIZ;
+use crate::os_error::OsError;
 
-/// Why a TAP could not be opened or set up. The texts of the first three are Firecracker's; the
-/// VMM prefixes them with `Network config error: Could not create the network device: `.
+/// Why a TAP could not be opened or set up; the texts are upstream's `TapError`'s (the VMM
+/// prefixes them with `Open tap device failed: `), OS errors in musl's words.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
+    #[error("Couldn't open /dev/net/tun: {0}")]
+    OpenTun(OsError),
     /// The name does not fit in `IFNAMSIZ` (16 bytes with the NUL) or holds a NUL.
-    #[error("Open tap device failed: Invalid interface name")]
-    InvalidName,
-    /// `/dev/net/tun` could not be opened.
-    #[error("Open tap device failed: Error while opening /dev/net/tun: {0}")]
-    OpenTun(#[source] io::Error),
+    #[error("Invalid interface name")]
+    InvalidIfname,
     /// `TUNSETIFF` refused the name: the device does not exist, is not a TAP, or is busy.
     #[error(
-        "Open tap device failed: Error while creating ifreq structure: {err}. Invalid TUN/TAP Backend provided by {name}. Check our documentation on setting up the network devices."
+        "Error while creating ifreq structure: {0}. Invalid TUN/TAP Backend provided by {1}. Check our documentation on setting up the network devices."
     )]
-    SetIff {
-        /// The OS error.
-        #[source]
-        err: io::Error,
-        /// The name the caller asked for.
-        name: String,
-    },
-    /// An ioctl or fcntl setting up an attached TAP failed.
-    #[error("Tap device setup failed: {what}: {err}")]
-    Setup {
-        /// Which call.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        err: io::Error,
-    },
+    IfreqExecuteError(OsError, String),
+    #[error("Error while setting the offload flags: {0}")]
+    SetOffloadFlags(OsError),
+    #[error("Error while setting size of the vnet header: {0}")]
+    SetSizeOfVnetHdr(OsError),
+    /// squib's own: an adopted descriptor could not be made non-blocking.
+    #[error("Error while making the tap device non-blocking: {0}")]
+    SetNonBlocking(OsError),
 }
-
-// `struct ifreq` reduced to what TUNSETIFF reads: the name and the flags (a short in the union).
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-// `_IOW('T', n, int)`-style request numbers; the same on every Linux architecture squib targets.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 
 /// `TUN_F_*` offload flags for [`Tap::set_offload`]: which offloaded frames the TAP may hand
 /// the device (they must match what the guest accepted).
 pub mod offload {
-    /// `TUN_F_CSUM`: partial checksums.
-    pub const CSUM: u32 = 0x01;
-    /// `TUN_F_TSO4`.
-    pub const TSO4: u32 = 0x02;
-    /// `TUN_F_TSO6`.
-    pub const TSO6: u32 = 0x04;
-    /// `TUN_F_TSO_ECN`.
-    pub const TSO_ECN: u32 = 0x08;
-    /// `TUN_F_UFO`.
-    pub const UFO: u32 = 0x10;
-    /// `TUN_F_USO4` (Linux 6.2+).
-    pub const USO4: u32 = 0x20;
-    /// `TUN_F_USO6` (Linux 6.2+).
-    pub const USO6: u32 = 0x40;
+    pub const CSUM: u32 = libc::TUN_F_CSUM;
+    pub const TSO4: u32 = libc::TUN_F_TSO4;
+    pub const TSO6: u32 = libc::TUN_F_TSO6;
+    pub const TSO_ECN: u32 = libc::TUN_F_TSO_ECN;
+    pub const UFO: u32 = libc::TUN_F_UFO;
 }
 
 /// Attaches a new `/dev/net/tun` descriptor to the TAP `name` (`TUNSETIFF` with
-/// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), non-blocking and close-on-exec: the VMM opens TAPs this
-/// way when an interface is configured, and the backend adopts the descriptor at boot
-/// ([`Tap::from_fd`]). Only the length of the name is checked, as upstream does.
+/// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), non-blocking and close-on-exec. Upstream's order:
+/// `/dev/net/tun` is opened before the name is checked, and only its length is checked.
 pub fn attach(name: &str) -> Result<OwnedFd, TapError> {
-    let bytes = name.as_bytes();
-    if bytes.len() >= IFNAMSIZ || bytes.contains(&0) {
-        return Err(TapError::InvalidName);
-    }
     let file: File = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/net/tun")
-        .map_err(TapError::OpenTun)?;
-
-    let mut req = IfReq {
-        name: [0; IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _pad: [0; 22],
-    };
-    for (dst, src) in req.name.iter_mut().zip(bytes) {
+        .map_err(|e| TapError::OpenTun(e.into()))?;
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(TapError::InvalidIfname);
+    }
+    // SAFETY: `ifreq` is plain old data (a name array and a union of integers and addresses),
+    // for which all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a properly initialised,
     // NUL-terminated ifreq that outlives the call; TUNSETIFF only reads and writes within it.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut req as *mut libc::ifreq,
+        )
+    };
     if rc < 0 {
-        return Err(TapError::SetIff {
-            err: io::Error::last_os_error(),
-            name: name.to_owned(),
-        });
+        return Err(TapError::IfreqExecuteError(
+            io::Error::last_os_error().into(),
+            name.to_owned(),
+        ));
     }
     Ok(OwnedFd::from(file))
+}
+
+/// An open TAP. Clones share the descriptor; equality is identity.
+#[derive(Clone)]
+pub struct TapHandle {
+    name: String,
+    file: Option<Arc<File>>,
+}
+
+impl TapHandle {
+    /// A handle that holds no descriptor, for engines and tests that do not need one.
+    pub fn detached(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            file: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_deref()
+    }
+
+    /// A duplicate of the open descriptor (same open file, so the same TAP attachment), for an
+    /// engine to adopt; `None` for a detached handle.
+    pub fn dup_fd(&self) -> Option<io::Result<std::os::fd::OwnedFd>> {
+        self.file
+            .as_ref()
+            .map(|f| f.try_clone().map(std::os::fd::OwnedFd::from))
+    }
+}
+
+impl fmt::Debug for TapHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TapHandle")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl PartialEq for TapHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && match (&self.file, &other.file) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for TapHandle {}
+
+/// How the VMM opens TAPs; replaceable so API tests need no privileges.
+pub type TapOpener = Arc<dyn Fn(&str) -> Result<TapHandle, TapError> + Send + Sync>;
+
+/// The real opener.
+pub fn host_tap_opener() -> TapOpener {
+    Arc::new(open_tap)
+}
+
+/// Opens (or creates, with CAP_NET_ADMIN) the TAP named `name` ([`attach`]); the engine's
+/// virtio-net device adopts this very descriptor.
+pub fn open_tap(name: &str) -> Result<TapHandle, TapError> {
+    let fd = attach(name)?;
+    Ok(TapHandle {
+        name: name.to_string(),
+        file: Some(Arc::new(File::from(fd))),
+    })
 }
 
 /// An attached TAP with a virtio-net header on every frame. Non-blocking: reads and writes
@@ -131,18 +178,15 @@ impl Tap {
     /// Adopts a descriptor [`attach`] returned (possibly a duplicate of it), making sure it is
     /// non-blocking.
     pub fn from_fd(fd: OwnedFd, name: &str) -> Result<Self, TapError> {
-        let setup = |what| TapError::Setup {
-            what,
-            err: io::Error::last_os_error(),
-        };
+        let failed = || TapError::SetNonBlocking(io::Error::last_os_error().into());
         // SAFETY: fcntl on a descriptor we own, with flag arguments only.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
         if flags < 0 {
-            return Err(setup("F_GETFL"));
+            return Err(failed());
         }
         // SAFETY: as above.
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(setup("F_SETFL"));
+            return Err(failed());
         }
         Ok(Self {
             fd,
@@ -160,33 +204,23 @@ impl Tap {
         self.fd.as_raw_fd()
     }
 
-    fn ioctl_int(
-        &self,
-        what: &'static str,
-        request: libc::c_ulong,
-        value: u32,
-    ) -> Result<(), TapError> {
-        let value = value as libc::c_int;
-        // SAFETY: both requests read one int through the pointer, which outlives the call.
+    /// `TUNSETVNETHDRSZ`: the header length the guest negotiated (10 or 12 bytes).
+    pub fn set_vnet_hdr_size(&self, len: usize) -> Result<(), TapError> {
+        let len = len as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which outlives the call.
         let rc = unsafe {
             libc::ioctl(
                 self.fd.as_raw_fd(),
-                request as _,
-                &value as *const libc::c_int,
+                libc::TUNSETVNETHDRSZ,
+                &len as *const libc::c_int,
             )
         };
         if rc < 0 {
-            return Err(TapError::Setup {
-                what,
-                err: io::Error::last_os_error(),
-            });
+            return Err(TapError::SetSizeOfVnetHdr(
+                io::Error::last_os_error().into(),
+            ));
         }
         Ok(())
-    }
-
-    /// `TUNSETVNETHDRSZ`: the header length the guest negotiated (10 or 12 bytes).
-    pub fn set_vnet_hdr_size(&self, len: usize) -> Result<(), TapError> {
-        self.ioctl_int("TUNSETVNETHDRSZ", TUNSETVNETHDRSZ, len as u32)
     }
 
     /// `TUNSETOFFLOAD` with [`offload`] flags.
@@ -196,15 +230,12 @@ impl Tap {
         let rc = unsafe {
             libc::ioctl(
                 self.fd.as_raw_fd(),
-                TUNSETOFFLOAD as _,
+                libc::TUNSETOFFLOAD,
                 libc::c_ulong::from(flags),
             )
         };
         if rc < 0 {
-            return Err(TapError::Setup {
-                what: "TUNSETOFFLOAD",
-                err: io::Error::last_os_error(),
-            });
+            return Err(TapError::SetOffloadFlags(io::Error::last_os_error().into()));
         }
         Ok(())
     }
@@ -247,24 +278,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_names_are_refused_before_any_syscall() {
+    fn long_names_are_refused_before_the_ioctl() {
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            // Upstream's order: without /dev/net/tun, that is the error.
+            assert!(matches!(
+                Tap::open("sixteen-chars-xx"),
+                Err(TapError::OpenTun(_))
+            ));
+            return;
+        }
         let err = Tap::open("sixteen-chars-xx").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "Open tap device failed: Invalid interface name"
-        );
-        assert!(matches!(Tap::open("a\0b"), Err(TapError::InvalidName)));
+        assert_eq!(err.to_string(), "Invalid interface name");
+        assert!(matches!(Tap::open("a\0b"), Err(TapError::InvalidIfname)));
     }
 
     #[test]
-    fn set_iff_error_reads_like_upstream() {
-        let err = TapError::SetIff {
-            err: io::Error::from_raw_os_error(libc::EPERM),
-            name: "tap9".into(),
-        };
+    fn ifreq_error_reads_like_upstream_in_musls_words() {
+        let err = TapError::IfreqExecuteError(
+            io::Error::from_raw_os_error(libc::EBUSY).into(),
+            "tap9".into(),
+        );
         assert_eq!(
             err.to_string(),
-            "Open tap device failed: Error while creating ifreq structure: Operation not permitted (os error 1). \
+            "Error while creating ifreq structure: Resource busy (os error 16). \
              Invalid TUN/TAP Backend provided by tap9. Check our documentation on setting up \
              the network devices."
         );
@@ -287,5 +323,45 @@ mod tests {
         // Nothing queued: a non-blocking read answers at once.
         let mut buf = [0u8; 64];
         assert!(tap.read(&mut buf).is_err());
+    }
+
+    /// Whether this process may create TAPs: CAP_NET_ADMIN (bit 12) in its effective set.
+    fn has_net_admin() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let caps = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        caps & (1 << 12) != 0
+    }
+
+    /// The outcome is decided beforehand: with CAP_NET_ADMIN the TAP opens and exists while held;
+    /// without it the open fails with upstream's text. CI runs privileged, so there it must open.
+    #[test]
+    fn tap_opens_with_net_admin_and_fails_with_upstream_text_without() {
+        let name = format!("sqbt{}", std::process::id() % 100_000);
+        let result = open_tap(&name);
+        if has_net_admin() && std::path::Path::new("/dev/net/tun").exists() {
+            let tap = result.expect("with CAP_NET_ADMIN the TAP opens");
+            assert_eq!(tap.name(), name);
+            assert!(tap.file().is_some());
+            let c_name = std::ffi::CString::new(name.clone()).unwrap();
+            // SAFETY: the pointer is a valid NUL-terminated string for the call's duration.
+            let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+            assert_ne!(index, 0, "{name} does not exist while held");
+        } else {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI must run with CAP_NET_ADMIN and /dev/net/tun"
+            );
+            let text = result.unwrap_err().to_string();
+            assert!(
+                text.starts_with("Error while creating ifreq structure: ")
+                    || text.starts_with("Couldn't open /dev/net/tun"),
+                "{text}"
+            );
+        }
     }
 }

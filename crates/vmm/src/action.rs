@@ -220,9 +220,9 @@ pub enum CreateSnapshotError {
     #[error("Diff snapshots are not supported by squib: only Full snapshots can be created.")]
     DiffUnsupported,
     #[error("Cannot perform {0} on the snapshot backing file: {1}")]
-    SnapshotBackingFile(&'static str, crate::os_error::OsError),
+    SnapshotBackingFile(&'static str, squib_net::OsError),
     #[error("Cannot perform {0} on the memory backing file: {1}")]
-    MemoryBackingFile(&'static str, crate::os_error::OsError),
+    MemoryBackingFile(&'static str, squib_net::OsError),
     #[error("Cannot save the microVM state: {0}")]
     MicrovmState(EngineError),
     #[error("Cannot write memory file: {0}")]
@@ -237,7 +237,7 @@ pub enum LoadSnapshotError {
     #[error(
         "Failed to restore from snapshot: Failed to get snapshot state from file: Failed to open snapshot file: {0}"
     )]
-    OpenStateFile(crate::os_error::OsError),
+    OpenStateFile(squib_net::OsError),
     #[error(
         "Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: {0}"
     )]

@@ -123,14 +123,14 @@ impl RunningVm for FakeVm {
 
 /// Opens no TAP: names starting with `tap` succeed, any other name fails as the kernel would
 /// refuse an interface that is not a TAP (EINVAL), so API tests need no privileges.
-pub fn fake_tap_opener() -> crate::tap::TapOpener {
+pub fn fake_tap_opener() -> squib_net::tap::TapOpener {
     std::sync::Arc::new(|name: &str| {
         if name.len() >= 16 {
-            Err(crate::tap::TapError::InvalidIfname)
+            Err(squib_net::tap::TapError::InvalidIfname)
         } else if name.starts_with("tap") {
-            Ok(crate::tap::TapHandle::detached(name))
+            Ok(squib_net::tap::TapHandle::detached(name))
         } else {
-            Err(crate::tap::TapError::IfreqExecuteError(
+            Err(squib_net::tap::TapError::IfreqExecuteError(
                 std::io::Error::from_raw_os_error(libc::EINVAL).into(),
                 name.to_string(),
             ))

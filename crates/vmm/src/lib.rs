@@ -7,11 +7,9 @@ pub mod engine;
 #[cfg(feature = "fake-engine")]
 pub mod fake_engine;
 pub mod mmds_store;
-pub mod os_error;
 pub mod resources;
 pub mod snapshot_file;
 pub mod state;
-pub mod tap;
 pub mod vmm_loop;
 
 pub use action::{ActionRequest, ActionResult, VmmAction, VmmActionError, VmmData};

@@ -24,8 +24,8 @@ use crate::resources::net::NetworkInterfaceError;
 use crate::resources::rate_limiter::RateLimiterConfig;
 use crate::resources::vsock::Vsock;
 use crate::state::{VmState, VmView};
-use crate::tap::{TapOpener, host_tap_opener};
 use squib_metrics::{DeviceClass, LineHeader, MetricsRegistry};
+use squib_net::tap::{TapOpener, host_tap_opener};
 
 mod hotplug;
 mod snapshot;

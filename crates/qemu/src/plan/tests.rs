@@ -680,8 +680,8 @@ fn at_most_24_virtio_devices() {
 #[test]
 fn network_interfaces_get_a_vhost_user_netdev_and_a_virtio_net_device() {
     let mut res = resources(vec![file_drive("root", true, "/r", false)]);
-    let open: squib_vmm::tap::TapOpener =
-        std::sync::Arc::new(|name: &str| Ok(squib_vmm::tap::TapHandle::detached(name)));
+    let open: squib_net::tap::TapOpener =
+        std::sync::Arc::new(|name: &str| Ok(squib_net::tap::TapHandle::detached(name)));
     for json in [
         r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:AC:10:00:02"}"#,
         r#"{"iface_id":"net-1","host_dev_name":"tap1","mtu":9000}"#,
@@ -751,8 +751,8 @@ fn network_interfaces_get_a_vhost_user_netdev_and_a_virtio_net_device() {
 #[test]
 fn a_pci_card_has_no_msi_x_on_qemu_7() {
     let mut res = resources(vec![file_drive("root", true, "/r", false)]);
-    let open: squib_vmm::tap::TapOpener =
-        std::sync::Arc::new(|name: &str| Ok(squib_vmm::tap::TapHandle::detached(name)));
+    let open: squib_net::tap::TapOpener =
+        std::sync::Arc::new(|name: &str| Ok(squib_net::tap::TapHandle::detached(name)));
     res.net
         .insert(
             serde_json::from_str(r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#).unwrap(),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::os_error::OsError;
+use squib_net::OsError;
 
 /// A log level as upstream accepts it: any case, `Warning` as an alias of `Warn`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

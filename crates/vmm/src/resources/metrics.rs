@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::os_error::OsError;
+use squib_net::OsError;
 
 use super::logger::open_target;
 

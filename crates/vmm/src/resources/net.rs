@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::rate_limiter::RateLimiterConfig;
-use crate::tap::{TapError, TapHandle, TapOpener};
+use squib_net::tap::{TapError, TapHandle, TapOpener};
 
 /// Smallest and largest MTU a guest interface may get (upstream's range).
 pub const MIN_MTU: u16 = 68;

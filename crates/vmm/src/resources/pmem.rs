@@ -61,7 +61,7 @@ pub fn backing_file_size(cfg: &PmemConfig) -> Result<u64, PmemConfigError> {
         .open(&cfg.path_on_host)
         .and_then(|file| file.metadata())
         .map(|meta| meta.len())
-        .map_err(|e| PmemConfigError::BackingFile(crate::os_error::OsError(e).to_string()))?;
+        .map_err(|e| PmemConfigError::BackingFile(squib_net::OsError(e).to_string()))?;
     if size == 0 {
         return Err(PmemConfigError::BackingFileEmpty);
     }

@@ -104,7 +104,7 @@ impl VmResources {
         &mut self,
         saved: &VmConfig,
         interfaces: Vec<NetworkInterfaceConfig>,
-        open_tap: &crate::tap::TapOpener,
+        open_tap: &squib_net::tap::TapOpener,
     ) -> Result<(), String> {
         if let Some(hotplug) = &saved.memory_hotplug {
             hotplug
@@ -165,8 +165,8 @@ mod tests {
     }
 
     fn add(saved: &VmConfig) -> Result<VmResources, String> {
-        let open: crate::tap::TapOpener =
-            std::sync::Arc::new(|name: &str| Ok(crate::tap::TapHandle::detached(name)));
+        let open: squib_net::tap::TapOpener =
+            std::sync::Arc::new(|name: &str| Ok(squib_net::tap::TapHandle::detached(name)));
         let mut resources = VmResources::default();
         let interfaces = saved.network_interfaces.clone();
         resources.add_saved_devices(saved, interfaces, &open)?;

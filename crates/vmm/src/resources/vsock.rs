@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::os_error::OsError;
+use squib_net::OsError;
 
 /// Body of `PUT /vsock`. `vsock_id` is deprecated and ignored; `guest_cid` is not range-checked
 /// (upstream does not enforce the spec's minimum of 3).

@@ -1,5 +1,6 @@
 //! OS error texts as Firecracker prints them. Upstream is built against musl, whose
-//! `strerror` words some errors differently from glibc's; clients see musl's words.
+//! `strerror` words some errors differently from glibc's; clients see musl's words (a busy
+//! TAP is `Resource busy`). The VMM's other client-visible OS errors use it too.
 
 use std::fmt;
 use std::io;
