@@ -87,7 +87,7 @@ impl VmmAction {
 
     /// When the action may run. Exhaustive on purpose: a new action does not compile
     /// without this decision.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         use VmmAction::*;
         match self {
             ConfigureBootSource(_)
@@ -130,7 +130,7 @@ impl VmmAction {
     /// Pre-boot calls that commit the process to booting rather than loading a snapshot
     /// (docs/api-contract.md §4.2), even when the VMM then refuses them. Exhaustive, like
     /// [`Self::phase`].
-    pub fn commits_to_boot(&self) -> bool {
+    pub(crate) fn commits_to_boot(&self) -> bool {
         use VmmAction::*;
         match self {
             ConfigureBootSource(_)
@@ -170,7 +170,7 @@ impl VmmAction {
     }
 
     /// Whether the action may run in this lifecycle state; the error is upstream's text.
-    pub fn check_phase(&self, booted: bool) -> Result<(), VmmActionError> {
+    pub(crate) fn check_phase(&self, booted: bool) -> Result<(), VmmActionError> {
         match (self.phase(), booted) {
             (Phase::PreBoot, true) => Err(VmmActionError::OperationNotSupportedPostBoot),
             (Phase::PostBoot, false) => Err(VmmActionError::OperationNotSupportedPreBoot),
@@ -181,7 +181,7 @@ impl VmmAction {
 
 /// When an action may run, relative to `InstanceStart` (or a snapshot load).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Before boot only; refused afterwards with the post-boot message.
     PreBoot,
     /// On a booted VM only; refused before with the pre-boot message.

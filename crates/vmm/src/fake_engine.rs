@@ -26,12 +26,6 @@ impl FakeEngine {
         }
     }
 
-    /// Ends the fake guest as if it had powered off. Returns false if none runs.
-    pub fn end_guest(&self, how: VmExit) -> bool {
-        let sender = self.exit.lock().expect("fake engine lock").take();
-        sender.is_some_and(|s| s.send(how).is_ok())
-    }
-
     fn record(&self, call: &'static str) {
         self.calls.lock().expect("fake engine lock").push(call);
     }

@@ -6,11 +6,11 @@ pub mod action;
 pub mod engine;
 #[cfg(feature = "fake-engine")]
 pub mod fake_engine;
-pub mod mmds_store;
+mod mmds_store;
 pub mod resources;
 pub mod snapshot_file;
-pub mod state;
-pub mod vmm_loop;
+mod state;
+mod vmm_loop;
 
 pub use action::{ActionRequest, ActionResult, VmmAction, VmmActionError, VmmData};
 pub use engine::{Engine, EngineError, ExitWatch, RestoreSource, RunningVm, VmExit};

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// Where the store publishes every accepted document for the guest-facing MMDS to read
 /// (the same type as `squib_mmds::MmdsData`); `Value::Null` until the first `PUT`.
-pub type MmdsPublished = Arc<ArcSwap<Value>>;
+pub(crate) type MmdsPublished = Arc<ArcSwap<Value>>;
 
 /// Why a data-store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -23,7 +23,7 @@ pub enum VmState {
 }
 
 impl VmState {
-    pub fn is_booted(self) -> bool {
+    pub(crate) fn is_booted(self) -> bool {
         self != VmState::NotStarted
     }
 }

@@ -31,7 +31,7 @@ mod hotplug;
 mod snapshot;
 
 /// Depth of the action queue; senders wait when it is full.
-pub const ACTION_QUEUE_DEPTH: usize = 64;
+pub(crate) const ACTION_QUEUE_DEPTH: usize = 64;
 
 /// How the loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub struct Vmm<E: Engine> {
 }
 
 /// How often metrics are written while the guest runs (docs/api-contract.md §10.2).
-pub const METRICS_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const METRICS_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl<E: Engine> Vmm<E> {
     pub fn new(instance_id: String, engine: E) -> (Self, VmmHandle) {

@@ -143,7 +143,7 @@ impl Eq for BackendConnection {}
 /// Opens a drive's backing file to check it, as upstream does, without ever waiting: a FIFO
 /// (which would block an open until a writer comes), a socket or a character device is
 /// refused; a regular file or a block device is accepted. Nothing is written or truncated.
-pub fn open_backing_file(path: &str, writable: bool) -> io::Result<std::fs::File> {
+pub(crate) fn open_backing_file(path: &str, writable: bool) -> io::Result<std::fs::File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = OpenOptions::new()
         .read(true)
@@ -257,7 +257,7 @@ impl Drives {
     /// Whether a drive of this id may be (or stay) the root device. Upstream checks this
     /// before it opens the backing file or connects to the backend, so its text wins over
     /// theirs.
-    pub fn check_root(&self, cfg: &BlockDeviceConfig) -> Result<(), DriveError> {
+    pub(crate) fn check_root(&self, cfg: &BlockDeviceConfig) -> Result<(), DriveError> {
         let other_root = self
             .list
             .iter()

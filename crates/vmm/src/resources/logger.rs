@@ -126,7 +126,7 @@ pub fn open_target(path: impl AsRef<Path>) -> io::Result<File> {
 
 impl LoggerConfig {
     /// Validates the request and opens its target.
-    pub fn into_update(self) -> Result<LoggerUpdate, LoggerConfigError> {
+    pub(crate) fn into_update(self) -> Result<LoggerUpdate, LoggerConfigError> {
         let target = match self.log_path {
             Some(path) => {
                 let file =

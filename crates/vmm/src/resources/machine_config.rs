@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Memory size used until a client sets one, in MiB (upstream's default).
-pub const DEFAULT_MEM_SIZE_MIB: usize = 128;
+pub(crate) const DEFAULT_MEM_SIZE_MIB: usize = 128;
 /// Upper bound on vCPUs, as upstream enforces it.
-pub const MAX_SUPPORTED_VCPUS: u8 = 32;
+pub(crate) const MAX_SUPPORTED_VCPUS: u8 = 32;
 
 /// Why a machine configuration was refused; the display text is the client-visible message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

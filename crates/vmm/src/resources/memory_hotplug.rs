@@ -21,8 +21,8 @@ fn default_slot_size_mib() -> u32 {
     MIN_SLOT_SIZE_MIB
 }
 
-pub const MIN_BLOCK_SIZE_MIB: u32 = 2;
-pub const MIN_SLOT_SIZE_MIB: u32 = 128;
+pub(crate) const MIN_BLOCK_SIZE_MIB: u32 = 2;
+pub(crate) const MIN_SLOT_SIZE_MIB: u32 = 128;
 
 /// Body of `PATCH /hotplug/memory`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

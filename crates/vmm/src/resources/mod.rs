@@ -41,7 +41,7 @@ use crate::resources::serial::SerialConfig;
 use crate::resources::vsock::Vsock;
 
 /// Upstream's default MMDS store limit (= the default API payload limit).
-pub const DEFAULT_MMDS_SIZE_LIMIT: usize = 51_200;
+pub(crate) const DEFAULT_MMDS_SIZE_LIMIT: usize = 51_200;
 
 /// The VM's configuration; owned by the VMM loop, published read-only to the API.
 #[derive(Clone, Debug, PartialEq, Eq)]

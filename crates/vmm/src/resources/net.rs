@@ -9,8 +9,8 @@ use super::rate_limiter::RateLimiterConfig;
 use squib_net::tap::{TapError, TapHandle, TapOpener};
 
 /// Smallest and largest MTU a guest interface may get (upstream's range).
-pub const MIN_MTU: u16 = 68;
-pub const MAX_MTU: u16 = 65535;
+pub(crate) const MIN_MTU: u16 = 68;
+pub(crate) const MAX_MTU: u16 = 65535;
 
 /// A guest MAC address, `xx:xx:xx:xx:xx:xx`; shown in lowercase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -54,7 +54,7 @@ pub const PMEM_ALIGN: u64 = 2 << 20;
 
 /// Opens a device's backing file the way the engine maps it (read-only when asked) and
 /// returns its size, refusing sizes the engine cannot map as they are.
-pub fn backing_file_size(cfg: &PmemConfig) -> Result<u64, PmemConfigError> {
+pub(crate) fn backing_file_size(cfg: &PmemConfig) -> Result<u64, PmemConfigError> {
     let size = std::fs::OpenOptions::new()
         .read(true)
         .write(!cfg.read_only)
@@ -100,7 +100,7 @@ impl PmemDevices {
     }
 
     /// `PATCH /pmem/{id}`: a new rate limiter for an existing device.
-    pub fn update_rate_limiter(
+    pub(crate) fn update_rate_limiter(
         &mut self,
         id: &str,
         limiter: Option<RateLimiterConfig>,
@@ -126,7 +126,7 @@ impl PmemDevices {
         Some(self.list.remove(at))
     }
 
-    pub fn has_root(&self) -> bool {
+    pub(crate) fn has_root(&self) -> bool {
         self.list.iter().any(|p| p.root_device)
     }
 
@@ -139,7 +139,7 @@ impl PmemDevices {
     }
 
     /// The read-back shapes: disabled limiters shown as `null`.
-    pub fn to_configs(&self) -> Vec<PmemConfig> {
+    pub(crate) fn to_configs(&self) -> Vec<PmemConfig> {
         self.list
             .iter()
             .map(|p| PmemConfig {

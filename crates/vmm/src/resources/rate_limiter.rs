@@ -36,7 +36,7 @@ pub struct RateLimiterConfig {
 impl RateLimiterConfig {
     /// The read-back form: disabled buckets vanish, and a limiter with no bucket is `None`
     /// (serialized as `null`), as upstream shows it.
-    pub fn normalized(self) -> Option<Self> {
+    pub(crate) fn normalized(self) -> Option<Self> {
         let out = Self {
             bandwidth: self.bandwidth.and_then(TokenBucketConfig::normalized),
             ops: self.ops.and_then(TokenBucketConfig::normalized),

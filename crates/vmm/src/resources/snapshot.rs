@@ -95,9 +95,9 @@ pub struct LoadSnapshotParams {
     pub huge_pages: SnapshotHugePages,
 }
 
-pub const TOO_MANY_MEM_FIELDS: &str =
+pub(crate) const TOO_MANY_MEM_FIELDS: &str =
     "too many fields: either `mem_backend` or `mem_file_path` exclusively is required";
-pub const MISSING_MEM_FIELD: &str =
+pub(crate) const MISSING_MEM_FIELD: &str =
     "missing field: either `mem_backend` or `mem_file_path` is required";
 
 impl LoadSnapshotConfig {
