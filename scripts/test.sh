@@ -46,11 +46,11 @@ if SECOND_QEMU="$(bash scripts/private-qemu.sh "$SECOND_SUITE" "$SECOND_DIR")"; 
   export SQUIB_QEMU="$SECOND_QEMU"
   if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast --test-threads "$RUST_TEST_THREADS" \
-      -E 'package(squib-qemu) | binary_id(squib::e2e_boot) | binary_id(squib::e2e_snapshot)
-        | binary_id(squib::e2e_devices) | binary_id(squib::e2e_pci)
+      -E 'package(squib-qemu) | package(squib-cpu-template) | binary_id(squib::e2e_boot)
+        | binary_id(squib::e2e_snapshot) | binary_id(squib::e2e_devices) | binary_id(squib::e2e_pci)
         | binary_id(squib::e2e_hotplug)' || second_status=$?
   else
-    { cargo test --no-fail-fast -p squib-qemu &&
+    { cargo test --no-fail-fast -p squib-qemu -p squib-cpu-template &&
       cargo test --no-fail-fast -p squib --test e2e_boot --test e2e_snapshot --test e2e_devices \
         --test e2e_pci --test e2e_hotplug; } ||
       second_status=$?

@@ -366,9 +366,9 @@ impl QemuEngine {
         restore: Option<squib_vmm::RestoreSource<'_>>,
     ) -> Result<(QemuVm, ExitWatch), EngineError> {
         warn_unhonoured(resources);
-        let cpu_model = crate::cpu_model::CpuModel::for_resources(resources);
+        let cpu_model = squib_cpu_template::CpuModel::for_resources(resources);
         if let Some(model) = &cpu_model {
-            crate::cpu_model::applied::warn_unexpressible(model);
+            crate::cpu_model::warn_unexpressible(model);
         }
         let io_uring_fallback = io_uring_fallback(resources);
         let resources = io_uring_fallback.as_ref().unwrap_or(resources);
@@ -498,7 +498,7 @@ impl QemuEngine {
             .await
             .map_err(|e| startup_error(&process, e))?;
         if let Some(model) = &cpu_model {
-            crate::cpu_model::applied::warn_unapplied(&qmp, model, accel).await;
+            crate::cpu_model::warn_unapplied(&qmp, model, accel).await;
         }
         let pci = plan.pci_layout.clone().map(|layout| {
             crate::hotplug::PciHotplug::new(

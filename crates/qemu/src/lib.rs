@@ -15,7 +15,6 @@ pub mod net;
 pub(crate) mod plan;
 pub mod process;
 pub mod qmp;
-pub mod ram_stream;
 pub mod serial;
 pub mod snapshot;
 pub mod throttle;

@@ -536,11 +536,11 @@ impl LaunchPlan {
             modern_mmio: kind == Machine::Microvm
                 && (resources.vsock.is_some() || has_vhost_user_drive),
         };
-        // A CPU template adjusts the accelerator's base model (crate::cpu_model); a restored
+        // A CPU template adjusts the accelerator's base model (squib_cpu_template); a restored
         // guest keeps the CPU it was saved with, whatever the client configures.
         let cpu = match inputs.restore {
             Some(meta) => meta.cpu.clone(),
-            None => crate::cpu_model::CpuModel::for_resources(resources).map_or_else(
+            None => squib_cpu_template::CpuModel::for_resources(resources).map_or_else(
                 || inputs.accel.cpu_model().to_string(),
                 |model| model.qemu_cpu(inputs.accel.cpu_model()),
             ),

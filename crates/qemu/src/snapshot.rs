@@ -16,7 +16,7 @@
 //!   Where a private mapping is unsafe or impossible (see [`private_mapping_allowed`]), a
 //!   memfd is filled from the file instead, as for a boot.
 //! * Save of a restored guest: its RAM is private, which `x-ignore-shared` does not leave
-//!   out, so [`crate::ram_stream`] splits the RAM pages (into the memory file) from the
+//!   out, so [`squib_migration_stream`] splits the RAM pages (into the memory file) from the
 //!   device state as the stream arrives.
 //!
 //! QEMU 7.2 has no `file:` migration URI, and `exec:` would need QEMU to spawn a shell, which
@@ -373,7 +373,7 @@ impl Snapshottable {
         // QEMU stops writing once the split fails (its socket closes), and the split ends
         // once QEMU's migration does: neither waits on the other for ever.
         let split = tokio::task::spawn_blocking(move || {
-            crate::ram_stream::split_ram(
+            squib_migration_stream::split_ram(
                 std::io::BufReader::with_capacity(1 << 20, stream),
                 &out,
                 RAM_ID,
@@ -387,8 +387,10 @@ impl Snapshottable {
         migrated.map_err(SaveFailure::Migration)?;
         let written = stream.and_then(|split| {
             let stream = split.map_err(|e| match e {
-                crate::ram_stream::SplitError::Memory(e) => EngineError::WriteMemory(e.to_string()),
-                crate::ram_stream::SplitError::Stream(e) => {
+                squib_migration_stream::SplitError::Memory(e) => {
+                    EngineError::WriteMemory(e.to_string())
+                }
+                squib_migration_stream::SplitError::Stream(e) => {
                     io("cannot split QEMU's migration stream", e)
                 }
             })?;
@@ -416,7 +418,7 @@ pub(crate) fn decode_restore(
             accel.qemu_name()
         )));
     }
-    if !crate::cpu_model::is_own_cpu_argument(&meta.cpu, accel.cpu_model()) {
+    if !squib_cpu_template::is_own_cpu_argument(&meta.cpu, accel.cpu_model()) {
         return Err(EngineError::Failed(format!(
             "the engine's device state is invalid: {:?} is not a CPU model squib writes",
             meta.cpu

@@ -10,7 +10,7 @@ use crate::snapshot::EngineMeta;
 use squib_vmm::resources::balloon::BalloonDeviceConfig;
 use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig, DEFAULT_KERNEL_CMDLINE};
 use squib_vmm::resources::entropy::EntropyDeviceConfig;
-use squib_vmm::resources::machine_config::MachineConfig;
+use squib_vmm::resources::machine_config::{MachineConfig, StaticCpuTemplate};
 
 /// The launch facts of the old builder; the rest of [`LaunchInputs`] is fixed for the tests.
 struct LaunchSpec<'a> {
@@ -297,6 +297,26 @@ fn kvm_uses_host_cpu() {
     .unwrap();
     assert_eq!(values(&a, "-accel"), ["kvm"]);
     assert_eq!(values(&a, "-cpu"), ["host"]);
+}
+
+#[test]
+fn a_cpu_template_adjusts_the_accelerators_cpu_model() {
+    let mut res = resources(vec![]);
+    assert_eq!(values(&args_of(&res), "-cpu"), ["max"]);
+    res.machine_config.cpu_template = Some(StaticCpuTemplate::T2);
+    // The mapping itself is squib_cpu_template's (and tested there).
+    let t2 = squib_cpu_template::CpuModel::for_resources(&res).unwrap();
+    assert_eq!(values(&args_of(&res), "-cpu"), [t2.qemu_cpu("max")]);
+    assert!(t2.qemu_cpu("max").starts_with("max,-dtes64,"));
+    let kvm = build_args(
+        &res,
+        &LaunchSpec {
+            accel: Accel::Kvm,
+            ..spec()
+        },
+    )
+    .unwrap();
+    assert_eq!(values(&kvm, "-cpu"), [t2.qemu_cpu("host")]);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `/cpu-config`: a custom CPU template (x86_64 shape), applied by the engine through its
-//! CPU model (see the QEMU engine's `cpu_model`).
+//! CPU model (see `squib_cpu_template`).
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};

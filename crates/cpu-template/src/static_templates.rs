@@ -3,7 +3,7 @@
 //!
 //! Each row is one CPUID register modifier: `filter` marks the bits the template forces,
 //! `value` what it forces them to (Firecracker's `RegisterValueFilter`). The resulting QEMU
-//! flags per template are spelled out, and checked, in `cpu_model/tests.rs`.
+//! flags per template are spelled out, and checked, in `tests.rs`.
 
 use squib_vmm::resources::cpu_config::CpuidRegister::{self, Eax, Ebx, Ecx, Edx};
 use squib_vmm::resources::cpu_config::{

@@ -247,55 +247,6 @@ fn ranges() {
 }
 
 #[test]
-fn build_args_puts_the_template_on_the_cpu_argument() {
-    use crate::accel::Accel;
-    use crate::caps::Capabilities;
-    use crate::plan::argv::render;
-    use crate::plan::{ConsoleTarget, LaunchInputs, LaunchPlan, MemoryBackend};
-    use squib_vmm::resources::boot_source::{BootSource, BootSourceConfig};
-
-    let mut resources = VmResources {
-        boot_source: Some(BootSource {
-            config: BootSourceConfig {
-                kernel_image_path: "/k/vmlinux".into(),
-                initrd_path: None,
-                boot_args: None,
-            },
-        }),
-        ..VmResources::default()
-    };
-    let cpu = |resources: &VmResources, accel| {
-        let caps = Capabilities::default();
-        let plan = LaunchPlan::new(
-            resources,
-            &LaunchInputs {
-                accel,
-                caps: &caps,
-                runtime_dir: std::path::Path::new("/run"),
-                qmp_listener: 3,
-                console: ConsoleTarget::Null,
-                tsc_khz: None,
-                pmem_sizes: &[],
-                memory: MemoryBackend::Memfd { path: "/m".into() },
-                sandbox: false,
-                restore: None,
-            },
-        )
-        .unwrap();
-        let args = render(&plan);
-        let at = args.iter().position(|a| a == "-cpu").unwrap();
-        args[at + 1].clone()
-    };
-    assert_eq!(cpu(&resources, Accel::Tcg), "max");
-    resources.machine_config.cpu_template = Some(StaticCpuTemplate::T2);
-    assert_eq!(
-        cpu(&resources, Accel::Tcg),
-        format!("max,{LEAF1},{LEAF7},-3dnowprefetch,-pdpe1gb,-wbnoinvd,{T2_VERSION}")
-    );
-    assert!(cpu(&resources, Accel::Kvm).starts_with("host,-dtes64,"));
-}
-
-#[test]
 fn only_cpu_arguments_squib_writes_pass_the_state_file_check() {
     let t2 = model(StaticCpuTemplate::T2);
     assert!(is_own_cpu_argument(&t2.qemu_cpu("max"), "max"));

@@ -337,7 +337,8 @@ mod tests {
     #[test]
     fn installed_qemu_knows_every_name() {
         let qemu = std::env::var_os("SQUIB_QEMU")
-            .unwrap_or_else(|| crate::engine::DEFAULT_QEMU_BINARY.into());
+            // squib's default binary (squib_qemu::DEFAULT_QEMU_BINARY).
+            .unwrap_or_else(|| "qemu-system-x86_64".into());
         let out = match std::process::Command::new(&qemu)
             .args(["-cpu", "help"])
             .output()

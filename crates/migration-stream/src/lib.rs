@@ -1,10 +1,11 @@
-//! Splits guest RAM out of a QEMU 7.2 migration stream.
+//! QEMU's migration stream, read by squib: saving a guest whose RAM QEMU maps privately (a
+//! restored one) sends that RAM through the stream, and [`split_ram`] writes its pages into the
+//! memory file and keeps the rest as the device state. Used by the QEMU engine's snapshot save.
 //!
-//! A guest restored from a snapshot maps the user's memory file privately (copy-on-write),
-//! and `x-ignore-shared` leaves only *shared* RAM out of a migration: saving such a guest
-//! sends its RAM through the stream. [`split_ram`] reads that stream, writes the pages of the
-//! guest RAM block into the memory file, and keeps everything else byte for byte, so the
-//! device state is the same as one saved from shared RAM and loads the same way.
+//! Why: a restored guest maps the user's memory file privately (copy-on-write), and
+//! `x-ignore-shared` leaves only *shared* RAM out of a migration. The split keeps everything
+//! but the guest RAM block's pages byte for byte, so the device state is the same as one saved
+//! from shared RAM and loads the same way.
 //!
 //! Only what QEMU 7.2 writes for squib's machines is understood: the header, the
 //! configuration section, the `ram` iterable section (pages, zero pages, the block list), and
