@@ -6,17 +6,20 @@
 //! Naming follows Firecracker: **rx** is host→guest (queue 0), **tx** is guest→host (queue 1).
 //!
 //! What happens to a frame, as in Firecracker's device:
-//! * tx: a descriptor chain is read whole (header + frame), passes the tx rate limiter (a refused
-//!   chain goes back to the ring until the limiter's timer fires), then goes to the MMDS when the
-//!   interface is MMDS-bound and the frame is for it (with its partial checksum finished, since
-//!   the MMDS has no offloads), else to the TAP. A frame the TAP refuses is lost and counted.
+//! * tx: a descriptor chain (header + frame) passes the tx rate limiter (a refused chain goes
+//!   back to the ring until the limiter's timer fires), then goes to the MMDS when the interface
+//!   is MMDS-bound and the frame is for it (copied, with its partial checksum finished, since the
+//!   MMDS has no offloads), else to the TAP, written straight from guest memory with one `writev`.
+//!   A frame the TAP refuses is lost and counted.
 //! * rx: the TAP (or the MMDS) hands a frame; it waits, without being dropped, for guest buffers
 //!   and for the rx rate limiter, then is written over as many buffers as it needs
 //!   (`VIRTIO_NET_F_MRG_RXBUF`). While it waits, the TAP is not read, so its kernel queue fills
 //!   and the host side sees the push-back.
+//! * With `VIRTIO_RING_F_EVENT_IDX`, the guest is notified as soon as a used buffer reaches the
+//!   index it asked for, frame by frame, as QEMU's own device does, not once per batch.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,8 +34,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_STATUS,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use vm_memory::{GuestAddressSpace, GuestMemory as _, GuestMemoryMmap, Permissions, VolatileSlice};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
@@ -48,6 +51,9 @@ const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
 const QUEUE_SIZE: usize = 1024;
+// The most buffers one tx frame may span (Linux's UIO_MAXIOV); a chain cannot be longer than
+// the ring anyway.
+const MAX_IOV: usize = 1024;
 // Event ids of the device's own descriptors: above the queues (0, 1) and the exit event the
 // layer gives the worker (2).
 const TAP_EVENT: u16 = 3;
@@ -350,6 +356,12 @@ impl NetBackend {
                     inc(&self.config.shared.metrics.tx_fails);
                 }
                 used_any = true;
+                if self.event_idx {
+                    // The guest says with `used_event` when it wants to hear (Linux: once 3/4
+                    // of its pending frames are sent, to free them): told as soon as that
+                    // chain is used, not at the end of a long batch.
+                    signal(&mut state, &self.config.shared.metrics.event_fails);
+                }
             }
             if !self.event_idx || !state.enable_notification().unwrap_or(false) {
                 break;
@@ -370,15 +382,26 @@ impl NetBackend {
         M::Target: vm_memory::GuestMemory<Bitmap = ()> + Sized,
     {
         let m = &self.config.shared.metrics;
-        let mut reader = match Reader::new(&**mem, chain) {
-            Ok(r) => r,
-            Err(_) => {
+        // The chain's readable buffers, as slices of guest memory: the frame goes to the TAP
+        // straight from them (one `writev`), as QEMU's tap backend and upstream do.
+        let mut slices: Vec<VolatileSlice<'_, ()>> = Vec::with_capacity(4);
+        let mut len = 0usize;
+        for desc in chain.readable() {
+            let Ok(parts) = mem.get_slices(desc.addr(), desc.len() as usize, Permissions::Read)
+            else {
                 inc(&m.tx_malformed_frames);
                 return TxOutcome::Done;
+            };
+            for part in parts {
+                let Ok(part) = part else {
+                    inc(&m.tx_malformed_frames);
+                    return TxOutcome::Done;
+                };
+                len = len.saturating_add(part.len());
+                slices.push(part);
             }
-        };
-        let len = reader.available_bytes();
-        if len <= self.hdr_len || len > MAX_BUFFER {
+        }
+        if len <= self.hdr_len || len > MAX_BUFFER || slices.len() > MAX_IOV {
             inc(&m.tx_malformed_frames);
             return TxOutcome::Done;
         }
@@ -387,14 +410,19 @@ impl NetBackend {
             inc(&m.tx_rate_limiter_throttled);
             return TxOutcome::Throttled(wait);
         }
-        if reader.read_exact(&mut self.tx_buf[..len]).is_err() {
-            inc(&m.tx_malformed_frames);
-            return TxOutcome::Done;
-        }
         add(&m.tx_bytes_count, frame_len as u64);
         inc(&m.tx_packets_count);
         inc(&m.tx_count);
-        let (hdr_bytes, frame) = self.tx_buf[..len].split_at_mut(self.hdr_len);
+        // What the device itself looks at is copied first: the source MAC, and on an
+        // MMDS-bound interface the whole frame (the service takes it by value). The guest may
+        // change its buffers meanwhile; that only changes what its own frame says.
+        let peek = if self.config.service.is_some() {
+            len
+        } else {
+            len.min(self.hdr_len + 12)
+        };
+        gather(&slices, &mut self.tx_buf[..peek]);
+        let (hdr_bytes, frame) = self.tx_buf[..peek].split_at_mut(self.hdr_len);
         if let Some(mac) = self.config.guest_mac
             && frame.get(6..12).is_some_and(|src| src != mac)
         {
@@ -416,12 +444,9 @@ impl NetBackend {
             }
             return TxOutcome::Done;
         }
-        match self.config.tap.write(&self.tx_buf[..len]) {
-            Ok(_) => {}
-            Err(err) => {
-                inc(&m.tap_write_fails);
-                tracing::trace!(iface = %self.config.shared.iface_id, %err, "tap write failed");
-            }
+        if let Err(err) = writev(self.config.tap.as_raw_fd(), &slices) {
+            inc(&m.tap_write_fails);
+            tracing::trace!(iface = %self.config.shared.iface_id, %err, "tap write failed");
         }
         TxOutcome::Done
     }
@@ -472,6 +497,12 @@ impl NetBackend {
                     inc(&m.rx_count);
                     delivered = true;
                     self.rx_pending = None;
+                    if self.event_idx {
+                        // As soon as the guest asked for it (`used_event`), not when the TAP is
+                        // empty: a host that keeps the TAP full would otherwise keep the guest
+                        // from seeing anything until its ring ran dry.
+                        signal(&mut state, &m.event_fails);
+                    }
                 }
                 RxOutcome::NoBuffers { popped } => {
                     inc(&m.no_rx_avail_buffer);
@@ -628,6 +659,38 @@ fn write_frame(
         let _ = queue.add_used(mem, head, n as u32);
     }
     RxOutcome::Delivered
+}
+
+/// Copies the start of the frame held by `slices` into `buf` (as much as `buf` holds).
+fn gather(slices: &[VolatileSlice<'_, ()>], buf: &mut [u8]) {
+    let mut at = 0;
+    for s in slices {
+        if at == buf.len() {
+            break;
+        }
+        at += s.copy_to(&mut buf[at..]);
+    }
+}
+
+/// Writes one frame held by `slices` of guest memory with a single `writev`.
+fn writev(fd: i32, slices: &[VolatileSlice<'_, ()>]) -> io::Result<usize> {
+    let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+    let iovs: Vec<libc::iovec> = guards
+        .iter()
+        .zip(slices)
+        .map(|(g, s)| libc::iovec {
+            iov_base: g.as_ptr().cast_mut().cast(),
+            iov_len: s.len(),
+        })
+        .collect();
+    let count = libc::c_int::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: each iovec points at a slice of mapped guest memory that stays mapped while
+    // `slices` (and their pointer guards) live, which is past this call; writev only reads it.
+    let n = unsafe { libc::writev(fd, iovs.as_ptr(), count) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn signal(state: &mut VringState<Memory>, event_fails: &AtomicU64) {
