@@ -14,10 +14,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use squib_metrics::schema::Uart;
 use squib_net::{BucketConfig, TokenBucket};
 use squib_vmm::resources::rate_limiter::TokenBucketConfig;
 use tokio::io::AsyncReadExt;
@@ -28,43 +28,11 @@ use tokio::task::JoinHandle;
 const QUEUED_CHUNKS: usize = 64;
 const CHUNK: usize = 4096;
 
-/// The `uart` counters squib can see from its side of the serial stream.
-#[derive(Debug, Default)]
-pub struct UartCounters {
-    /// Chunks written to the file.
-    pub write_count: AtomicU64,
-    /// Write errors other than a full FIFO.
-    pub error_count: AtomicU64,
-    /// Output lost because the file (a FIFO) or the writer could not keep up.
-    pub missed_write_count: AtomicU64,
-    /// Bytes dropped by the rate limiter.
-    pub rate_limiter_dropped_bytes: AtomicU64,
-}
-
-impl UartCounters {
-    /// The `uart` section's keys with their current (monotonic) values.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("error_count", get(&self.error_count)),
-            ("flush_count", 0),
-            ("missed_read_count", 0),
-            ("missed_write_count", get(&self.missed_write_count)),
-            ("read_count", 0),
-            ("write_count", get(&self.write_count)),
-            (
-                "rate_limiter_dropped_bytes",
-                get(&self.rate_limiter_dropped_bytes),
-            ),
-        ]
-    }
-}
-
 /// The running serial relay; dropping it stops it.
 #[derive(Debug)]
 pub struct SerialRelay {
     socket: PathBuf,
-    counters: Arc<UartCounters>,
+    counters: Arc<Uart>,
     task: JoinHandle<()>,
 }
 
@@ -104,7 +72,7 @@ impl SerialRelay {
                 Instant::now(),
             )
         });
-        let counters = Arc::new(UartCounters::default());
+        let counters = Arc::new(Uart::default());
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUED_CHUNKS);
         let writer_counters = counters.clone();
         std::thread::Builder::new()
@@ -124,7 +92,7 @@ impl SerialRelay {
     }
 
     /// The counters, for the `uart` metrics.
-    pub fn counters(&self) -> &Arc<UartCounters> {
+    pub fn counters(&self) -> &Arc<Uart> {
         &self.counters
     }
 }
@@ -133,7 +101,7 @@ async fn relay(
     listener: UnixListener,
     mut bucket: Option<TokenBucket>,
     tx: mpsc::SyncSender<Vec<u8>>,
-    counters: Arc<UartCounters>,
+    counters: Arc<Uart>,
 ) {
     // QEMU connects once, at start-up.
     let mut stream = match listener.accept().await {
@@ -161,7 +129,7 @@ async fn relay(
         if allowed < n {
             counters
                 .rate_limiter_dropped_bytes
-                .fetch_add((n - allowed) as u64, Ordering::Relaxed);
+                .add((n - allowed) as u64);
         }
         if allowed == 0 {
             continue;
@@ -169,7 +137,7 @@ async fn relay(
         match tx.try_send(buf[..allowed].to_vec()) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
-                counters.missed_write_count.fetch_add(1, Ordering::Relaxed);
+                counters.missed_write_count.inc();
             }
             Err(mpsc::TrySendError::Disconnected(_)) => break,
         }
@@ -177,7 +145,7 @@ async fn relay(
 }
 
 // The writer thread: appends each chunk; what a full FIFO does not take is dropped.
-fn write_out(mut file: File, rx: mpsc::Receiver<Vec<u8>>, counters: &UartCounters) {
+fn write_out(mut file: File, rx: mpsc::Receiver<Vec<u8>>, counters: &Uart) {
     while let Ok(chunk) = rx.recv() {
         let mut rest = &chunk[..];
         while !rest.is_empty() {
@@ -186,18 +154,18 @@ fn write_out(mut file: File, rx: mpsc::Receiver<Vec<u8>>, counters: &UartCounter
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    counters.missed_write_count.fetch_add(1, Ordering::Relaxed);
+                    counters.missed_write_count.inc();
                     break;
                 }
                 Err(e) => {
                     tracing::debug!("serial output: {e}");
-                    counters.error_count.fetch_add(1, Ordering::Relaxed);
+                    counters.error_count.inc();
                     break;
                 }
             }
         }
         if rest.len() < chunk.len() {
-            counters.write_count.fetch_add(1, Ordering::Relaxed);
+            counters.write_count.inc();
         }
     }
 }
@@ -235,10 +203,7 @@ mod tests {
         let written = std::fs::metadata(&out).unwrap().len();
         // Burst and bucket, plus at most a token or two refilled meanwhile.
         assert!((1500..1510).contains(&written), "{written}");
-        let dropped = relay
-            .counters()
-            .rate_limiter_dropped_bytes
-            .load(Ordering::Relaxed);
+        let dropped = relay.counters().rate_limiter_dropped_bytes.get();
         assert_eq!(written + dropped, 100_000);
     }
 
@@ -275,6 +240,6 @@ mod tests {
         let started = Instant::now();
         feed(&relay, &vec![b'y'; 1 << 20]).await;
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
-        assert!(relay.counters().missed_write_count.load(Ordering::Relaxed) > 0);
+        assert!(relay.counters().missed_write_count.get() > 0);
     }
 }
