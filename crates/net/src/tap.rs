@@ -52,7 +52,7 @@ pub mod offload {
 /// Attaches a new `/dev/net/tun` descriptor to the TAP `name` (`TUNSETIFF` with
 /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), non-blocking and close-on-exec. Upstream's order:
 /// `/dev/net/tun` is opened before the name is checked, and only its length is checked.
-pub fn attach(name: &str) -> Result<OwnedFd, TapError> {
+fn attach(name: &str) -> Result<OwnedFd, TapError> {
     let file: File = OpenOptions::new()
         .read(true)
         .write(true)
@@ -151,7 +151,7 @@ pub fn host_tap_opener() -> TapOpener {
     Arc::new(open_tap)
 }
 
-/// Opens (or creates, with CAP_NET_ADMIN) the TAP named `name` ([`attach`]); the engine's
+/// Opens (or creates, with CAP_NET_ADMIN) the TAP named `name`; the engine's
 /// virtio-net device adopts this very descriptor.
 pub fn open_tap(name: &str) -> Result<TapHandle, TapError> {
     let fd = attach(name)?;
@@ -170,12 +170,13 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Attaches to the TAP `name` ([`attach`]).
-    pub fn open(name: &str) -> Result<Self, TapError> {
+    /// Attaches to the TAP `name` (`attach`); squib opens TAPs through [`open_tap`].
+    #[cfg(test)]
+    fn open(name: &str) -> Result<Self, TapError> {
         Self::from_fd(attach(name)?, name)
     }
 
-    /// Adopts a descriptor [`attach`] returned (possibly a duplicate of it), making sure it is
+    /// Adopts a descriptor [`open_tap`] opened (possibly a duplicate of it), making sure it is
     /// non-blocking.
     pub fn from_fd(fd: OwnedFd, name: &str) -> Result<Self, TapError> {
         let failed = || TapError::SetNonBlocking(io::Error::last_os_error().into());
