@@ -1,5 +1,6 @@
 # squib's benchmarks: squib against its floor, every figure a ratio measured in the same run.
 #
+#   make release      squib and jailer as shipped (statically linked, see below)
 #   make bench        full run (for people): prints the table, writes $(BENCH_JSON)
 #   make bench-quick  few iterations, one boot of each kind (what CI runs): same table and JSON,
 #                     fails when a figure could not be measured; figures are never asserted
@@ -18,10 +19,21 @@ export SQUIB_ACCEL ?= tcg
 FUZZ_SECONDS ?= 60
 SOAK_ARGS ?=
 
-.PHONY: bench bench-quick bench-build fuzz soak
+.PHONY: release bench bench-quick bench-build fuzz soak
 
-bench-build:
-	$(CARGO) build --release -p squib -p squib-bench
+# squib and jailer as shipped: glibc linked statically (`+crt-static`, a static PIE), so exec
+# maps no shared libraries and runs no dynamic loader: ~1 MiB less resident memory and a
+# faster start (`make bench`). Passed to these binaries' final link only (`cargo rustc`):
+# in RUSTFLAGS it would also reach proc-macros, which cannot be static. Neither binary uses
+# NSS or dlopen (the static link would warn).
+STATIC := -C target-feature=+crt-static
+
+release:
+	$(CARGO) rustc --release -p squib --bin squib -- $(STATIC)
+	$(CARGO) rustc --release -p squib --bin jailer -- $(STATIC)
+
+bench-build: release
+	$(CARGO) build --release -p squib-bench
 
 bench: bench-build
 	$(BENCH) --out $(BENCH_JSON) $(BENCH_ARGS)

@@ -217,4 +217,25 @@ mod tests {
         let not_elf = tempfile::NamedTempFile::new().unwrap();
         assert!(elf_interpreter(not_elf.path()).is_err());
     }
+
+    /// squib as `make release` builds it is a static PIE: no interpreter, so none of its
+    /// libraries are bound into the jail (only QEMU's).
+    #[test]
+    fn a_static_executable_needs_no_libraries() {
+        let mut header = vec![0u8; 64];
+        header[..5].copy_from_slice(b"\x7fELF\x02");
+        // e_phoff 64, e_phentsize 56, e_phnum 1: one PT_LOAD, no PT_INTERP.
+        header[0x20] = 64;
+        header[0x36] = 56;
+        header[0x38] = 1;
+        let mut load = vec![0u8; 56];
+        load[0] = 1;
+        header.extend(load);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &header).unwrap();
+        assert_eq!(elf_interpreter(file.path()).unwrap(), None);
+        let mut binds = Vec::new();
+        runtime_of(file.path(), false, &mut binds).unwrap();
+        assert!(binds.is_empty());
+    }
 }
