@@ -1,13 +1,18 @@
 //! What the QEMU binary offers, probed once per engine: its version, machines, device types
 //! and migration capabilities (one `-machine none` QEMU answering QMP on its stdio), and
 //! where it finds microvm's firmware. The launch plan takes these as an input, so one squib
-//! runs on QEMU 7.2 through 10.x and uses a newer mechanism where the binary has it.
+//! runs on QEMU 7.2 through 10.x and uses a newer mechanism where the binary has it. The
+//! answers are cached per QEMU executable (see [`cache`]), so that only the first squib
+//! after QEMU is installed or upgraded runs the probe.
+
+mod cache;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,7 +24,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PROBE_OUTPUT: u64 = 4 << 20;
 
 /// A QEMU version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QemuVersion {
     pub major: u32,
     pub minor: u32,
@@ -35,8 +41,11 @@ impl std::fmt::Display for QemuVersion {
 /// What one QEMU binary offers. `known: false` when the probe failed: then nothing is
 /// refused up front (QEMU itself reports what it lacks) and only the oldest supported QEMU's
 /// mechanisms are used.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+// Stored in the cache as the probe found them: every probed field is required there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Capabilities {
+    #[serde(skip)]
     pub known: bool,
     pub version: Option<QemuVersion>,
     pub machines: BTreeSet<String>,
@@ -44,7 +53,9 @@ pub struct Capabilities {
     pub migration: BTreeSet<String>,
     /// The properties of `memory-backend-file`.
     pub ram_file_properties: BTreeSet<String>,
-    /// qboot, where QEMU's data directories have it (see [`crate::firmware`]).
+    /// qboot, where QEMU's data directories have it (see [`crate::firmware`]); looked up
+    /// afresh, never cached (it is another package's file).
+    #[serde(skip)]
     pub qboot: Option<PathBuf>,
 }
 
@@ -58,8 +69,28 @@ pub struct Missing {
 }
 
 impl Capabilities {
-    /// Probes `qemu`. Never fails: an unprobeable QEMU gets unknown capabilities (and fails
-    /// to start later with its own words).
+    /// Whether [`Capabilities::load`] would run QEMU: nothing is cached for this executable.
+    pub fn need_probe(qemu: &Path) -> bool {
+        !cache::Entry::for_qemu(qemu).is_some_and(|entry| entry.exists())
+    }
+
+    /// What `qemu` offers: cached for this very executable, else probed (and cached).
+    pub async fn load(qemu: &Path) -> Self {
+        let entry = cache::Entry::for_qemu(qemu);
+        if let Some(mut caps) = entry.as_ref().and_then(cache::Entry::read) {
+            caps.qboot = crate::firmware::qboot(qemu).await;
+            tracing::debug!(qemu = %qemu.display(), "QEMU capabilities from the cache");
+            return caps;
+        }
+        let caps = Self::probe(qemu).await;
+        if let Some(entry) = entry {
+            entry.write(&caps);
+        }
+        caps
+    }
+
+    /// Probes `qemu` (runs it). Never fails: an unprobeable QEMU gets unknown capabilities
+    /// (and fails to start later with its own words).
     pub async fn probe(qemu: &Path) -> Self {
         let (caps, qboot) = tokio::join!(probe_qmp(qemu), crate::firmware::qboot(qemu));
         let mut caps = caps.unwrap_or_else(|why| {

@@ -81,15 +81,18 @@ impl QemuEngine {
         }
     }
 
-    /// Starts probing the QEMU binary on the current tokio runtime, if there is one (clones
-    /// of the engine share the outcome). squib calls it once its API is up: the probe's QEMU
-    /// costs descriptors and CPU that the API's start should not compete with; a start
-    /// that comes first probes itself.
+    /// Starts probing the QEMU binary on the current tokio runtime, if there is one and the
+    /// cache has nothing for this executable (clones of the engine share the outcome). squib
+    /// calls it once its API is up: the probe's QEMU costs descriptors and CPU that the API's
+    /// start should not compete with; a start that comes first probes itself. A cached
+    /// entry is only read by the first launch.
     pub fn probe_in_background(&self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (caps, qemu) = (self.caps.clone(), self.config.qemu_binary.clone());
             runtime.spawn(async move {
-                caps.get_or_init(|| Capabilities::probe(&qemu)).await;
+                if Capabilities::need_probe(&qemu) {
+                    caps.get_or_init(|| Capabilities::load(&qemu)).await;
+                }
             });
         }
     }
@@ -100,7 +103,7 @@ impl QemuEngine {
 
     async fn capabilities(&self) -> &Capabilities {
         self.caps
-            .get_or_init(|| Capabilities::probe(&self.config.qemu_binary))
+            .get_or_init(|| Capabilities::load(&self.config.qemu_binary))
             .await
     }
 }

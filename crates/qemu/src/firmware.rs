@@ -38,6 +38,19 @@ pub(crate) async fn qboot(qemu: &Path) -> Option<PathBuf> {
 /// `<prefix>/share/qemu/qboot.rom` of a QEMU ELF executable at `<prefix>/bin/…` (looked up
 /// on `PATH` when named without a directory), if that file exists.
 fn beside_executable(qemu: &Path) -> Option<PathBuf> {
+    let program = elf_executable(qemu)?;
+    let bin = program.parent()?;
+    if bin.file_name()? != "bin" {
+        return None;
+    }
+    let qboot = bin.parent()?.join("share/qemu").join(QBOOT);
+    qboot.is_file().then_some(qboot)
+}
+
+/// The canonical path of `qemu` (looked up on `PATH` when named without a directory) when
+/// it is an ELF executable, not a wrapper script (which may run another QEMU, pass its own
+/// flags, or change without its own file changing).
+pub(crate) fn elf_executable(qemu: &Path) -> Option<PathBuf> {
     let program = if qemu.components().count() == 1 {
         std::env::split_paths(&std::env::var_os("PATH")?)
             .map(|dir| dir.join(qemu))
@@ -46,15 +59,7 @@ fn beside_executable(qemu: &Path) -> Option<PathBuf> {
         qemu.to_path_buf()
     };
     let program = std::fs::canonicalize(program).ok()?;
-    if !is_elf(&program) {
-        return None;
-    }
-    let bin = program.parent()?;
-    if bin.file_name()? != "bin" {
-        return None;
-    }
-    let qboot = bin.parent()?.join("share/qemu").join(QBOOT);
-    qboot.is_file().then_some(qboot)
+    is_elf(&program).then_some(program)
 }
 
 fn is_elf(path: &Path) -> bool {
