@@ -10,7 +10,7 @@ use squib_vmm::resources::cpu_config::CpuidRegister::{self, Eax, Ebx, Ecx, Edx};
 
 /// One CPUID bit and the QEMU feature that controls it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CpuidFeature {
+pub(crate) struct CpuidFeature {
     pub leaf: u32,
     pub subleaf: u32,
     pub register: CpuidRegister,
@@ -35,7 +35,7 @@ const fn c(
 }
 
 /// CPUID bit → QEMU feature name.
-pub const CPUID_FEATURES: &[CpuidFeature] = &[
+pub(crate) const CPUID_FEATURES: &[CpuidFeature] = &[
     // Leaf 0x1 EDX.
     c(0x1, 0, Edx, 0, "fpu"),
     c(0x1, 0, Edx, 1, "vme"),
@@ -236,7 +236,7 @@ pub const CPUID_FEATURES: &[CpuidFeature] = &[
 
 /// One bit of a feature MSR and the QEMU feature that controls it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsrFeature {
+pub(crate) struct MsrFeature {
     pub addr: u32,
     pub bit: u8,
     pub name: &'static str,
@@ -247,10 +247,10 @@ const fn m(addr: u32, bit: u8, name: &'static str) -> MsrFeature {
 }
 
 /// IA32_ARCH_CAPABILITIES.
-pub const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
+pub(crate) const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
 
 /// Feature-MSR bit → QEMU feature name (QEMU's MSR feature words).
-pub const MSR_FEATURES: &[MsrFeature] = &[
+pub(crate) const MSR_FEATURES: &[MsrFeature] = &[
     m(MSR_ARCH_CAPABILITIES, 0, "rdctl-no"),
     m(MSR_ARCH_CAPABILITIES, 1, "ibrs-all"),
     m(MSR_ARCH_CAPABILITIES, 2, "rsba"),
@@ -267,7 +267,7 @@ pub const MSR_FEATURES: &[MsrFeature] = &[
 ];
 
 /// The QEMU feature controlling this CPUID bit, if QEMU names one.
-pub fn cpuid_feature(
+pub(crate) fn cpuid_feature(
     leaf: u32,
     subleaf: u32,
     register: CpuidRegister,
@@ -280,7 +280,7 @@ pub fn cpuid_feature(
 }
 
 /// The QEMU feature controlling this MSR bit, if QEMU names one.
-pub fn msr_feature(addr: u32, bit: u8) -> Option<&'static str> {
+pub(crate) fn msr_feature(addr: u32, bit: u8) -> Option<&'static str> {
     MSR_FEATURES
         .iter()
         .find(|f| f.addr == addr && f.bit == bit)

@@ -5,10 +5,10 @@
 //! Pure: [`CpuModel::for_resources`] and [`CpuModel::qemu_cpu`] build the argument;
 //! [`CpuModel::unhonoured`] says what the command line cannot express, for the engine to warn
 //! about once per start (the engine also checks over QMP what QEMU really applied). The mapping
-//! tables are in [`features`] and the upstream templates in [`static_templates`].
+//! tables are in `features.rs` and the upstream templates in `static_templates.rs`.
 
-pub mod features;
-pub mod static_templates;
+pub(crate) mod features;
+pub(crate) mod static_templates;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -65,15 +65,15 @@ pub struct CpuModel {
     /// In CPUID order, each name once.
     pub flags: Vec<CpuFlag>,
     /// CPUID leaf 0x1 EAX fields, as QEMU's `family`, `model` and `stepping` properties.
-    pub family: Option<u32>,
-    pub model: Option<u32>,
-    pub stepping: Option<u32>,
+    pub(crate) family: Option<u32>,
+    pub(crate) model: Option<u32>,
+    pub(crate) stepping: Option<u32>,
     /// Forced CPUID bits QEMU has no name for, e.g. `0x1.0 ecx[11]=0`.
-    pub unnamed_cpuid: Vec<String>,
+    pub(crate) unnamed_cpuid: Vec<String>,
     /// Forced MSR bits QEMU has no feature for, e.g. `0x10a[9-63]=0`.
-    pub unnamed_msr: Vec<String>,
+    pub(crate) unnamed_msr: Vec<String>,
     /// `kvm_capabilities` entries (`171`, `!172`): QEMU chooses KVM capabilities itself.
-    pub kvm_capabilities: Vec<String>,
+    pub(crate) kvm_capabilities: Vec<String>,
 }
 
 fn reg_index(register: CpuidRegister) -> u8 {
@@ -102,7 +102,7 @@ fn register(index: u8) -> CpuidRegister {
 }
 
 /// `0-3,9,12-63`: the set bits of `mask` as ranges.
-pub fn bit_ranges(mask: u64) -> String {
+pub(crate) fn bit_ranges(mask: u64) -> String {
     let mut out = String::new();
     let mut bit = 0u32;
     while bit < 64 {
@@ -164,7 +164,7 @@ impl CpuModel {
     }
 
     /// Maps every bit the template forces (`0`/`1`; `x` bits are left alone).
-    pub fn from_template(source: TemplateSource, template: &CustomCpuTemplate) -> Self {
+    pub(crate) fn from_template(source: TemplateSource, template: &CustomCpuTemplate) -> Self {
         let mut out = Self {
             source,
             flags: Vec::new(),

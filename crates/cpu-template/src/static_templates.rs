@@ -76,7 +76,7 @@ const T2S_MSRS: &[(u32, u64, u64)] = &[(0x10a, u64::MAX, 0x0c4c)];
 const T2CL_MSRS: &[(u32, u64, u64)] = &[(0x10a, 0xffff_ffff_f2f5_1e00, 0)];
 
 /// The template's modifiers in the shape of `PUT /cpu-config`; `None` for `None`.
-pub fn template(which: StaticCpuTemplate) -> Option<CustomCpuTemplate> {
+pub(crate) fn template(which: StaticCpuTemplate) -> Option<CustomCpuTemplate> {
     let (rows, msrs): (Vec<&Row>, &[(u32, u64, u64)]) = match which {
         StaticCpuTemplate::C3 => (C3.iter().collect(), &[]),
         StaticCpuTemplate::T2 => (T2.iter().collect(), &[]),

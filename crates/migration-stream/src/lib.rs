@@ -40,7 +40,7 @@ const PAGE_MASK: u64 = !(PAGE as u64 - 1);
 const RUN_PAGES: usize = 256;
 
 /// The device state (everything but the guest RAM block's pages) may not grow past this.
-pub const MAX_DEVICE_STATE: usize = 64 << 20;
+pub(crate) const MAX_DEVICE_STATE: usize = 64 << 20;
 
 fn bad(why: impl Into<String>) -> io::Error {
     io::Error::new(

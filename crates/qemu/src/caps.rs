@@ -26,7 +26,7 @@ const MAX_PROBE_OUTPUT: u64 = 4 << 20;
 /// A QEMU version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct QemuVersion {
+pub(crate) struct QemuVersion {
     pub major: u32,
     pub minor: u32,
     pub micro: u32,
@@ -44,7 +44,7 @@ impl std::fmt::Display for QemuVersion {
 // Stored in the cache as the probe found them: every probed field is required there.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Capabilities {
+pub(crate) struct Capabilities {
     #[serde(skip)]
     pub known: bool,
     pub version: Option<QemuVersion>,
@@ -70,12 +70,12 @@ pub struct Missing {
 
 impl Capabilities {
     /// Whether [`Capabilities::load`] would run QEMU: nothing is cached for this executable.
-    pub fn need_probe(qemu: &Path) -> bool {
+    pub(crate) fn need_probe(qemu: &Path) -> bool {
         !cache::Entry::for_qemu(qemu).is_some_and(|entry| entry.exists())
     }
 
     /// What `qemu` offers: cached for this very executable, else probed (and cached).
-    pub async fn load(qemu: &Path) -> Self {
+    pub(crate) async fn load(qemu: &Path) -> Self {
         let entry = cache::Entry::for_qemu(qemu);
         if let Some(mut caps) = entry.as_ref().and_then(cache::Entry::read) {
             caps.qboot = crate::firmware::qboot(qemu).await;
@@ -91,7 +91,7 @@ impl Capabilities {
 
     /// Probes `qemu` (runs it). Never fails: an unprobeable QEMU gets unknown capabilities
     /// (and fails to start later with its own words).
-    pub async fn probe(qemu: &Path) -> Self {
+    pub(crate) async fn probe(qemu: &Path) -> Self {
         let (caps, qboot) = tokio::join!(probe_qmp(qemu), crate::firmware::qboot(qemu));
         let mut caps = caps.unwrap_or_else(|why| {
             tracing::warn!(qemu = %qemu.display(), %why, "cannot probe QEMU's capabilities");
@@ -110,7 +110,7 @@ impl Capabilities {
     /// QEMU 8.2 and later open a RAM file read-only and still give the guest writable
     /// private RAM (`readonly=on,rom=off`); older ones open every RAM file read-write, even
     /// for a private mapping.
-    pub fn maps_read_only_files_privately(&self) -> bool {
+    pub(crate) fn maps_read_only_files_privately(&self) -> bool {
         self.ram_file_properties.contains("rom")
     }
 
@@ -118,7 +118,7 @@ impl Capabilities {
     /// a guest starts a vhost-user `virtio-net-pci` card that uses MSI-X, cold- or hot-plugged
     /// (seen under TCG; QEMU 10 is fine). Such a card gets no MSI-X vectors there and
     /// interrupts the guest over INTx instead. An unknown QEMU is treated as the oldest.
-    pub fn vhost_user_net_pci_needs_intx(&self) -> bool {
+    pub(crate) fn vhost_user_net_pci_needs_intx(&self) -> bool {
         self.version.is_none_or(|v| v.major < 8)
     }
 

@@ -13,7 +13,7 @@ use crate::accel::Accel;
 use crate::qmp::QmpClient;
 
 /// The flags whose realised value differs from the request, read from the first vCPU.
-pub async fn unapplied(qmp: &QmpClient, model: &CpuModel) -> Result<Vec<CpuFlag>, String> {
+pub(crate) async fn unapplied(qmp: &QmpClient, model: &CpuModel) -> Result<Vec<CpuFlag>, String> {
     let paths = qmp.cpu_qom_paths().await.map_err(|e| e.to_string())?;
     let Some(cpu) = paths.first() else {
         return Err("QEMU reported no vCPU".to_string());
@@ -30,7 +30,7 @@ pub async fn unapplied(qmp: &QmpClient, model: &CpuModel) -> Result<Vec<CpuFlag>
 }
 
 /// The warning for flags QEMU did not apply, if any.
-pub fn unapplied_warning(accel: Accel, flags: &[CpuFlag]) -> Option<String> {
+pub(crate) fn unapplied_warning(accel: Accel, flags: &[CpuFlag]) -> Option<String> {
     if flags.is_empty() {
         return None;
     }
@@ -48,7 +48,7 @@ pub fn unapplied_warning(accel: Accel, flags: &[CpuFlag]) -> Option<String> {
 }
 
 /// Checks the realised vCPU against `model` and warns once about what did not apply.
-pub async fn warn_unapplied(qmp: &QmpClient, model: &CpuModel, accel: Accel) {
+pub(crate) async fn warn_unapplied(qmp: &QmpClient, model: &CpuModel, accel: Accel) {
     match unapplied(qmp, model).await {
         Ok(flags) => {
             if let Some(warning) = unapplied_warning(accel, &flags) {
@@ -63,7 +63,7 @@ pub async fn warn_unapplied(qmp: &QmpClient, model: &CpuModel, accel: Accel) {
 }
 
 /// Warns once about each kind of template setting the `-cpu` argument cannot express.
-pub fn warn_unexpressible(model: &CpuModel) {
+pub(crate) fn warn_unexpressible(model: &CpuModel) {
     for warning in model.unhonoured() {
         tracing::warn!(template = ?model.source, "{warning}");
     }

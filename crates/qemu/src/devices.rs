@@ -28,7 +28,7 @@ fn balloon_path() -> String {
 
 /// What the engine remembers about the devices of one running guest.
 #[derive(Debug, Default)]
-pub struct DeviceState {
+pub(crate) struct DeviceState {
     /// Guest RAM in bytes: the balloon's target is expressed against it.
     mem_bytes: u64,
     /// Per drive id: the file node squib added by a swap (the next swap deletes it).
@@ -38,7 +38,7 @@ pub struct DeviceState {
 }
 
 impl DeviceState {
-    pub fn new(resources: &VmResources) -> Self {
+    pub(crate) fn new(resources: &VmResources) -> Self {
         Self {
             mem_bytes: resources.machine_config.mem_bytes().unwrap_or(u64::MAX),
             ..Self::default()
@@ -47,7 +47,7 @@ impl DeviceState {
 
     /// True when [`DeviceState::apply_initial`] has something to send: the guest must then
     /// wait for it, paused.
-    pub fn has_initial(resources: &VmResources) -> bool {
+    pub(crate) fn has_initial(resources: &VmResources) -> bool {
         resources
             .balloon
             .as_ref()
@@ -65,7 +65,7 @@ impl DeviceState {
 
     /// Start-up settings that only QMP can make, sent while the guest is still paused:
     /// drive rate limits, the balloon's first target and its statistics interval.
-    pub async fn apply_initial(
+    pub(crate) async fn apply_initial(
         &self,
         qmp: &QmpClient,
         resources: &VmResources,
@@ -105,7 +105,7 @@ impl DeviceState {
             .max(MIB)
     }
 
-    pub async fn set_balloon_target(
+    pub(crate) async fn set_balloon_target(
         &self,
         qmp: &QmpClient,
         amount_mib: u32,
@@ -115,7 +115,7 @@ impl DeviceState {
             .map_err(qmp_error)
     }
 
-    pub async fn set_balloon_stats_interval(
+    pub(crate) async fn set_balloon_stats_interval(
         &self,
         qmp: &QmpClient,
         seconds: u16,
@@ -130,7 +130,7 @@ impl DeviceState {
     }
 
     /// `query-balloon` for the actual size, `guest-stats` for the guest's numbers.
-    pub async fn balloon_stats(&self, qmp: &QmpClient) -> Result<BalloonStats, EngineError> {
+    pub(crate) async fn balloon_stats(&self, qmp: &QmpClient) -> Result<BalloonStats, EngineError> {
         let actual = qmp.query_balloon().await.map_err(qmp_error)?;
         let inflated = self.mem_bytes.saturating_sub(actual);
         let guest = qmp
@@ -147,7 +147,7 @@ impl DeviceState {
     /// The file is never written, resized or re-opened writable for the swap: QEMU can only
     /// announce a new capacity to the guest through `block_resize`, which truncates the file
     /// (changing at least its mtime), so a new size is not announced (docs/deviations.md).
-    pub async fn swap_drive(
+    pub(crate) async fn swap_drive(
         &mut self,
         qmp: &QmpClient,
         names: &DriveNames,
@@ -193,7 +193,7 @@ impl DeviceState {
         Ok(())
     }
 
-    pub async fn set_drive_rate_limiter(
+    pub(crate) async fn set_drive_rate_limiter(
         &self,
         qmp: &QmpClient,
         names: &DriveNames,
@@ -208,7 +208,7 @@ impl DeviceState {
 /// QEMU's `guest-stats` (`{"stats": {"stat-…": n}, "last-update": t}`) as Firecracker's
 /// statistics; stats the guest never reported (QEMU shows them as -1) are left out.
 /// The `target_*` fields are the VMM's to fill.
-pub fn stats_from_qemu(inflated_bytes: u64, guest: &Value) -> BalloonStats {
+pub(crate) fn stats_from_qemu(inflated_bytes: u64, guest: &Value) -> BalloonStats {
     let stat = |key: &str| -> Option<u64> {
         let value = guest.get("stats")?.get(key)?;
         value.as_u64().filter(|&v| v != u64::MAX)

@@ -31,7 +31,7 @@ use crate::serial::SerialRelay;
 /// The QEMU binary used when the configuration names none.
 pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
 /// How long QEMU may take to answer on its QMP socket.
-pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// After QEMU exits, how long to wait for its last QMP events.
 const EVENTS_DRAIN: Duration = Duration::from_secs(1);
 
@@ -47,7 +47,7 @@ pub struct EngineConfig {
     pub startup_timeout: Duration,
     /// The microVM's id (`--id`): MMDS session tokens are bound to it.
     pub instance_id: String,
-    /// QEMU's own seccomp sandbox (`-sandbox`, see [`plan::argv::SANDBOX`]); off only with
+    /// QEMU's own seccomp sandbox (`-sandbox`, see `SANDBOX` in `plan/argv.rs`); off only with
     /// squib's `--no-seccomp`.
     pub sandbox: bool,
 }
@@ -97,10 +97,6 @@ impl QemuEngine {
         }
     }
 
-    pub fn config(&self) -> &EngineConfig {
-        &self.config
-    }
-
     async fn capabilities(&self) -> &Capabilities {
         self.caps
             .get_or_init(|| Capabilities::load(&self.config.qemu_binary))
@@ -114,7 +110,6 @@ pub struct QemuVm {
     // Shared with the tasks that finish hot-unplugs.
     qmp: Arc<QmpClient>,
     process: QemuProcess,
-    accel: Accel,
     drives: Vec<(String, DriveNames)>,
     // One virtio-net device per network interface; dropped (stopped) after QEMU is killed.
     nets: Vec<net::NetInterface>,
@@ -134,11 +129,6 @@ pub struct QemuVm {
 }
 
 impl QemuVm {
-    /// The accelerator the guest runs on.
-    pub fn accel(&self) -> Accel {
-        self.accel
-    }
-
     /// QEMU's process id.
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()
@@ -154,12 +144,12 @@ impl QemuVm {
 
     /// The network interfaces' devices, in configuration order: their counters are the
     /// `net_⟨iface_id⟩` metrics.
-    pub fn net_devices(&self) -> impl Iterator<Item = &Arc<squib_net::NetShared>> + '_ {
+    pub(crate) fn net_devices(&self) -> impl Iterator<Item = &Arc<squib_net::NetShared>> + '_ {
         self.nets.iter().map(|n| &n.shared)
     }
 
     /// The guest-facing MMDS (its counters are the `mmds` metrics), when an interface has it.
-    pub fn mmds(&self) -> Option<&Arc<Mmds>> {
+    pub(crate) fn mmds(&self) -> Option<&Arc<Mmds>> {
         self.mmds.as_ref()
     }
 
@@ -569,7 +559,6 @@ impl QemuEngine {
             QemuVm {
                 qmp: Arc::new(qmp),
                 process,
-                accel,
                 drives,
                 nets,
                 vsock,
@@ -632,7 +621,7 @@ fn pmem_sizes(resources: &VmResources) -> Result<Vec<u64>, EngineError> {
 /// Status 0 is a guest power-off or reboot (`-no-reboot`), unless QEMU's `SHUTDOWN` event
 /// says the host asked for it (a signal to QEMU, QMP `quit`): that is the engine going away.
 /// Anything else is an engine failure.
-pub fn classify_exit(exit: &ProcessExit, shutdown: Option<&ShutdownEvent>) -> VmExit {
+pub(crate) fn classify_exit(exit: &ProcessExit, shutdown: Option<&ShutdownEvent>) -> VmExit {
     if exit.killed_by_squib {
         return VmExit::EngineFailed("QEMU was stopped by squib".to_string());
     }

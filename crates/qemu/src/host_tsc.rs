@@ -1,7 +1,7 @@
 //! The host's TSC rate, which a TCG guest needs on its command line (see `kernel_cmdline`).
 
 /// Reads the TSC rate in kHz from `/proc/cpuinfo`; `None` unless the TSC is constant-rate.
-pub fn host_tsc_khz() -> Option<u64> {
+pub(crate) fn host_tsc_khz() -> Option<u64> {
     parse_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
 }
 

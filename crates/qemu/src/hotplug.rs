@@ -45,7 +45,7 @@ struct Plugged {
 const UNPLUGGING: &str = "unplugging:";
 
 /// The PCI machine's ports and the QEMU names of every device that can be unplugged.
-pub struct PciHotplug {
+pub(crate) struct PciHotplug {
     layout: Arc<Mutex<PciLayout>>,
     names: HashMap<String, Plugged>,
     runtime_dir: PathBuf,
@@ -110,7 +110,7 @@ fn hot_name(port: usize, what: &str) -> String {
 impl PciHotplug {
     /// The devices of a guest QEMU has just started with `layout` (see
     /// [`plan::pci_layout`]); hot-plugged sockets go into `runtime_dir`.
-    pub fn new(
+    pub(crate) fn new(
         layout: PciLayout,
         resources: &VmResources,
         runtime_dir: &Path,
@@ -127,7 +127,7 @@ impl PciHotplug {
     }
 
     /// The layout as a snapshot must rebuild it: devices on their way out are left out.
-    pub fn layout(&self) -> PciLayout {
+    pub(crate) fn layout(&self) -> PciLayout {
         let mut layout = self.locked().clone();
         layout.devices.retain(|s| !s.device.starts_with(UNPLUGGING));
         layout
@@ -139,7 +139,7 @@ impl PciHotplug {
     }
 
     /// Reads back where QEMU put the memory devices, so a restore puts them there again.
-    pub async fn record_memaddrs(&self, qmp: &QmpClient, resources: &VmResources) {
+    pub(crate) async fn record_memaddrs(&self, qmp: &QmpClient, resources: &VmResources) {
         let mut ids: Vec<(String, String)> = resources
             .pmem
             .iter()
@@ -183,7 +183,7 @@ impl PciHotplug {
     }
 
     /// Plugs a drive; returns the names of its block node and device for a file drive.
-    pub async fn plug_drive(
+    pub(crate) async fn plug_drive(
         &mut self,
         qmp: &QmpClient,
         drive: &Drive,
@@ -255,7 +255,7 @@ impl PciHotplug {
 
     /// Plugs a network interface: squib's own virtio-net device for it on a new vhost-user
     /// socket, a chardev and netdev connected to it, and the virtio-net-pci function.
-    pub async fn plug_net(
+    pub(crate) async fn plug_net(
         &mut self,
         qmp: &QmpClient,
         iface: &NetworkInterface,
@@ -308,7 +308,7 @@ impl PciHotplug {
     }
 
     /// Plugs a pmem device over its backing file (`size` bytes, checked by the VMM).
-    pub async fn plug_pmem(
+    pub(crate) async fn plug_pmem(
         &mut self,
         qmp: &QmpClient,
         pmem: &PmemConfig,
@@ -380,7 +380,7 @@ impl PciHotplug {
 
     /// Asks the guest to release the device `key`; once QEMU reports it gone, its host side
     /// goes (with `keep_alive`, e.g. its net device), and its port becomes free.
-    pub async fn unplug(
+    pub(crate) async fn unplug(
         &mut self,
         qmp: &Arc<QmpClient>,
         key: &str,

@@ -2,23 +2,23 @@
 //! QEMU directly. A start turns the validated VM resources into a typed launch plan, renders it
 //! to QEMU's argv, supervises the QEMU child and drives it over QMP.
 
-pub mod accel;
+pub(crate) mod accel;
 pub mod block_stats;
 pub(crate) mod caps;
-pub mod cpu_model;
-pub mod devices;
-pub mod engine;
-pub mod firmware;
-pub mod host_tsc;
-pub mod hotplug;
-pub mod net;
+pub(crate) mod cpu_model;
+pub(crate) mod devices;
+pub(crate) mod engine;
+pub(crate) mod firmware;
+pub(crate) mod host_tsc;
+pub(crate) mod hotplug;
+pub(crate) mod net;
 pub(crate) mod plan;
-pub mod process;
+pub(crate) mod process;
 pub mod qmp;
-pub mod serial;
-pub mod snapshot;
-pub mod throttle;
+pub(crate) mod serial;
+pub(crate) mod snapshot;
+pub(crate) mod throttle;
 
-pub use accel::{Accel, AccelChoice, AccelParseError, HostFacts};
+pub use accel::AccelChoice;
 pub use engine::{DEFAULT_QEMU_BINARY, EngineConfig, QemuEngine, QemuVm};
 pub use plan::{ConsoleTarget, DriveNames, drive_names};

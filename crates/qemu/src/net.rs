@@ -20,14 +20,14 @@ use crate::plan;
 
 /// One interface's device while QEMU runs: its counters and limiters, and the served backend
 /// (dropping it ends the backend's threads).
-pub struct NetInterface {
+pub(crate) struct NetInterface {
     pub shared: Arc<NetShared>,
     _relay: FrontendRelay,
     _backend: squib_vhost::BackendHandle,
 }
 
 /// The API's rate limiter as the device's token buckets.
-pub fn limiter_config(config: RateLimiterConfig) -> LimiterConfig {
+pub(crate) fn limiter_config(config: RateLimiterConfig) -> LimiterConfig {
     let bucket = |b: TokenBucketConfig| BucketConfig {
         size: b.size,
         one_time_burst: b.one_time_burst.unwrap_or(0),
@@ -40,7 +40,7 @@ pub fn limiter_config(config: RateLimiterConfig) -> LimiterConfig {
 }
 
 /// The guest-facing MMDS of the VM, when `/mmds/config` bound it to some interface.
-pub fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mmds>> {
+pub(crate) fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mmds>> {
     let config = resources.effective_mmds_config()?;
     let version = match config.version {
         ApiMmdsVersion::V1 => MmdsVersion::V1,
@@ -60,7 +60,7 @@ pub fn mmds_service(resources: &VmResources, instance_id: &str) -> Option<Arc<Mm
 /// Serves each interface's device on its vhost-user socket (at [`plan::net_socket`], which
 /// QEMU's argv names), with `mmds` ([`mmds_service`]) on the MMDS-bound interfaces. Must run on
 /// a tokio runtime, before QEMU is spawned (QEMU connects at start-up).
-pub fn serve_devices(
+pub(crate) fn serve_devices(
     resources: &VmResources,
     runtime_dir: &Path,
     mmds: Option<&Arc<Mmds>>,
@@ -82,7 +82,7 @@ pub fn serve_devices(
 
 /// Serves one interface's device on the vhost-user socket `public` (threads named after
 /// `name`), with `mmds` as its frame detour when given. Must run on a tokio runtime.
-pub fn serve_device(
+pub(crate) fn serve_device(
     iface: &NetworkInterface,
     name: &str,
     public: &Path,

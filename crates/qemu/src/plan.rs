@@ -42,7 +42,7 @@ pub(crate) const HOTPLUG_PORTS: usize = 8;
 
 /// Room squib reserves above a `--enable-pci` guest's RAM for pmem devices hot-plugged
 /// after boot (address space only: nothing is allocated until a device is plugged).
-pub const PMEM_HOTPLUG_MIB: u64 = 64 << 10;
+pub(crate) const PMEM_HOTPLUG_MIB: u64 = 64 << 10;
 
 /// The layout keys of the devices `resources` cold-plug, in the order they take ports.
 fn cold_keys(resources: &VmResources) -> Vec<String> {
@@ -79,10 +79,10 @@ fn cold_keys(resources: &VmResources) -> Vec<String> {
 }
 
 /// Layout keys of the devices that are not drives, interfaces or pmem.
-pub const BALLOON_KEY: &str = "balloon";
-pub const ENTROPY_KEY: &str = "entropy";
-pub const VSOCK_KEY: &str = "vsock";
-pub const MEMORY_KEY: &str = "memory";
+pub(crate) const BALLOON_KEY: &str = "balloon";
+pub(crate) const ENTROPY_KEY: &str = "entropy";
+pub(crate) const VSOCK_KEY: &str = "vsock";
+pub(crate) const MEMORY_KEY: &str = "memory";
 
 /// Where each device of a PCI machine sits; `None` on microvm. A running or snapshotted
 /// machine keeps its layout (`resources.pci_layout`: a restore rebuilds the same ports,
@@ -190,7 +190,7 @@ pub(crate) struct MachineOptions {
 /// The machine QEMU emulates. The plan picks it from the resources; every device goes
 /// through [`Machine::device`], so a device's transport is decided in one place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Machine {
+pub(crate) enum Machine {
     /// `-M microvm`: virtio-mmio transports, no hot-plug of any kind. The default.
     Microvm,
     /// `-M q35`: every virtio device is a virtio-*-pci function in a PCIe root port of its
@@ -332,7 +332,7 @@ impl Aio {
 
 /// The virtio devices squib builds, whatever their transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VirtioKind {
+pub(crate) enum VirtioKind {
     Block,
     VhostUserBlock,
     Net,
@@ -347,7 +347,7 @@ impl Machine {
     /// The PCI machine when the client asked for PCI (`--enable-pci`) or configured a
     /// device only it carries (pmem, memory hot-plug: microvm realises them but never maps
     /// them); microvm otherwise.
-    pub fn for_resources(resources: &VmResources) -> Self {
+    pub(crate) fn for_resources(resources: &VmResources) -> Self {
         if resources.pci_enabled || !resources.pmem.is_empty() || resources.memory_hotplug.is_some()
         {
             Self::Q35
@@ -356,13 +356,13 @@ impl Machine {
         }
     }
 
-    pub fn is_pci(self) -> bool {
+    pub(crate) fn is_pci(self) -> bool {
         self == Self::Q35
     }
 
     /// QEMU's device type for `kind` on this machine's transport. `None`: the machine
     /// cannot carry the device (memory devices on microvm).
-    pub fn device_type(self, kind: VirtioKind) -> Option<&'static str> {
+    pub(crate) fn device_type(self, kind: VirtioKind) -> Option<&'static str> {
         use VirtioKind::*;
         Some(match (self, kind) {
             (Self::Microvm, Block) => "virtio-blk-device",
@@ -386,7 +386,7 @@ impl Machine {
     /// The `-device` value of a `kind` device with the properties `props` (`id=…` and the
     /// rest), on `port` when the machine is PCI. Network cards get no option ROM: the guest
     /// boots its kernel directly and a ROM only costs firmware time.
-    pub fn device(self, kind: VirtioKind, port: Option<usize>, props: &str) -> String {
+    pub(crate) fn device(self, kind: VirtioKind, port: Option<usize>, props: &str) -> String {
         let ty = self
             .device_type(kind)
             .unwrap_or("virtio-device-unavailable");
@@ -405,7 +405,7 @@ impl Machine {
 }
 
 /// QEMU id of the PCIe root port `index`.
-pub fn root_port_id(index: usize) -> String {
+pub(crate) fn root_port_id(index: usize) -> String {
     format!("rp{index}")
 }
 
@@ -419,7 +419,7 @@ pub enum ConsoleTarget {
     File(PathBuf),
     /// Discarded.
     Null,
-    /// A Unix socket squib listens on ([`crate::serial::SerialRelay`]), which writes the
+    /// A Unix socket squib listens on (`serial.rs` `SerialRelay`), which writes the
     /// client's `serial_out_path` through the serial rate limiter.
     Socket(PathBuf),
 }

@@ -22,7 +22,7 @@ const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// QEMU could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start QEMU `{}`: {source}", program.display())]
-pub struct SpawnError {
+pub(crate) struct SpawnError {
     pub program: PathBuf,
     #[source]
     pub source: io::Error,
@@ -30,7 +30,7 @@ pub struct SpawnError {
 
 /// How the QEMU process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessExit {
+pub(crate) struct ProcessExit {
     pub status: ExitStatus,
     /// The last lines QEMU wrote to stderr, oldest first.
     pub stderr_tail: Vec<String>,
@@ -40,7 +40,7 @@ pub struct ProcessExit {
 
 impl ProcessExit {
     /// "exited with status 1" / "was killed by signal 9 (SIGKILL)", then QEMU's last words.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut text = format!("QEMU {}", describe_status(self.status));
         let last: Vec<&str> = self
             .stderr_tail
@@ -59,7 +59,7 @@ impl ProcessExit {
 }
 
 /// "exited with status N" or "was killed by signal N (NAME)".
-pub fn describe_status(status: ExitStatus) -> String {
+pub(crate) fn describe_status(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(sig)) => format!("was killed by signal {sig}{}", signal_name(sig)),
@@ -85,7 +85,7 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 /// A running QEMU. Dropping it kills the process.
-pub struct QemuProcess {
+pub(crate) struct QemuProcess {
     pid: Option<u32>,
     exit: watch::Receiver<Option<ProcessExit>>,
     kill: Option<oneshot::Sender<()>>,
@@ -102,7 +102,11 @@ impl QemuProcess {
     ///
     /// `inherit`: descriptors of squib's that QEMU gets under the same numbers (their
     /// close-on-exec flag is cleared in the child only, so no other child sees them).
-    pub fn spawn(program: &Path, args: &[String], inherit: &[RawFd]) -> Result<Self, SpawnError> {
+    pub(crate) fn spawn(
+        program: &Path,
+        args: &[String],
+        inherit: &[RawFd],
+    ) -> Result<Self, SpawnError> {
         let inherit = inherit.to_vec();
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -194,17 +198,17 @@ impl QemuProcess {
     }
 
     /// QEMU's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.pid
     }
 
     /// How QEMU ended, if it has.
-    pub fn try_exit(&self) -> Option<ProcessExit> {
+    pub(crate) fn try_exit(&self) -> Option<ProcessExit> {
         self.exit.borrow().clone()
     }
 
     /// Resolves once QEMU has ended (and its stderr has been drained).
-    pub fn exit_watch(&self) -> impl Future<Output = ProcessExit> + Send + 'static {
+    pub(crate) fn exit_watch(&self) -> impl Future<Output = ProcessExit> + Send + 'static {
         let mut exit = self.exit.clone();
         async move {
             match exit.wait_for(Option::is_some).await {
@@ -216,7 +220,7 @@ impl QemuProcess {
     }
 
     /// The last lines QEMU wrote to stderr so far.
-    pub fn stderr_tail(&self) -> Vec<String> {
+    pub(crate) fn stderr_tail(&self) -> Vec<String> {
         self.stderr_tail
             .lock()
             .map(|t| t.iter().cloned().collect())
@@ -224,7 +228,7 @@ impl QemuProcess {
     }
 
     /// Asks the supervisor to kill QEMU; [`Self::exit_watch`] resolves once it is gone.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(kill) = self.kill.take() {
             let _ = kill.send(());
         }

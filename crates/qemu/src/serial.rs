@@ -30,7 +30,7 @@ const CHUNK: usize = 4096;
 
 /// The running serial relay; dropping it stops it.
 #[derive(Debug)]
-pub struct SerialRelay {
+pub(crate) struct SerialRelay {
     socket: PathBuf,
     counters: Arc<Uart>,
     task: JoinHandle<()>,
@@ -45,7 +45,7 @@ impl Drop for SerialRelay {
 impl SerialRelay {
     /// Opens `out_path` and listens on `socket` (in squib's runtime directory) for QEMU's
     /// serial chardev. Must run on a tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         socket: &Path,
         out_path: &Path,
         limiter: Option<TokenBucketConfig>,
@@ -87,12 +87,12 @@ impl SerialRelay {
     }
 
     /// The socket QEMU's chardev connects to.
-    pub fn socket(&self) -> &Path {
+    pub(crate) fn socket(&self) -> &Path {
         &self.socket
     }
 
     /// The counters, for the `uart` metrics.
-    pub fn counters(&self) -> &Arc<Uart> {
+    pub(crate) fn counters(&self) -> &Arc<Uart> {
         &self.counters
     }
 }

@@ -46,7 +46,7 @@ const MIGRATION_POLL: Duration = Duration::from_millis(5);
 /// The guest's RAM: a memfd owned by squib (shared with QEMU), or the user's memory file
 /// mapped privately by QEMU.
 #[derive(Debug)]
-pub struct GuestRam {
+pub(crate) struct GuestRam {
     /// The memfd, or squib's read-only descriptor of the user's memory file (QEMU opens it
     /// through `/proc`, so it maps the very file squib checked).
     file: File,
@@ -57,7 +57,7 @@ pub struct GuestRam {
 
 impl GuestRam {
     /// A zeroed memfd of `size` bytes.
-    pub fn new(size: u64) -> Result<Self, EngineError> {
+    pub(crate) fn new(size: u64) -> Result<Self, EngineError> {
         let name = c"squib-guest-ram";
         // SAFETY: memfd_create with a valid NUL-terminated name and known flags; the new
         // descriptor is owned by the `File` below.
@@ -111,7 +111,7 @@ impl GuestRam {
     }
 
     /// A memfd holding a copy of `memory_file`, which must be exactly `size` bytes.
-    pub fn from_file(memory_file: &Path, size: u64) -> Result<Self, EngineError> {
+    pub(crate) fn from_file(memory_file: &Path, size: u64) -> Result<Self, EngineError> {
         let source = open_memory_file(memory_file, size)?;
         let ram = Self::new(size)?;
         copy_sparse(&source, &ram.file, size)
@@ -120,7 +120,7 @@ impl GuestRam {
     }
 
     /// The path QEMU opens to map this memory.
-    pub fn qemu_path(&self) -> String {
+    pub(crate) fn qemu_path(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
     }
 
@@ -155,18 +155,6 @@ impl GuestRam {
             None => Self::from_file(memory_file, size),
         }
     }
-
-    /// Copies the guest memory into `out` (sparse), then fsyncs it. Only for a memfd: the
-    /// pages of a private mapping live in QEMU.
-    pub fn copy_to(&self, out: &File) -> std::io::Result<()> {
-        copy_sparse(&self.file, out, self.size)?;
-        out.sync_all()
-    }
-
-    /// True when QEMU maps the user's memory file privately.
-    pub fn is_private(&self) -> bool {
-        self.private
-    }
 }
 
 /// The user's memory file, read-only, checked to hold exactly `size` bytes.
@@ -190,7 +178,7 @@ fn open_memory_file(memory_file: &Path, size: u64) -> Result<File, EngineError> 
 /// QEMU 7.2 discards ballooned pages of a file mapping by punching holes into the file,
 /// which would write the user's file. Not with vhost-user devices (network interfaces,
 /// vsock, vhost-user drives): their backends map guest RAM, which must then be shared.
-pub fn private_mapping_allowed(resources: &VmResources) -> bool {
+pub(crate) fn private_mapping_allowed(resources: &VmResources) -> bool {
     resources.balloon.is_none()
         && resources.net.is_empty()
         && resources.vsock.is_none()
@@ -205,7 +193,7 @@ pub fn private_mapping_allowed(resources: &VmResources) -> bool {
 /// What a QEMU guest needs to be snapshotted: its RAM, and the accelerator and `-cpu` it
 /// runs with (a restore must run the same CPU model, whatever the client configures).
 #[derive(Debug)]
-pub struct Snapshottable {
+pub(crate) struct Snapshottable {
     pub(crate) ram: GuestRam,
     pub(crate) meta: EngineMeta,
 }
@@ -213,7 +201,7 @@ pub struct Snapshottable {
 /// The engine's header inside the device state: `u32` length, this as JSON, then QEMU's
 /// migration stream.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EngineMeta {
+pub(crate) struct EngineMeta {
     pub accel: String,
     pub cpu: String,
     /// microvm without ACPI (see [`crate::plan::legacy_interrupts`]); absent in the
@@ -223,7 +211,7 @@ pub struct EngineMeta {
 }
 
 /// Prefixes QEMU's migration stream with the engine's header.
-pub fn encode_device_state(meta: &EngineMeta, stream: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_device_state(meta: &EngineMeta, stream: &[u8]) -> Vec<u8> {
     let header = serde_json::to_vec(meta).unwrap_or_default();
     let mut out = Vec::with_capacity(4 + header.len() + stream.len());
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -233,7 +221,7 @@ pub fn encode_device_state(meta: &EngineMeta, stream: &[u8]) -> Vec<u8> {
 }
 
 /// Splits the device state into the engine's header and QEMU's migration stream.
-pub fn decode_device_state(bytes: &[u8]) -> Result<(EngineMeta, &[u8]), EngineError> {
+pub(crate) fn decode_device_state(bytes: &[u8]) -> Result<(EngineMeta, &[u8]), EngineError> {
     let bad =
         |why: String| EngineError::Failed(format!("the engine's device state is invalid: {why}"));
     let len = bytes
@@ -250,7 +238,7 @@ pub fn decode_device_state(bytes: &[u8]) -> Result<(EngineMeta, &[u8]), EngineEr
 impl Snapshottable {
     /// Saves the paused guest: device state (engine header + migration stream) into
     /// `device_state`, memory into `memory` (fsynced).
-    pub async fn save(
+    pub(crate) async fn save(
         &self,
         qmp: &QmpClient,
         device_state: &Path,
@@ -441,7 +429,10 @@ fn socket_dir() -> Result<tempfile::TempDir, EngineError> {
 
 /// Saves the paused guest's device state into `device_state` (an existing file): QEMU
 /// migrates to a socket squib listens on, squib writes the stream into the file.
-pub async fn save_device_state(qmp: &QmpClient, device_state: &Path) -> Result<(), EngineError> {
+pub(crate) async fn save_device_state(
+    qmp: &QmpClient,
+    device_state: &Path,
+) -> Result<(), EngineError> {
     let err = |e: QmpError| EngineError::Failed(e.to_string());
     let dir = socket_dir()?;
     let socket = dir.path().join("migrate.sock");
@@ -490,7 +481,7 @@ pub async fn save_device_state(qmp: &QmpClient, device_state: &Path) -> Result<(
 /// Loads the device state of a restore (QEMU waits with `-incoming defer`); `stream` is a
 /// file in squib's private runtime directory. QEMU listens on a socket beside it; squib
 /// connects and sends the file.
-pub async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<(), EngineError> {
+pub(crate) async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<(), EngineError> {
     let err = |e: QmpError| EngineError::Failed(e.to_string());
     let socket = stream.with_extension("sock");
     qmp.migrate_set_capability(IGNORE_SHARED, true)
@@ -585,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn ram_copies_in_and_out() {
+    fn ram_is_filled_from_the_memory_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mem");
         let mut content = vec![0u8; 1 << 20];
@@ -593,11 +584,9 @@ mod tests {
         std::fs::write(&path, &content).unwrap();
         let ram = GuestRam::from_file(&path, 1 << 20).unwrap();
         assert!(GuestRam::from_file(&path, 2 << 20).is_err());
-        let out_path = dir.path().join("out");
-        let out = File::create(&out_path).unwrap();
-        ram.copy_to(&out).unwrap();
-        assert_eq!(std::fs::read(&out_path).unwrap(), content);
-        assert_eq!(std::fs::read(ram.qemu_path()).unwrap().len(), content.len());
+        assert!(!ram.private);
+        // What QEMU maps through that path.
+        assert_eq!(std::fs::read(ram.qemu_path()).unwrap(), content);
     }
 
     #[test]
@@ -610,7 +599,7 @@ mod tests {
         let ram = GuestRam::map_private(&path, 1 << 20, &caps)
             .unwrap()
             .unwrap();
-        assert!(ram.is_private());
+        assert!(ram.private);
         assert!(matches!(
             ram.backend(&caps),
             MemoryBackend::File {

@@ -35,7 +35,7 @@ fn rates(bucket: &TokenBucketConfig) -> Option<(u64, Option<u64>)> {
 
 /// The arguments of `block_set_io_throttle` for the virtio-blk device `device`; no limiter
 /// (or only disabled buckets) lifts every limit.
-pub fn throttle_args(device: &str, limiter: Option<&RateLimiterConfig>) -> Value {
+pub(crate) fn throttle_args(device: &str, limiter: Option<&RateLimiterConfig>) -> Value {
     let mut args = json!({
         "id": device,
         "bps": 0, "bps_rd": 0, "bps_wr": 0,
