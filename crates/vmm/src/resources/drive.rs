@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::rate_limiter::RateLimiterConfig;
+use crate::action::VmmActionError;
 
 /// Host page-cache policy of a drive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +326,21 @@ impl super::VmResources {
         self.drives.check_root(&cfg)?;
         let drive = Drive::try_from(cfg)?;
         self.drives.insert(drive)
+    }
+
+    /// `PUT /drives/{id}` after boot (hot-plug): a new id, never the root device; the checked
+    /// drive, for the engine to plug before it is recorded.
+    pub(crate) fn drive_for_hotplug(
+        &self,
+        cfg: BlockDeviceConfig,
+    ) -> Result<Drive, VmmActionError> {
+        if self.drives.get(&cfg.drive_id).is_some() {
+            return Err(VmmActionError::DeviceIdInUse);
+        }
+        if cfg.is_root_device {
+            return Err(DriveError::RootBlockDeviceAlreadyAdded.into());
+        }
+        Ok(Drive::try_from(cfg)?)
     }
 
     /// `PATCH /drives/{id}`: what changes, checked (a new backing file is opened first); the

@@ -25,6 +25,7 @@ pub mod vsock;
 
 pub use vm_config::{CpuConfigSource, VmConfig};
 
+use crate::action::{DeviceKind, VmmActionError};
 use crate::mmds_store::MmdsStore;
 use crate::resources::balloon::BalloonDeviceConfig;
 use crate::resources::boot_source::BootSource;
@@ -92,5 +93,101 @@ impl Default for VmResources {
             pci_enabled: false,
             pci_layout: None,
         }
+    }
+}
+
+impl VmResources {
+    /// `DELETE /{drives|network-interfaces|pmem}/{id}`: the device exists and is not the root
+    /// device.
+    pub(crate) fn check_unplug(&self, kind: DeviceKind, id: &str) -> Result<(), VmmActionError> {
+        let root = match kind {
+            DeviceKind::Drive => self.drives.get(id).map(|d| d.is_root_device),
+            DeviceKind::NetworkInterface => self.net.get(id).map(|_| false),
+            DeviceKind::Pmem => self.pmem.get(id).map(|p| p.root_device),
+        };
+        match root {
+            None => Err(VmmActionError::DeviceNotFound),
+            Some(true) => Err(VmmActionError::CannotUnplugRootDevice),
+            Some(false) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::drive::BlockDeviceConfig;
+    use crate::resources::pmem::PmemConfig;
+
+    fn drive(id: &str, root: bool, path: &str) -> BlockDeviceConfig {
+        serde_json::from_value(serde_json::json!({
+            "drive_id": id, "path_on_host": path, "is_root_device": root, "is_read_only": true,
+        }))
+        .unwrap()
+    }
+
+    /// Hot-plug takes new ids and never a root device; unplug only takes a device that
+    /// exists and is not the root device. Upstream's texts.
+    #[test]
+    fn hotplug_and_unplug_rules() {
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        let path = disk.path().to_str().unwrap();
+        let mut resources = VmResources::default();
+        resources.insert_drive(drive("rootfs", true, path)).unwrap();
+        let text = |e: VmmActionError| e.to_string();
+        assert_eq!(
+            text(
+                resources
+                    .drive_for_hotplug(drive("rootfs", false, path))
+                    .unwrap_err()
+            ),
+            VmmActionError::DeviceIdInUse.to_string()
+        );
+        assert!(
+            text(
+                resources
+                    .drive_for_hotplug(drive("data", true, path))
+                    .unwrap_err()
+            )
+            .ends_with("A root block device already exists!")
+        );
+        assert_eq!(
+            resources
+                .drive_for_hotplug(drive("data", false, path))
+                .unwrap()
+                .id,
+            "data"
+        );
+        let root_pmem = PmemConfig {
+            id: "pm0".into(),
+            path_on_host: path.into(),
+            root_device: true,
+            ..Default::default()
+        };
+        assert!(
+            text(resources.pmem_size_for_hotplug(&root_pmem).unwrap_err())
+                .ends_with("the root device defined as a block device")
+        );
+
+        assert_eq!(
+            text(
+                resources
+                    .check_unplug(DeviceKind::Drive, "rootfs")
+                    .unwrap_err()
+            ),
+            "Cannot unplug root device"
+        );
+        assert_eq!(
+            text(
+                resources
+                    .check_unplug(DeviceKind::Pmem, "none")
+                    .unwrap_err()
+            ),
+            "Device not found"
+        );
+        let mut data = drive("data", false, path);
+        data.is_root_device = false;
+        resources.insert_drive(data).unwrap();
+        resources.check_unplug(DeviceKind::Drive, "data").unwrap();
     }
 }

@@ -211,6 +211,21 @@ impl NetworkInterfaces {
     }
 }
 
+impl super::VmResources {
+    /// `PUT /network-interfaces/{id}` after boot (hot-plug): a new id, then the rules and the
+    /// TAP of a configured interface.
+    pub(crate) fn insert_hotplugged_net(
+        &mut self,
+        cfg: NetworkInterfaceConfig,
+        open_tap: &TapOpener,
+    ) -> Result<(), crate::action::VmmActionError> {
+        if self.net.get(&cfg.iface_id).is_some() {
+            return Err(crate::action::VmmActionError::DeviceIdInUse);
+        }
+        Ok(self.net.insert(cfg, open_tap)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::rate_limiter::RateLimiterConfig;
+use crate::action::VmmActionError;
 
 /// Body of `PUT /pmem/{id}`, and its read-back shape.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +156,18 @@ impl super::VmResources {
     pub(crate) fn insert_pmem(&mut self, cfg: PmemConfig) -> Result<(), PmemConfigError> {
         let block_root = self.drives.root().is_some();
         self.pmem.insert(cfg, block_root)
+    }
+
+    /// `PUT /pmem/{id}` after boot (hot-plug): a new id, never the root device, and the file
+    /// opened here, as upstream does for a hot-plug; its size, for the engine.
+    pub(crate) fn pmem_size_for_hotplug(&self, cfg: &PmemConfig) -> Result<u64, VmmActionError> {
+        if self.pmem.get(&cfg.id).is_some() {
+            return Err(VmmActionError::DeviceIdInUse);
+        }
+        if cfg.root_device {
+            return Err(PmemConfigError::AddingSecondRootDevice.into());
+        }
+        Ok(backing_file_size(cfg)?)
     }
 }
 

@@ -1,24 +1,18 @@
-//! `PUT /drives|/network-interfaces|/pmem` and `DELETE` on a running PCI guest: upstream's
-//! rules and texts, then the engine plugs or unplugs; the VM's resources follow, so
+//! `PUT /drives|/network-interfaces|/pmem` and `DELETE` on a running PCI guest: the
+//! resources' hot-plug rules (upstream's texts), then the engine plugs or unplugs; the VM's resources follow, so
 //! `GET /vm/config` and snapshots see the devices the guest has.
 
 use super::Vmm;
 use crate::action::{ActionResult, DeviceKind, VmmActionError, VmmData};
 use crate::engine::{Engine, HotplugDevice, RunningVm};
-use crate::resources::drive::{BlockDeviceConfig, Drive, DriveError};
+use crate::resources::drive::BlockDeviceConfig;
 use crate::resources::net::NetworkInterfaceConfig;
-use crate::resources::pmem::{PmemConfig, PmemConfigError, backing_file_size};
+use crate::resources::pmem::PmemConfig;
 
 impl<E: Engine> Vmm<E> {
     /// `PUT /drives/{id}` after boot.
     pub(super) async fn hotplug_drive(&mut self, cfg: BlockDeviceConfig) -> ActionResult {
-        if self.resources.drives.get(&cfg.drive_id).is_some() {
-            return Err(VmmActionError::DeviceIdInUse);
-        }
-        if cfg.is_root_device {
-            return Err(DriveError::RootBlockDeviceAlreadyAdded.into());
-        }
-        let drive = Drive::try_from(cfg)?;
+        let drive = self.resources.drive_for_hotplug(cfg)?;
         self.running_vm()?
             .hotplug(HotplugDevice::Drive(&drive))
             .await
@@ -33,10 +27,7 @@ impl<E: Engine> Vmm<E> {
     /// before boot, then the engine serves and plugs the card.
     pub(super) async fn hotplug_net(&mut self, cfg: NetworkInterfaceConfig) -> ActionResult {
         let id = cfg.iface_id.clone();
-        if self.resources.net.get(&id).is_some() {
-            return Err(VmmActionError::DeviceIdInUse);
-        }
-        self.resources.net.insert(cfg, &self.open_tap)?;
+        self.resources.insert_hotplugged_net(cfg, &self.open_tap)?;
         let Some(iface) = self.resources.net.get(&id).cloned() else {
             return Err(VmmActionError::DeviceNotFound);
         };
@@ -58,13 +49,7 @@ impl<E: Engine> Vmm<E> {
 
     /// `PUT /pmem/{id}` after boot: the file is opened here, as upstream does for a hot-plug.
     pub(super) async fn hotplug_pmem(&mut self, cfg: PmemConfig) -> ActionResult {
-        if self.resources.pmem.get(&cfg.id).is_some() {
-            return Err(VmmActionError::DeviceIdInUse);
-        }
-        if cfg.root_device {
-            return Err(PmemConfigError::AddingSecondRootDevice.into());
-        }
-        let size = backing_file_size(&cfg)?;
+        let size = self.resources.pmem_size_for_hotplug(&cfg)?;
         self.running_vm()?
             .hotplug(HotplugDevice::Pmem(&cfg, size))
             .await
@@ -77,16 +62,7 @@ impl<E: Engine> Vmm<E> {
     /// `DELETE /{drives|network-interfaces|pmem}/{id}`: the guest is asked to release the
     /// device and the call returns; the engine takes its host side down once it has.
     pub(super) async fn unplug(&mut self, kind: DeviceKind, id: String) -> ActionResult {
-        let root = match kind {
-            DeviceKind::Drive => self.resources.drives.get(&id).map(|d| d.is_root_device),
-            DeviceKind::NetworkInterface => self.resources.net.get(&id).map(|_| false),
-            DeviceKind::Pmem => self.resources.pmem.get(&id).map(|p| p.root_device),
-        };
-        match root {
-            None => return Err(VmmActionError::DeviceNotFound),
-            Some(true) => return Err(VmmActionError::CannotUnplugRootDevice),
-            Some(false) => {}
-        }
+        self.resources.check_unplug(kind, &id)?;
         self.running_vm()?
             .unplug(kind, &id)
             .await
