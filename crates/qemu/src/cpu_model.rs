@@ -10,7 +10,7 @@ use serde_json::Value;
 use squib_cpu_template::{CpuFlag, CpuModel};
 
 use crate::accel::Accel;
-use crate::qmp::QmpClient;
+use squib_qmp::QmpClient;
 
 /// The flags whose realised value differs from the request, read from the first vCPU.
 pub(crate) async fn unapplied(qmp: &QmpClient, model: &CpuModel) -> Result<Vec<CpuFlag>, String> {

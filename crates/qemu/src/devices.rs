@@ -10,8 +10,8 @@ use squib_vmm::resources::rate_limiter::RateLimiterConfig;
 use squib_vmm::{EngineError, VmResources};
 
 use crate::plan::{self, Aio, BALLOON_ID, DriveNames};
-use crate::qmp::{QmpClient, QmpError};
 use crate::throttle::throttle_args;
+use squib_qmp::{QmpClient, QmpError};
 
 const MIB: u64 = 1 << 20;
 /// Firecracker counts balloon pages of 4 KiB.

@@ -25,8 +25,8 @@ use crate::devices::DeviceState;
 use crate::net;
 use crate::plan::{self, ConsoleTarget, DriveNames, LaunchInputs, LaunchPlan};
 use crate::process::{ProcessExit, QemuProcess};
-use crate::qmp::{QmpClient, QmpError, ShutdownEvent};
 use crate::serial::SerialRelay;
+use squib_qmp::{QmpClient, QmpError, ShutdownEvent};
 
 /// The QEMU binary used when the configuration names none.
 pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";

@@ -21,8 +21,8 @@ use squib_vmm::{EngineError, VmResources};
 
 use crate::net::NetInterface;
 use crate::plan::{self, Aio, DriveNames, Machine, VirtioKind};
-use crate::qmp::{QmpClient, QmpError};
 use crate::throttle::throttle_args;
+use squib_qmp::{QmpClient, QmpError};
 
 /// A host-side object a device uses, removed after the device.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,6 @@ pub(crate) mod hotplug;
 pub(crate) mod net;
 pub(crate) mod plan;
 pub(crate) mod process;
-pub mod qmp;
 pub(crate) mod serial;
 pub(crate) mod snapshot;
 pub(crate) mod throttle;

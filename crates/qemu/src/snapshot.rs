@@ -35,7 +35,7 @@ use crate::accel::Accel;
 use crate::caps::Capabilities;
 use crate::plan::MemoryBackend;
 use crate::plan::argv::RAM_ID;
-use crate::qmp::{QmpClient, QmpError};
+use squib_qmp::{QmpClient, QmpError};
 
 /// The migration capability that leaves shared RAM out of the stream.
 const IGNORE_SHARED: &str = "x-ignore-shared";

@@ -1,4 +1,6 @@
-//! A QMP client over QEMU's Unix socket, built on the `qapi` crate.
+//! squib's QMP client: one connection to a QEMU's QMP Unix socket (on the `qapi` crate), the
+//! typed commands the QEMU engine sends (run state, devices, block, balloon, QOM, migration) with
+//! a timeout each, and the events it watches. It knows nothing of Firecracker or of squib's VM.
 //!
 //! Replies only flow while the event stream is read, so [`QmpClient::connect`] spawns a task
 //! that consumes it; `SHUTDOWN` events are kept so the supervisor can tell a guest power-off
@@ -22,7 +24,7 @@ use tokio::task::JoinHandle;
 const DELETED_BACKLOG: usize = 64;
 
 /// How long one QMP command may take before squib gives up on it.
-pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
 
@@ -45,7 +47,7 @@ pub enum QmpError {
 
 /// A `SHUTDOWN` event: QEMU is about to stop the guest (and, with `-no-reboot`, to exit).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ShutdownEvent {
+pub struct ShutdownEvent {
     /// True when the guest asked for it (power-off, reset, triple fault…), false for a host
     /// request (a signal to QEMU, QMP `quit`…).
     pub guest: bool,
@@ -138,24 +140,24 @@ impl QmpClient {
 
     /// The size of the virtio-mem device (QEMU's `MEMORY_DEVICE_SIZE_CHANGE` events; squib
     /// runs at most one), seeded by [`QmpClient::seed_memory_size`].
-    pub(crate) fn memory_size_events(&self) -> watch::Receiver<u64> {
+    pub fn memory_size_events(&self) -> watch::Receiver<u64> {
         self.memory_size.clone()
     }
 
     /// Ids of devices QEMU removes from now on (`DEVICE_DELETED`); subscribe before asking
     /// for a removal. The stream ends when the QMP connection does.
-    pub(crate) fn deleted_devices(&self) -> broadcast::Receiver<String> {
+    pub fn deleted_devices(&self) -> broadcast::Receiver<String> {
         self.deleted.subscribe()
     }
 
     /// Records a size read from the device (events only report changes).
-    pub(crate) fn seed_memory_size(&self, bytes: u64) {
+    pub fn seed_memory_size(&self, bytes: u64) {
         self.memory_tx.send_replace(bytes);
     }
 
     /// The last `SHUTDOWN` event seen. The sender side closes when the QMP connection ends,
     /// so `changed()` erroring means every event QEMU sent has been read.
-    pub(crate) fn shutdown_events(&self) -> watch::Receiver<Option<ShutdownEvent>> {
+    pub fn shutdown_events(&self) -> watch::Receiver<Option<ShutdownEvent>> {
         self.shutdown.clone()
     }
 
@@ -179,12 +181,12 @@ impl QmpClient {
     }
 
     /// Pauses the vCPUs (`stop`).
-    pub(crate) async fn stop(&self) -> Result<(), QmpError> {
+    pub async fn stop(&self) -> Result<(), QmpError> {
         self.execute(qmp::stop {}).await.map(drop)
     }
 
     /// Resumes the vCPUs (`cont`).
-    pub(crate) async fn cont(&self) -> Result<(), QmpError> {
+    pub async fn cont(&self) -> Result<(), QmpError> {
         self.execute(qmp::cont {}).await.map(drop)
     }
 
@@ -194,13 +196,13 @@ impl QmpClient {
     }
 
     /// True when `query-status` says the guest runs.
-    pub(crate) async fn is_running(&self) -> Result<bool, QmpError> {
+    pub async fn is_running(&self) -> Result<bool, QmpError> {
         let status = self.query_status().await?;
         Ok(status.running && matches!(status.status, RunState::running))
     }
 
     /// Presses Ctrl+Alt+Del on the i8042 keyboard (`send-key`).
-    pub(crate) async fn send_ctrl_alt_del(&self) -> Result<(), QmpError> {
+    pub async fn send_ctrl_alt_del(&self) -> Result<(), QmpError> {
         let key = |code| KeyValue::qcode(QKeyCodeWrapper { data: code });
         self.execute(qmp::send_key {
             keys: vec![
@@ -251,23 +253,19 @@ json_command!(ObjectDel, "object-del");
 /// Hot-plug commands (arguments as QMP's JSON).
 impl QmpClient {
     /// `device_add` with the device's properties (`driver`, `id`, `bus`…).
-    pub(crate) async fn device_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
+    pub async fn device_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
         self.execute(DeviceAdd(properties)).await.map(drop)
     }
 
     /// Asks the guest to release the device; QEMU reports `DEVICE_DELETED` once it has.
-    pub(crate) async fn device_del(&self, id: &str) -> Result<(), QmpError> {
+    pub async fn device_del(&self, id: &str) -> Result<(), QmpError> {
         self.execute(DeviceDel(serde_json::json!({ "id": id })))
             .await
             .map(drop)
     }
 
     /// A socket chardev that connects to the Unix socket `path`.
-    pub(crate) async fn chardev_add_unix_client(
-        &self,
-        id: &str,
-        path: &str,
-    ) -> Result<(), QmpError> {
+    pub async fn chardev_add_unix_client(&self, id: &str, path: &str) -> Result<(), QmpError> {
         self.execute(ChardevAdd(serde_json::json!({
             "id": id,
             "backend": {
@@ -282,27 +280,27 @@ impl QmpClient {
         .map(drop)
     }
 
-    pub(crate) async fn chardev_remove(&self, id: &str) -> Result<(), QmpError> {
+    pub async fn chardev_remove(&self, id: &str) -> Result<(), QmpError> {
         self.execute(ChardevRemove(serde_json::json!({ "id": id })))
             .await
             .map(drop)
     }
 
-    pub(crate) async fn netdev_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
+    pub async fn netdev_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
         self.execute(NetdevAdd(properties)).await.map(drop)
     }
 
-    pub(crate) async fn netdev_del(&self, id: &str) -> Result<(), QmpError> {
+    pub async fn netdev_del(&self, id: &str) -> Result<(), QmpError> {
         self.execute(NetdevDel(serde_json::json!({ "id": id })))
             .await
             .map(drop)
     }
 
-    pub(crate) async fn object_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
+    pub async fn object_add(&self, properties: serde_json::Value) -> Result<(), QmpError> {
         self.execute(ObjectAdd(properties)).await.map(drop)
     }
 
-    pub(crate) async fn object_del(&self, id: &str) -> Result<(), QmpError> {
+    pub async fn object_del(&self, id: &str) -> Result<(), QmpError> {
         self.execute(ObjectDel(serde_json::json!({ "id": id })))
             .await
             .map(drop)
@@ -311,33 +309,30 @@ impl QmpClient {
 
 /// Block and balloon commands (arguments as QMP's JSON).
 impl QmpClient {
-    pub(crate) async fn blockdev_add(&self, options: serde_json::Value) -> Result<(), QmpError> {
+    pub async fn blockdev_add(&self, options: serde_json::Value) -> Result<(), QmpError> {
         self.execute(BlockdevAdd(options)).await.map(drop)
     }
 
     /// `blockdev-reopen` of one node with its complete new options.
-    pub(crate) async fn blockdev_reopen(&self, options: serde_json::Value) -> Result<(), QmpError> {
+    pub async fn blockdev_reopen(&self, options: serde_json::Value) -> Result<(), QmpError> {
         self.execute(BlockdevReopen(serde_json::json!({ "options": [options] })))
             .await
             .map(drop)
     }
 
-    pub(crate) async fn blockdev_del(&self, node_name: &str) -> Result<(), QmpError> {
+    pub async fn blockdev_del(&self, node_name: &str) -> Result<(), QmpError> {
         self.execute(BlockdevDel(serde_json::json!({ "node-name": node_name })))
             .await
             .map(drop)
     }
 
     /// `block_set_io_throttle` with every limit given (0 = unlimited).
-    pub(crate) async fn block_set_io_throttle(
-        &self,
-        args: serde_json::Value,
-    ) -> Result<(), QmpError> {
+    pub async fn block_set_io_throttle(&self, args: serde_json::Value) -> Result<(), QmpError> {
         self.execute(BlockSetIoThrottle(args)).await.map(drop)
     }
 
     /// Sets the balloon's target: the guest's memory size in bytes once inflated.
-    pub(crate) async fn balloon(&self, target_bytes: u64) -> Result<(), QmpError> {
+    pub async fn balloon(&self, target_bytes: u64) -> Result<(), QmpError> {
         self.execute(Balloon(serde_json::json!({ "value": target_bytes })))
             .await
             .map(drop)
@@ -352,18 +347,14 @@ impl QmpClient {
         })
     }
 
-    pub(crate) async fn qom_get(
-        &self,
-        path: &str,
-        property: &str,
-    ) -> Result<serde_json::Value, QmpError> {
+    pub async fn qom_get(&self, path: &str, property: &str) -> Result<serde_json::Value, QmpError> {
         self.execute(QomGet(
             serde_json::json!({ "path": path, "property": property }),
         ))
         .await
     }
 
-    pub(crate) async fn qom_set(
+    pub async fn qom_set(
         &self,
         path: &str,
         property: &str,
@@ -481,11 +472,7 @@ json_command!(QueryMigrate, "query-migrate");
 
 impl QmpClient {
     /// Turns one migration capability on or off.
-    pub(crate) async fn migrate_set_capability(
-        &self,
-        name: &str,
-        on: bool,
-    ) -> Result<(), QmpError> {
+    pub async fn migrate_set_capability(&self, name: &str, on: bool) -> Result<(), QmpError> {
         self.execute(MigrateSetCapabilities(serde_json::json!({
             "capabilities": [{ "capability": name, "state": on }]
         })))
@@ -494,14 +481,14 @@ impl QmpClient {
     }
 
     /// Starts an outgoing migration to `uri` (returns at once; see [`Self::query_migrate`]).
-    pub(crate) async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
+    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
         self.execute(Migrate(serde_json::json!({ "uri": uri })))
             .await
             .map(drop)
     }
 
     /// Starts an incoming migration from `uri` (QEMU was started with `-incoming defer`).
-    pub(crate) async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
         self.execute(MigrateIncoming(serde_json::json!({ "uri": uri })))
             .await
             .map(drop)
