@@ -17,15 +17,6 @@ const MIB: usize = 1 << 20;
 /// Boot args of every test here: the guest idles and runs the script disk.
 const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 squib.action=wait squib.script=/dev/vdb";
 
-/// A raw disk holding `script` (NUL padding, stripped by the guest's init).
-fn script_disk(dir: &Path, script: &str) -> PathBuf {
-    let path = dir.join("script.img");
-    let mut bytes = format!("{script}\nexit 0\n").into_bytes();
-    bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
 /// A raw disk of `size` bytes starting with `text`.
 fn data_disk(dir: &Path, name: &str, text: &str, size: usize) -> PathBuf {
     let path = dir.join(name);
@@ -55,21 +46,6 @@ fn boot_with_script(script: &str, extra: impl FnOnce(&Squib)) -> Squib {
 fn put_drive(squib: &Squib, body: serde_json::Value) {
     let id = body["drive_id"].as_str().unwrap().to_string();
     squib.ok("PUT", &format!("/drives/{id}"), &body.to_string());
-}
-
-/// The value after `prefix` on the last console line that has it.
-fn last_value(squib: &Squib, prefix: &str) -> Option<String> {
-    squib
-        .console()
-        .lines()
-        .filter_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
-        .next_back()
-}
-
-fn get_json(squib: &Squib, path: &str) -> serde_json::Value {
-    let (status, body) = squib.api("GET", path, None);
-    assert_eq!(status, 200, "GET {path} → {status} {body}");
-    serde_json::from_str(&body).unwrap()
 }
 
 #[test]

@@ -4,31 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 use serde_json::json;
 
 const SCRIPT_DONE: &str = "SQUIB-SCRIPT-DONE";
-
-/// A raw disk holding `script` (NUL padding, stripped by the guest's init).
-fn script_disk(dir: &Path, script: &str) -> PathBuf {
-    let path = dir.join("script.img");
-    let mut bytes = format!("{script}\nexit 0\n").into_bytes();
-    bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-/// The value after `prefix` on the last console line that has it.
-fn last_value(squib: &Squib, prefix: &str) -> Option<String> {
-    squib
-        .console()
-        .lines()
-        .filter_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
-        .next_back()
-}
 
 #[test]
 fn enable_pci_boots_virtio_pci_devices_and_reboot_ends_squib() {
@@ -196,18 +177,7 @@ fn pmem_boots_as_root_and_mounts_a_read_only_image() {
     let squib = Squib::start(&[]);
     let dir = squib.dir.path();
     let rootfs = rootfs_copy(&guest, dir);
-    let content = dir.join("content");
-    std::fs::create_dir(&content).unwrap();
-    std::fs::write(content.join("hello"), "SQUIB-PMEM-CONTENT\n").unwrap();
-    let image = dir.join("data.ext4");
-    let made = std::process::Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
-        .arg(&content)
-        .arg(&image)
-        .arg("4M")
-        .status()
-        .expect("run mke2fs");
-    assert!(made.success());
+    let image = ext4_image(dir, "data.ext4", "SQUIB-PMEM-CONTENT");
     let before = std::fs::read(&image).unwrap();
 
     squib.ok(

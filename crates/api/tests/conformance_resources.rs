@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{assert_fault, start, start_with};
+use common::{Options, assert_fault, start, start_with, start_with_options};
+use squib_vmm::fake_engine::FakeEngine;
 
 const PRE_BOOT: &str = "The requested operation is not supported before starting the microVM.";
 const POST_BOOT: &str = "The requested operation is not supported after starting the microVM.";
@@ -706,6 +707,37 @@ async fn diff_snapshots_are_refused_on_a_paused_vm() {
     // Nothing is left behind.
     assert!(!std::path::Path::new(&s.path("vm.state")).exists());
     assert!(!std::path::Path::new(&s.path("vm.mem")).exists());
+}
+
+/// A device whose `DELETE` was answered but which the guest still holds would be in QEMU's
+/// state and missing from the state file: create refuses before touching any file (the
+/// paused guest cannot finish releasing it).
+#[tokio::test]
+async fn snapshot_create_is_refused_while_an_unplug_is_pending() {
+    let engine = FakeEngine::default();
+    let s = start_with_options(Options {
+        engine: engine.clone(),
+        ..Options::default()
+    })
+    .await;
+    s.boot().await;
+    assert_eq!(s.patch("/vm", r#"{"state":"Paused"}"#).await.status(), 204);
+    *engine.unplugging.lock().unwrap() = vec!["drive/data".to_string(), "net/eth1".to_string()];
+    let body = serde_json::json!({
+        "snapshot_path": s.path("vm.state"),
+        "mem_file_path": s.path("vm.mem"),
+    })
+    .to_string();
+    assert_fault(
+        &s.put("/snapshot/create", &body).await,
+        "Create snapshot error: Cannot save the microVM state: Operation not allowed: the guest has not released the devices being unplugged yet: drive/data, net/eth1. Resume the microVM until it has, then pause it and create the snapshot.",
+    );
+    assert!(!std::path::Path::new(&s.path("vm.state")).exists());
+    assert!(!std::path::Path::new(&s.path("vm.mem")).exists());
+    // Once the guest has let go, create goes on to the engine (which saves nothing here).
+    engine.unplugging.lock().unwrap().clear();
+    let reply = s.put("/snapshot/create", &body).await;
+    assert!(!reply.body.contains("unplugged"), "{}", reply.body);
 }
 
 #[tokio::test]

@@ -302,6 +302,12 @@ impl RunningVm for QemuVm {
         self.pci.as_ref().map(|pci| pci.layout())
     }
 
+    fn unplugging(&self) -> Vec<String> {
+        self.pci
+            .as_ref()
+            .map_or_else(Vec::new, |pci| pci.unplugging())
+    }
+
     fn plugged_memory_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.memory_hotplug.then(|| self.qmp.memory_size_events())
     }

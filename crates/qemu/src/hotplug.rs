@@ -133,6 +133,15 @@ impl PciHotplug {
         layout
     }
 
+    /// The devices on their way out: `device_del` sent, `DEVICE_DELETED` not yet arrived.
+    pub fn unplugging(&self) -> Vec<String> {
+        self.locked()
+            .devices
+            .iter()
+            .filter_map(|s| s.device.strip_prefix(UNPLUGGING).map(str::to_string))
+            .collect()
+    }
+
     fn locked(&self) -> std::sync::MutexGuard<'_, PciLayout> {
         // A panic elsewhere cannot leave the layout half-updated: every change is one call.
         self.layout.lock().unwrap_or_else(|e| e.into_inner())

@@ -217,6 +217,13 @@ pub enum CreateSnapshotError {
         "Cannot save the microVM state: Operation not allowed: Devices without snapshot support are present: {0}"
     )]
     DevicesWithoutSnapshotSupport(String),
+    /// A `DELETE` was answered but the guest still holds the device: QEMU's state would
+    /// carry a device the state file no longer lists. The guest is paused, so it cannot
+    /// finish releasing it until it runs again.
+    #[error(
+        "Cannot save the microVM state: Operation not allowed: the guest has not released the devices being unplugged yet: {0}. Resume the microVM until it has, then pause it and create the snapshot."
+    )]
+    UnplugPending(String),
     #[error("Diff snapshots are not supported by squib: only Full snapshots can be created.")]
     DiffUnsupported,
     #[error("Cannot perform {0} on the snapshot backing file: {1}")]

@@ -193,6 +193,11 @@ pub trait RunningVm: Send + 'static {
     fn pci_layout(&self) -> Option<PciLayout> {
         None
     }
+    /// The devices (as [`crate::resources::pci::device_key`]s) the guest was asked to
+    /// release ([`RunningVm::unplug`]) and still holds.
+    fn unplugging(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Hands the registry the counters the engine keeps live (network relays, MMDS), read
     /// at every flush. Engines that keep none register nothing.
     fn register_metrics(&self, _metrics: &squib_metrics::MetricsRegistry) {}

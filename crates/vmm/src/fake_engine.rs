@@ -15,6 +15,8 @@ pub struct FakeEngine {
     pub start_delay: Duration,
     /// Calls made on the running fake guest, in order.
     pub calls: Arc<Mutex<Vec<&'static str>>>,
+    /// What the running fake guest reports as [`RunningVm::unplugging`].
+    pub unplugging: Arc<Mutex<Vec<String>>>,
     exit: Arc<Mutex<Option<oneshot::Sender<VmExit>>>>,
 }
 
@@ -112,6 +114,14 @@ impl RunningVm for FakeVm {
         &mut self,
     ) -> Result<crate::resources::balloon::BalloonStats, EngineError> {
         Ok(crate::resources::balloon::BalloonStats::default())
+    }
+
+    fn unplugging(&self) -> Vec<String> {
+        self.engine
+            .unplugging
+            .lock()
+            .expect("fake engine lock")
+            .clone()
     }
 }
 

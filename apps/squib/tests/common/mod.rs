@@ -10,6 +10,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+mod netns;
+// Not every test binary uses the namespace.
+#[allow(unused_imports)]
+pub use netns::{Netns, tap_prerequisites};
+
 /// Paths of the test guest built by `guest/build.sh`.
 pub struct Guest {
     pub kernel: PathBuf,
@@ -463,3 +468,46 @@ pub fn qemu_accel(squib: &Squib) -> String {
 pub const GUEST_MARKER: &str = "SQUIB-GUEST-INIT-OK";
 pub const ROOTFS_MARKER: &str = "SQUIB-ROOTFS-OK";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A raw disk `script.img` in `dir` holding `script` for the guest's `squib.script=` (NUL
+/// padding, stripped by the guest's init).
+pub fn script_disk(dir: &Path, script: &str) -> PathBuf {
+    let path = dir.join("script.img");
+    let mut bytes = format!("{script}\nexit 0\n").into_bytes();
+    bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A 4 MiB ext4 image `dir/name` with one file `hello` holding `text`.
+pub fn ext4_image(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let content = dir.join(format!("{name}.d"));
+    std::fs::create_dir(&content).unwrap();
+    std::fs::write(content.join("hello"), format!("{text}\n")).unwrap();
+    let image = dir.join(name);
+    let made = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg("4M")
+        .status()
+        .expect("run mke2fs");
+    assert!(made.success());
+    image
+}
+
+/// The value after `prefix` on the last console line that has it.
+pub fn last_value(squib: &Squib, prefix: &str) -> Option<String> {
+    squib
+        .console()
+        .lines()
+        .filter_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
+        .next_back()
+}
+
+/// `GET path`, which must answer 200 with JSON.
+pub fn get_json(squib: &Squib, path: &str) -> serde_json::Value {
+    let (status, body) = squib.api("GET", path, None);
+    assert_eq!(status, 200, "GET {path} → {status} {body}");
+    serde_json::from_str(&body).unwrap()
+}

@@ -56,6 +56,10 @@ impl<E: Engine> Vmm<E> {
                 CreateSnapshotError::DevicesWithoutSnapshotSupport(unsupported.join(", ")).into(),
             );
         }
+        let unplugging = self.running_vm()?.unplugging();
+        if !unplugging.is_empty() {
+            return Err(CreateSnapshotError::UnplugPending(unplugging.join(", ")).into());
+        }
         let snapshot_path = Path::new(&params.snapshot_path);
         let mem_path = Path::new(&params.mem_file_path);
         let state_err = |op: &'static str| {
