@@ -97,43 +97,6 @@ impl VmResources {
         }
     }
 
-    /// Adds the devices of a snapshot's configuration (`interfaces` with the load's overrides
-    /// applied) and checks its memory hot-plug through the rules the API applies: a state
-    /// file is as untrusted as an API body. The text names the device and the broken rule.
-    pub(crate) fn add_saved_devices(
-        &mut self,
-        saved: &VmConfig,
-        interfaces: Vec<NetworkInterfaceConfig>,
-        open_tap: &squib_net::tap::TapOpener,
-    ) -> Result<(), String> {
-        if let Some(hotplug) = &saved.memory_hotplug {
-            hotplug
-                .validate()
-                .map_err(|e| format!("memory hot-plug: {e}"))?;
-        }
-        if self.memory_requested_mib != 0 {
-            self.check_memory_hotplug_request(self.memory_requested_mib)
-                .map_err(|e| format!("memory hot-plug: {e}"))?;
-        }
-        for cfg in &saved.drives {
-            let id = cfg.drive_id.clone();
-            self.insert_drive(cfg.clone())
-                .map_err(|e| format!("drive {id}: {e}"))?;
-        }
-        for cfg in &saved.pmem {
-            let id = cfg.id.clone();
-            self.insert_pmem(cfg.clone())
-                .map_err(|e| format!("pmem {id}: {e}"))?;
-        }
-        for cfg in interfaces {
-            let id = cfg.iface_id.clone();
-            self.net
-                .insert(cfg, open_tap)
-                .map_err(|e| format!("network interface {id}: {e}"))?;
-        }
-        Ok(())
-    }
-
     /// The body of `GET /vm/config`, as compact JSON.
     pub fn full_config_json(&self) -> String {
         serde_json::to_string(&self.vm_config()).unwrap_or_default()
@@ -153,64 +116,6 @@ mod tests {
                 r#""cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"#,
                 r#""metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"pmem":[],"memory-hotplug":null}"#
             )
-        );
-    }
-
-    /// An empty configuration with the keys of `json` put over it.
-    fn saved(json: &str) -> VmConfig {
-        let mut config = serde_json::to_value(VmConfig::default()).unwrap();
-        let edits: serde_json::Map<String, Value> = serde_json::from_str(json).unwrap();
-        config.as_object_mut().unwrap().extend(edits);
-        serde_json::from_value(config).unwrap()
-    }
-
-    fn add(saved: &VmConfig) -> Result<VmResources, String> {
-        let open: squib_net::tap::TapOpener =
-            std::sync::Arc::new(|name: &str| Ok(squib_net::tap::TapHandle::detached(name)));
-        let mut resources = VmResources::default();
-        let interfaces = saved.network_interfaces.clone();
-        resources.add_saved_devices(saved, interfaces, &open)?;
-        Ok(resources)
-    }
-
-    /// A crafted state file meets the rules a client meets: one root device across drives and
-    /// pmem, one MAC per interface, a valid memory hot-plug device.
-    #[test]
-    fn saved_devices_go_through_the_resource_rules() {
-        let disk = tempfile::NamedTempFile::new().unwrap();
-        let disk = disk.path().to_str().unwrap();
-        let root_drive = format!(
-            r#""drives":[{{"drive_id":"rootfs","path_on_host":"{disk}","is_root_device":true,"is_read_only":true}}]"#
-        );
-        let root_pmem = r#""pmem":[{"id":"pm0","path_on_host":"/p","root_device":true}]"#;
-        let both = saved(&format!("{{{root_drive},{root_pmem}}}"));
-        assert_eq!(
-            add(&both).unwrap_err(),
-            "pmem pm0: Attempt to add pmem as a root device while the root device defined as a block device"
-        );
-        let ok = add(&saved(&format!("{{{root_drive}}}"))).unwrap();
-        assert_eq!(ok.drives.root().unwrap().id, "rootfs");
-
-        let two_root_drives = saved(&format!(
-            r#"{{"drives":[{{"drive_id":"a","path_on_host":"{disk}","is_root_device":true,"is_read_only":true}},{{"drive_id":"b","path_on_host":"{disk}","is_root_device":true,"is_read_only":true}}]}}"#
-        ));
-        assert!(add(&two_root_drives).unwrap_err().starts_with("drive b: "));
-
-        let same_mac = saved(
-            r#"{"network-interfaces":[{"iface_id":"a","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01"},{"iface_id":"b","host_dev_name":"tap1","guest_mac":"06:00:00:00:00:01"}]}"#,
-        );
-        assert_eq!(
-            add(&same_mac).unwrap_err(),
-            "network interface b: The MAC address is already in use: 06:00:00:00:00:01"
-        );
-
-        let bad_hotplug = saved(
-            r#"{"memory-hotplug":{"total_size_mib":1024,"block_size_mib":3,"slot_size_mib":128}}"#,
-        );
-        assert!(
-            add(&bad_hotplug)
-                .unwrap_err()
-                .starts_with("memory hot-plug: ")
         );
     }
 

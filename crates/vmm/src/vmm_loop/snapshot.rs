@@ -7,9 +7,10 @@
 //! ([`squib_snapshot::commit_pair`]): a failure leaves the previous pair as it was. A user
 //! file at either path is replaced atomically, never half-written.
 //!
-//! Load: the state file is read and checked, the resources are rebuilt from it (drives and
-//! interfaces re-validated like fresh configuration, network overrides applied), and the
-//! engine restores the guest from a private copy of the memory file.
+//! Load: the state file is read and checked, the resources are rebuilt from it
+//! ([`VmResources::restored`](crate::VmResources): every saved value through the rules of
+//! its endpoint, network overrides applied), and the engine restores the guest from a
+//! private copy of the memory file.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,11 +22,9 @@ use crate::action::{
     ActionResult, CreateSnapshotError, LoadSnapshotError, VmmActionError, VmmData,
 };
 use crate::engine::{Engine, EngineError, RestoreSource, RunningVm};
-use crate::resources::VmResources;
 use crate::resources::drive::DriveBackend;
-use crate::resources::machine_config::{HugePages, MachineConfig};
 use crate::resources::snapshot::{
-    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotHugePages, SnapshotType,
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotType,
 };
 use crate::snapshot_file::{self, SnapshotState, StateHeader};
 use crate::state::VmState;
@@ -194,7 +193,9 @@ impl<E: Engine> Vmm<E> {
             ))
             .into());
         }
-        let resources = self.restored_resources(&state, &params)?;
+        let resources = self
+            .resources
+            .restored(&state.resources, &params, &self.open_tap)?;
         let engine_started = Instant::now();
         let (vm, exit) = self
             .engine
@@ -217,93 +218,6 @@ impl<E: Engine> Vmm<E> {
             self.state = VmState::Running;
         }
         Ok(engine_started.elapsed().as_micros() as u64)
-    }
-
-    /// The resources of the restored VM: the snapshot's device set (re-validated, overrides
-    /// applied), over what the client set before the load (logger, metrics, serial, MMDS
-    /// data). The boot source is empty, as upstream reports it after a restore.
-    fn restored_resources(
-        &self,
-        state: &SnapshotState,
-        params: &LoadSnapshotParams,
-    ) -> Result<VmResources, VmmActionError> {
-        let saved = &state.resources.config;
-        // The file is as untrusted as an API body: everything in it is validated like one.
-        let invalid = |what: String| {
-            VmmActionError::from(LoadSnapshotError::SnapshotState(format!(
-                "Invalid snapshot content: {what}"
-            )))
-        };
-        let saved_machine = MachineConfig::default()
-            .updated(&saved.machine_config.clone().unwrap_or_default().into())
-            .map_err(|e| invalid(format!("machine configuration: {e}")))?;
-        if saved_machine.mem_bytes().is_none() {
-            return Err(invalid(format!(
-                "a memory size of {} MiB",
-                saved_machine.mem_size_mib
-            )));
-        }
-        if let Some(balloon) = &saved.balloon {
-            balloon
-                .validate(saved_machine.mem_size_mib)
-                .map_err(|e| invalid(format!("balloon: {e}")))?;
-        }
-        let huge_pages = match params.huge_pages {
-            SnapshotHugePages::Snapshot => saved_machine.huge_pages,
-            SnapshotHugePages::None => HugePages::None,
-            SnapshotHugePages::Transparent => HugePages::Transparent,
-            SnapshotHugePages::Hugetlbfs2M => HugePages::Hugetlbfs2M,
-        };
-        if huge_pages == HugePages::Hugetlbfs2M {
-            return Err(LoadSnapshotError::GuestMemory(
-                "Cannot restore hugetlbfs backed snapshot by mapping the memory file. Please use uffd."
-                    .into(),
-            )
-            .into());
-        }
-        if params.vsock_override.is_some() {
-            // squib's engine never runs a vsock device, so no snapshot carries one.
-            return Err(LoadSnapshotError::SnapshotState("Unknown Vsock Device.".into()).into());
-        }
-        let mut interfaces = saved.network_interfaces.clone();
-        for o in &params.network_overrides {
-            let iface = interfaces
-                .iter_mut()
-                .find(|i| i.iface_id == o.iface_id)
-                .ok_or_else(|| {
-                    LoadSnapshotError::SnapshotState("Unknown Network Device.".into())
-                })?;
-            iface.host_dev_name = o.host_dev_name.clone();
-        }
-
-        let mut resources = VmResources {
-            machine_config: MachineConfig {
-                vcpu_count: saved_machine.vcpu_count,
-                mem_size_mib: saved_machine.mem_size_mib,
-                track_dirty_pages: params.track_dirty_pages,
-                huge_pages,
-                ..MachineConfig::default()
-            },
-            boot_source: None,
-            // The guest keeps the CPU it was saved with (the engine's device state records
-            // it); like upstream, the restored VM reports no template.
-            cpu_config: None,
-            balloon: saved.balloon,
-            entropy: saved.entropy,
-            pci_enabled: state.resources.pci_enabled,
-            pci_layout: state.resources.pci_layout.clone(),
-            memory_hotplug: saved.memory_hotplug,
-            memory_requested_mib: state.resources.memory_requested_mib,
-            // The devices are added below, through the rules the API applies.
-            drives: Default::default(),
-            pmem: Default::default(),
-            net: Default::default(),
-            ..self.resources.clone()
-        };
-        resources
-            .add_saved_devices(saved, interfaces, &self.open_tap)
-            .map_err(invalid)?;
-        Ok(resources)
     }
 }
 
