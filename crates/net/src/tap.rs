@@ -51,7 +51,8 @@ pub mod offload {
 
 /// Attaches a new `/dev/net/tun` descriptor to the TAP `name` (`TUNSETIFF` with
 /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), non-blocking and close-on-exec. Upstream's order:
-/// `/dev/net/tun` is opened before the name is checked, and only its length is checked.
+/// `/dev/net/tun` is opened before the name is checked, and only its length is checked (and
+/// that it holds no NUL, which would cut it short).
 fn attach(name: &str) -> Result<OwnedFd, TapError> {
     let file: File = OpenOptions::new()
         .read(true)
