@@ -360,8 +360,7 @@ impl<E: Engine> Vmm<E> {
                 Ok(VmmData::Empty)
             }
             SetMemoryHotplug(cfg) => {
-                cfg.validate()?;
-                self.resources.memory_hotplug = Some(cfg);
+                self.resources.set_memory_hotplug(cfg)?;
                 Ok(VmmData::Empty)
             }
             UpdateMemoryHotplugSize(update) => {

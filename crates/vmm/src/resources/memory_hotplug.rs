@@ -85,6 +85,16 @@ impl MemoryHotplugConfig {
 }
 
 impl super::VmResources {
+    /// `PUT /hotplug/memory`: a valid device replaces the configured one.
+    pub(crate) fn set_memory_hotplug(
+        &mut self,
+        cfg: MemoryHotplugConfig,
+    ) -> Result<(), MemoryHotplugConfigError> {
+        cfg.validate()?;
+        self.memory_hotplug = Some(cfg);
+        Ok(())
+    }
+
     /// `PATCH /hotplug/memory`: the device exists and the size is a multiple of its block
     /// size, within its total size. The texts are upstream's.
     pub(crate) fn check_memory_hotplug_request(&self, requested_mib: u32) -> Result<(), String> {
