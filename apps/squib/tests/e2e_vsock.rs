@@ -392,7 +392,7 @@ fn hybrid_vsock_end_to_end() {
 }
 
 #[test]
-fn an_existing_uds_path_fails_with_upstreams_text_and_keeps_the_device() {
+fn an_existing_uds_path_fails_with_upstreams_text_and_drops_the_device() {
     let squib = Squib::start(&["--id", "e2e-vsock-bind"]);
     let dir = squib.dir.path();
     let uds = dir.join("v.sock");
@@ -412,8 +412,9 @@ fn an_existing_uds_path_fails_with_upstreams_text_and_keeps_the_device() {
         body.contains("Cannot create backend for vsock device: Error binding to the host-side Unix socket: Address in use (os error 98)"),
         "{body}"
     );
-    // Refused: the configured device and its socket stay.
+    // As upstream: the configured device was dropped (and its socket file removed) before
+    // the new one was refused.
     let (_, config) = squib.api("GET", "/vm/config", None);
-    assert!(config.contains(r#""guest_cid":3"#), "{config}");
-    assert!(UnixStream::connect(&uds).is_ok());
+    assert!(config.contains(r#""vsock":null"#), "{config}");
+    assert!(!uds.exists());
 }

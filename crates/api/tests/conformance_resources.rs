@@ -255,7 +255,6 @@ async fn device_bodies_and_messages() {
     );
     let busy = s.path("busy.sock");
     let _holder = std::os::unix::net::UnixListener::bind(&busy).unwrap();
-    let before = s.vm_config().await;
     assert_fault(
         &s.put(
             "/vsock",
@@ -264,6 +263,19 @@ async fn device_bodies_and_messages() {
         .await,
         "Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: Address in use (os error 98)",
     );
+    // As upstream, the configured device is dropped before the new one is refused.
+    assert_eq!(s.vm_config().await["vsock"], serde_json::Value::Null);
+    assert!(!std::path::Path::new(&vsock_path).exists());
+    assert_eq!(
+        s.put(
+            "/vsock",
+            &format!(r#"{{"guest_cid":4,"uds_path":"{vsock_path}"}}"#)
+        )
+        .await
+        .status(),
+        204
+    );
+    let before = s.vm_config().await;
     assert_fault(
         &s.put("/balloon", r#"{"amount_mib":129,"deflate_on_oom":false}"#)
             .await,
@@ -596,11 +608,17 @@ async fn corrupt_snapshot_state_files_fail_the_load_fatally() {
     let prefix = "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: ";
     for (bytes, text) in [
         (bad_crc, "CRC64 validation failed"),
-        (bad_magic, "Magic value does not match arch: 7"),
+        // Upstream's texts for a file its decoder cannot read, and for one shorter than a CRC.
         (
-            b"tiny".to_vec(),
-            "Snapshot file is smaller than CRC length.",
+            bad_magic,
+            "An error occurred during bitcode serialization: bitcode error",
         ),
+        (
+            vec![0x5a; 5000],
+            "An error occurred during bitcode serialization: bitcode error",
+        ),
+        (b"tiny".to_vec(), "IO Error: File too short to contain CRC"),
+        (Vec::new(), "IO Error: File too short to contain CRC"),
     ] {
         let s = start().await;
         let state = s.path("vm.state");

@@ -7,7 +7,8 @@
 
 use squib_vmm::resources::cpu_config::CpuidRegister::{self, Eax, Ebx, Ecx, Edx};
 use squib_vmm::resources::cpu_config::{
-    CpuidLeafModifier, CpuidRegisterModifier, CustomCpuTemplate, MsrModifier, RegisterValueFilter,
+    CpuidLeafModifier, CpuidRegisterModifier, CustomCpuTemplate, RegisterModifier,
+    RegisterValueFilter,
 };
 use squib_vmm::resources::machine_config::StaticCpuTemplate;
 
@@ -104,7 +105,7 @@ pub(crate) fn template(which: StaticCpuTemplate) -> Option<CustomCpuTemplate> {
         .collect();
     let msr_modifiers = msrs
         .iter()
-        .map(|&(addr, filter, value)| MsrModifier {
+        .map(|&(addr, filter, value)| RegisterModifier {
             addr,
             bitmap: RegisterValueFilter { filter, value },
         })

@@ -15,7 +15,9 @@
 //! | 26+h+s | 8 | CRC-64/XZ of every byte before it |
 //!
 //! Guest memory is not in this file: it is the memory file next to it.
-//! Checks on load run in upstream's order: size, CRC, magic, version, then the payload.
+//! Checks on load run in upstream's order: size, magic, version (upstream decodes its header
+//! first), CRC, then the payload; a file without the magic gets upstream's text for a file its
+//! decoder cannot read.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -85,10 +87,14 @@ pub enum SnapshotFormatError {
     Crc64,
     #[error("Invalid data version: {0}")]
     InvalidFormatVersion(FormatVersion),
-    #[error("Magic value does not match arch: {0}")]
-    InvalidMagic(u64),
-    #[error("Snapshot file is smaller than CRC length.")]
+    #[error("IO Error: File too short to contain CRC")]
     InvalidSnapshotSize,
+    /// Not a squib state file at all: upstream's text for a file its decoder cannot read.
+    #[error("An error occurred during bitcode serialization: bitcode error")]
+    Undecodable,
+    /// Reading the file failed (upstream's `IO Error: ⟨OS error⟩`, e.g. for a directory).
+    #[error("IO Error: {0}")]
+    Read(String),
     #[error(
         "Snapshot file is larger than any squib writes: {0} bytes (at most {MAX_STATE_FILE_LEN})."
     )]
@@ -119,30 +125,42 @@ pub fn encode(header: &[u8], device_state: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks size, CRC, magic and version; returns the version and the payload after them.
+/// Checks size, magic, version and CRC, in upstream's order (it decodes the header, checks
+/// its magic and version, then the CRC); returns the version and the payload after them.
 fn check(bytes: &[u8]) -> Result<(FormatVersion, &[u8]), SnapshotFormatError> {
     if bytes.len() < CRC_LEN {
         return Err(SnapshotFormatError::InvalidSnapshotSize);
     }
     let (body, trailer) = bytes.split_at(bytes.len() - CRC_LEN);
+    let version = check_head(body)?;
     let stored = u64::from_le_bytes(trailer.try_into().unwrap_or_default());
     if crc64(body) != stored {
         return Err(SnapshotFormatError::Crc64);
     }
-    let mut reader = Reader(body);
-    let magic = reader.u64()?;
+    Ok((version, &body[FIXED_HEAD - 4..]))
+}
+
+/// Magic and version at the start of `head`: a file without squib's magic is one upstream's
+/// decoder could not read either.
+fn check_head(head: &[u8]) -> Result<FormatVersion, SnapshotFormatError> {
+    let mut reader = Reader(head);
+    let (Ok(magic), Ok(major), Ok(minor), Ok(patch)) =
+        (reader.u64(), reader.u16(), reader.u16(), reader.u16())
+    else {
+        return Err(SnapshotFormatError::Undecodable);
+    };
     if magic != SNAPSHOT_MAGIC {
-        return Err(SnapshotFormatError::InvalidMagic(magic));
+        return Err(SnapshotFormatError::Undecodable);
     }
     let version = FormatVersion {
-        major: reader.u16()?,
-        minor: reader.u16()?,
-        patch: reader.u16()?,
+        major,
+        minor,
+        patch,
     };
     if !version.readable() {
         return Err(SnapshotFormatError::InvalidFormatVersion(version));
     }
-    Ok((version, reader.0))
+    Ok(version)
 }
 
 /// Checks a state file and splits it into its parts; the header is not parsed here.
@@ -392,6 +410,12 @@ pub fn read_state_file(path: &Path) -> Result<Vec<u8>, ReadStateError> {
         .open(path)
         .map_err(ReadStateError::Open)?;
     let meta = file.metadata().map_err(ReadStateError::Open)?;
+    if meta.is_dir() {
+        // Upstream opens a directory, then fails to read it.
+        return Err(ReadStateError::Format(SnapshotFormatError::Read(
+            io::Error::from_raw_os_error(libc::EISDIR).to_string(),
+        )));
+    }
     if !meta.file_type().is_file() {
         return Err(ReadStateError::Open(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -410,6 +434,11 @@ pub fn read_state_file(path: &Path) -> Result<Vec<u8>, ReadStateError> {
     if len > MAX_STATE_FILE_LEN {
         return Err(ReadStateError::Format(SnapshotFormatError::TooLarge(len)));
     }
+    let mut head = [0u8; FIXED_HEAD - 4];
+    let head_len = (len - CRC_LEN as u64).min(head.len() as u64) as usize;
+    file.read_exact_at(&mut head[..head_len], 0)
+        .map_err(ReadStateError::Open)?;
+    check_head(&head[..head_len]).map_err(ReadStateError::Format)?;
     if !header_adds_up(&file, len) {
         let stored_at = len - CRC_LEN as u64;
         let mut crc = CRC64.digest();
@@ -574,10 +603,9 @@ mod tests {
         let mut bytes = encode(&sample(), b"x");
         bytes[0] = b'X';
         let bytes = reseal(bytes);
-        let magic = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         assert_eq!(
             decode(&bytes).unwrap_err().to_string(),
-            format!("Magic value does not match arch: {magic}")
+            "An error occurred during bitcode serialization: bitcode error"
         );
     }
 
@@ -611,6 +639,9 @@ mod tests {
             let err = decode(&bytes[..len]).unwrap_err();
             if len < CRC_LEN {
                 assert_eq!(err, SnapshotFormatError::InvalidSnapshotSize);
+            } else if len < CRC_LEN + FIXED_HEAD - 4 {
+                // No room for the magic and version before the CRC.
+                assert_eq!(err, SnapshotFormatError::Undecodable, "at {len}");
             } else {
                 assert_eq!(err, SnapshotFormatError::Crc64, "at {len}");
             }
@@ -687,13 +718,34 @@ mod tests {
             ReadStateError::Format(SnapshotFormatError::TooLarge(len)) if len == 1 << 30
         ));
 
-        // A header that does not add up: the CRC is checked streaming, upstream's text.
+        // Not a state file at all: upstream's text for what its decoder cannot read, before
+        // any CRC.
         let bogus = dir.path().join("bogus");
         std::fs::write(&bogus, vec![0x5a; 3 << 20]).unwrap();
         assert!(matches!(
             read_state_file(&bogus).unwrap_err(),
+            ReadStateError::Format(SnapshotFormatError::Undecodable)
+        ));
+        // Squib's magic and version, then a header that does not add up: the CRC is checked
+        // streaming, upstream's text.
+        let mut head = encode(&sample(), b"x")[..FIXED_HEAD].to_vec();
+        head.resize(3 << 20, 0x5a);
+        std::fs::write(&bogus, head).unwrap();
+        assert!(matches!(
+            read_state_file(&bogus).unwrap_err(),
             ReadStateError::Format(SnapshotFormatError::Crc64)
         ));
+        // A directory opens, then cannot be read, as upstream reports it.
+        assert_eq!(
+            read_state_file(dir.path()).unwrap_err().to_string(),
+            "IO Error: Is a directory (os error 21)"
+        );
+        // Shorter than a CRC.
+        std::fs::write(&bogus, b"abc").unwrap();
+        assert_eq!(
+            read_state_file(&bogus).unwrap_err().to_string(),
+            "IO Error: File too short to contain CRC"
+        );
         // Lengths that lie behind a valid CRC still reach `decode`, which names them.
         let mut lying = encode(&sample(), b"abc");
         lying[FIXED_HEAD - 4..FIXED_HEAD].copy_from_slice(&7u32.to_le_bytes());

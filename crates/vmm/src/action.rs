@@ -23,7 +23,7 @@ use crate::resources::mmds::{MmdsConfigError, MmdsConfigRequest};
 use crate::resources::net::{
     NetworkInterfaceConfig, NetworkInterfaceError, NetworkInterfaceUpdateConfig,
 };
-use crate::resources::pmem::{PmemConfig, PmemConfigError, PmemUpdateConfig};
+use crate::resources::pmem::{PmemConfig, PmemConfigError, PmemDeviceUpdateConfig};
 use crate::resources::serial::SerialConfig;
 use crate::resources::snapshot::{CreateSnapshotParams, LoadSnapshotParams};
 use crate::resources::vsock::{VsockConfigError, VsockDeviceConfig};
@@ -48,7 +48,7 @@ pub enum VmmAction {
     InsertNetworkDevice(NetworkInterfaceConfig),
     UpdateNetworkInterface(NetworkInterfaceUpdateConfig),
     InsertPmemDevice(PmemConfig),
-    UpdatePmemDevice(PmemUpdateConfig),
+    UpdatePmemDevice(PmemDeviceUpdateConfig),
     RemoveDevice(DeviceKind, String),
     SetVsockDevice(VsockDeviceConfig),
     SetBalloonDevice(BalloonDeviceConfig),

@@ -304,8 +304,10 @@ impl<E: Engine> Vmm<E> {
             // Pre-boot it never gets here (post-boot only).
             RemoveDevice(kind, id) => self.unplug(kind, id).await,
             SetVsockDevice(cfg) => {
-                let vsock = Vsock::bind(cfg, self.resources.vsock.as_ref())?;
-                self.resources.vsock = Some(vsock);
+                // As upstream, the configured device is dropped first, even when the new one
+                // is then refused.
+                let previous = self.resources.vsock.take();
+                self.resources.vsock = Some(Vsock::bind(cfg, previous)?);
                 Ok(VmmData::Empty)
             }
             SetBalloonDevice(cfg) => {
@@ -479,10 +481,12 @@ impl<E: Engine> Vmm<E> {
     }
 
     fn set_metrics(&mut self, config: MetricsConfig) -> Result<(), VmmActionError> {
+        // Upstream opens the target before it finds metrics already initialised, so an
+        // unopenable path reports its OS error even then.
+        let metrics = Metrics::open(config)?;
         if self.resources.metrics.is_some() {
             return Err(MetricsConfigError::AlreadyInitialized.into());
         }
-        let metrics = Metrics::open(config)?;
         self.metrics.install(
             &self.instance_id,
             LineHeader {

@@ -2,7 +2,7 @@
 
 use squib_vmm::VmmAction;
 use squib_vmm::action::DeviceKind;
-use squib_vmm::resources::pmem::{PmemConfig, PmemUpdateConfig};
+use squib_vmm::resources::pmem::{PmemConfig, PmemDeviceUpdateConfig};
 
 use crate::request::{ParsedRequest, RequestError, checked_id, parse_body};
 
@@ -19,7 +19,7 @@ pub(crate) fn parse_put(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, 
 
 pub(crate) fn parse_patch(body: &[u8], id: Option<&str>) -> Result<ParsedRequest, RequestError> {
     let id = checked_id(id)?;
-    let update: PmemUpdateConfig = parse_body(body)?;
+    let update: PmemDeviceUpdateConfig = parse_body(body)?;
     if update.id != id {
         return Err(RequestError::generic(ID_MISMATCH));
     }

@@ -12,14 +12,14 @@ enum VmState {
 }
 
 #[derive(Deserialize)]
-// Upstream's type name, which serde spells in its error texts.
-#[serde(rename = "Vm", deny_unknown_fields)]
-struct VmStateBody {
+// Upstream's type name: serde spells the Rust name (not a `rename`) in its error texts.
+#[serde(deny_unknown_fields)]
+struct Vm {
     state: VmState,
 }
 
 pub(crate) fn parse_patch(body: &[u8]) -> Result<ParsedRequest, RequestError> {
-    let VmStateBody { state } = parse_body(body)?;
+    let Vm { state } = parse_body(body)?;
     Ok(ParsedRequest::action(match state {
         VmState::Paused => VmmAction::Pause,
         VmState::Resumed => VmmAction::Resume,

@@ -13,7 +13,7 @@ pub struct CustomCpuTemplate {
     #[serde(default)]
     pub cpuid_modifiers: Vec<CpuidLeafModifier>,
     #[serde(default)]
-    pub msr_modifiers: Vec<MsrModifier>,
+    pub msr_modifiers: Vec<RegisterModifier>,
 }
 
 /// A KVM capability to require (`"171"`) or to drop (`"!171"`).
@@ -83,9 +83,10 @@ pub struct CpuidRegisterModifier {
     pub bitmap: RegisterValueFilter,
 }
 
+/// An MSR modifier, under upstream's type name (serde spells it in its error texts).
 /// Unknown fields are accepted here, as upstream does.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct MsrModifier {
+pub struct RegisterModifier {
     #[serde(deserialize_with = "number_from_str")]
     pub addr: u32,
     #[serde(deserialize_with = "bitmap64")]

@@ -14,25 +14,31 @@ pub enum MmdsVersion {
     V2,
 }
 
-/// Body of `PUT /mmds/config`. `version` stays optional here because omitting it is itself
-/// deprecated (docs/api-contract.md §3.6).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-// Upstream's type name, which serde spells in its error texts.
-#[serde(rename = "MmdsConfig", deny_unknown_fields)]
-pub struct MmdsConfigRequest {
-    /// Absent is `None`; `null` is refused, as upstream (whose field is not an `Option`).
-    #[serde(default, deserialize_with = "present_version")]
-    pub version: Option<MmdsVersion>,
-    pub network_interfaces: Vec<String>,
-    pub ipv4_address: Option<Ipv4Addr>,
-    #[serde(default)]
-    pub imds_compat: bool,
-}
+pub use upstream_name::MmdsConfig as MmdsConfigRequest;
 
-fn present_version<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<MmdsVersion>, D::Error> {
-    MmdsVersion::deserialize(d).map(Some)
+mod upstream_name {
+    use super::*;
+
+    /// Body of `PUT /mmds/config`. `version` stays optional here because omitting it is itself
+    /// deprecated (docs/api-contract.md §3.6). The type carries upstream's name because serde
+    /// spells the Rust name (not a `rename`) in its error texts.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MmdsConfig {
+        /// Absent is `None`; `null` is refused, as upstream (whose field is not an `Option`).
+        #[serde(default, deserialize_with = "present_version")]
+        pub version: Option<MmdsVersion>,
+        pub network_interfaces: Vec<String>,
+        pub ipv4_address: Option<Ipv4Addr>,
+        #[serde(default)]
+        pub imds_compat: bool,
+    }
+
+    fn present_version<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<MmdsVersion>, D::Error> {
+        MmdsVersion::deserialize(d).map(Some)
+    }
 }
 
 impl MmdsConfigRequest {

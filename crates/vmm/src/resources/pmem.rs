@@ -20,9 +20,9 @@ pub struct PmemConfig {
 
 /// Body of `PATCH /pmem/{id}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-// Upstream's type name, which serde spells in its error texts.
-#[serde(rename = "PmemDeviceUpdateConfig", deny_unknown_fields)]
-pub struct PmemUpdateConfig {
+// Upstream's type name: serde spells the Rust name (not a `rename`) in its error texts.
+#[serde(deny_unknown_fields)]
+pub struct PmemDeviceUpdateConfig {
     pub id: String,
     pub rate_limiter: Option<RateLimiterConfig>,
 }

@@ -54,22 +54,19 @@ pub struct Vsock {
 }
 
 impl Vsock {
-    /// Binds `uds_path`. `previous` is the device being replaced: its socket file is removed
-    /// as upstream does, so a re-PUT with the same path succeeds; with another path, only once
-    /// the new one is bound, so a refused PUT leaves the configured device working.
+    /// Binds `uds_path`. `previous` is the device being replaced: as upstream, its socket file
+    /// is removed first (a failure to remove it refuses the `PUT` as a bind error), and it is
+    /// gone whether or not the new one binds.
     pub fn bind(
         config: VsockDeviceConfig,
-        previous: Option<&Vsock>,
+        previous: Option<Vsock>,
     ) -> Result<Self, VsockConfigError> {
-        let same_path = previous.is_some_and(|old| old.config.uds_path == config.uds_path);
-        if same_path {
-            let _ = std::fs::remove_file(&config.uds_path);
+        if let Some(old) = previous {
+            std::fs::remove_file(&old.config.uds_path)
+                .map_err(|e| VsockConfigError::Bind(e.into()))?;
         }
         let listener =
             UnixListener::bind(&config.uds_path).map_err(|e| VsockConfigError::Bind(e.into()))?;
-        if let Some(old) = previous.filter(|_| !same_path) {
-            let _ = std::fs::remove_file(&old.config.uds_path);
-        }
         Ok(Self {
             config: VsockDeviceConfig {
                 vsock_id: None,
@@ -103,6 +100,14 @@ mod tests {
             err.to_string(),
             "Cannot create backend for vsock device: Error binding to the host-side Unix socket: Address in use (os error 98)"
         );
-        Vsock::bind(cfg, Some(&first)).unwrap();
+        let second = Vsock::bind(cfg.clone(), Some(first)).unwrap();
+        // Upstream removes the old socket file before binding the new one, and refuses the
+        // PUT if that file is gone.
+        std::fs::remove_file(&path).unwrap();
+        let err = Vsock::bind(cfg, Some(second)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cannot create backend for vsock device: Error binding to the host-side Unix socket: No such file or directory (os error 2)"
+        );
     }
 }

@@ -172,9 +172,6 @@ impl<E: Engine> Vmm<E> {
         &mut self,
         params: LoadSnapshotParams,
     ) -> Result<u64, VmmActionError> {
-        if params.mem_backend.backend_type == MemBackendType::Uffd {
-            return Err(LoadSnapshotError::UffdUnsupported.into());
-        }
         if params.clock_realtime {
             tracing::warn!(
                 "clock_realtime is not honoured: the guest's clock resumes where it was saved"
@@ -184,6 +181,10 @@ impl<E: Engine> Vmm<E> {
             tracing::warn!("track_dirty_pages is not honoured: squib takes Full snapshots only");
         }
         let state = read_state(Path::new(&params.snapshot_path).to_path_buf()).await?;
+        // Upstream reads the state file before it looks at the memory backend.
+        if params.mem_backend.backend_type == MemBackendType::Uffd {
+            return Err(LoadSnapshotError::UffdUnsupported.into());
+        }
         // A FIFO (or device) as the memory file would block the engine's open: refused here.
         let mem_path = Path::new(&params.mem_backend.backend_path);
         if std::fs::metadata(mem_path).is_ok_and(|m| !m.is_file()) {
