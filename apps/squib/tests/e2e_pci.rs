@@ -131,6 +131,13 @@ done
             .to_string(),
     );
     squib.ok("PUT", "/hotplug/memory", r#"{"total_size_mib":256}"#);
+    let metrics = squib.dir.path().join("metrics.json");
+    std::fs::write(&metrics, b"").unwrap();
+    squib.ok(
+        "PUT",
+        "/metrics",
+        &json!({"metrics_path": metrics}).to_string(),
+    );
     squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     squib.wait_for_line("MEM-TOTAL ", Duration::from_secs(120));
     let base = mem_total_kib(&squib).unwrap();
@@ -167,6 +174,23 @@ done
 
     squib.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib":0}"#);
     wait_for_memory(&squib, base, 0);
+
+    // Upstream's `memory_hotplug` section counts what QEMU reported plugged and unplugged
+    // (counters are deltas: summed over the lines).
+    squib.ok("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    let sum = |key: &str| -> u64 {
+        lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| v["memory_hotplug"][key].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("plug_bytes"), 128 << 20, "{lines}");
+    assert_eq!(sum("unplug_bytes"), 128 << 20, "{lines}");
+    assert!(sum("plug_count") >= 1, "{lines}");
+    assert!(sum("unplug_count") >= 1, "{lines}");
+    assert_eq!(sum("plug_fails"), 0, "{lines}");
 }
 
 /// virtio-pmem: the root file system on a pmem device (`root=/dev/pmem0`, as upstream), and
@@ -219,8 +243,38 @@ echo "PMEM-DATA $(cat /mnt/p/hello)"
         "/pmem/data",
         &json!({"id": "data", "path_on_host": image, "read_only": true}).to_string(),
     );
+    let metrics = dir.join("metrics.json");
+    std::fs::write(&metrics, b"").unwrap();
+    squib.ok(
+        "PUT",
+        "/metrics",
+        &json!({"metrics_path": metrics}).to_string(),
+    );
     squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     squib.wait_for_line(SCRIPT_DONE, Duration::from_secs(120));
+    // A `pmem_⟨id⟩` section per device, then the `pmem` aggregate, between `entropy` and
+    // `interrupts`, with upstream's keys (docs/metrics.md: QEMU keeps no pmem counters).
+    squib.ok("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line = text.lines().last().unwrap();
+    let at = |key: &str| {
+        line.find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    assert!(at("entropy") < at("pmem_data"), "{line}");
+    assert!(at("pmem_data") < at("pmem_root"), "{line}");
+    assert!(at("pmem_root") < at("pmem"), "{line}");
+    assert!(at("pmem") < at("interrupts"), "{line}");
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    for key in [
+        "activate_fails",
+        "cfg_fails",
+        "event_fails",
+        "queue_event_count",
+    ] {
+        assert_eq!(value["pmem_root"][key], 0, "{line}");
+        assert_eq!(value["pmem"][key], 0, "{line}");
+    }
     assert_eq!(
         last_value(&squib, "PMEM-ROOT ").as_deref(),
         Some("/dev/pmem0 rw"),

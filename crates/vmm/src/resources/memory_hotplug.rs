@@ -111,8 +111,36 @@ impl super::VmResources {
     }
 }
 
+/// Counts a change of the plugged size QEMU reports (`old` → `new` bytes) in upstream's
+/// `memory_hotplug` section: a growth is a plug, a shrink an unplug. QEMU reports the size, not
+/// the guest's requests (and at most one change a second), so a count covers one or more
+/// guest requests; the bytes are exact.
+pub(crate) fn count_plugged_change(m: &squib_metrics::schema::MemoryHotplug, old: u64, new: u64) {
+    if new > old {
+        m.plug_count.inc();
+        m.plug_bytes.add(new - old);
+    } else if new < old {
+        m.unplug_count.inc();
+        m.unplug_bytes.add(old - new);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plugged_size_changes_count_as_plugs_and_unplugs() {
+        let m = squib_metrics::schema::MemoryHotplug::default();
+        super::count_plugged_change(&m, 0, 128 << 20);
+        super::count_plugged_change(&m, 128 << 20, 256 << 20);
+        super::count_plugged_change(&m, 256 << 20, 256 << 20);
+        super::count_plugged_change(&m, 256 << 20, 64 << 20);
+        assert_eq!(m.plug_count.get(), 2);
+        assert_eq!(m.plug_bytes.get(), 256 << 20);
+        assert_eq!(m.unplug_count.get(), 1);
+        assert_eq!(m.unplug_bytes.get(), 192 << 20);
+        assert_eq!(m.plug_fails.get(), 0);
+    }
+
     use super::*;
 
     fn check(json: &str) -> Result<(), MemoryHotplugConfigError> {
