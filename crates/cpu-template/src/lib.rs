@@ -7,6 +7,9 @@
 //! about once per start (the engine also checks over QMP what QEMU really applied). The mapping
 //! tables are in `features.rs` and the upstream templates in `static_templates.rs`.
 
+// A name is `pub` only when it is the crate's API (clippy -D warnings makes this an error).
+#![warn(unreachable_pub)]
+
 pub(crate) mod features;
 pub(crate) mod static_templates;
 

@@ -12,6 +12,9 @@
 //! then the non-iterable device sections, which are copied untouched. Anything else (XBZRLE,
 //! compression, RDMA hooks, other iterable sections) fails the split instead of guessing.
 
+// A name is `pub` only when it is the crate's API (clippy -D warnings makes this an error).
+#![warn(unreachable_pub)]
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;

@@ -134,7 +134,7 @@ impl PciHotplug {
     }
 
     /// The devices on their way out: `device_del` sent, `DEVICE_DELETED` not yet arrived.
-    pub fn unplugging(&self) -> Vec<String> {
+    pub(crate) fn unplugging(&self) -> Vec<String> {
         self.locked()
             .devices
             .iter()

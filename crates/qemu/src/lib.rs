@@ -2,6 +2,9 @@
 //! QEMU directly. A start turns the validated VM resources into a typed launch plan, renders it
 //! to QEMU's argv, supervises the QEMU child and drives it over QMP.
 
+// A name is `pub` only when it is the crate's API (clippy -D warnings makes this an error).
+#![warn(unreachable_pub)]
+
 pub(crate) mod accel;
 pub mod block_stats;
 pub(crate) mod caps;

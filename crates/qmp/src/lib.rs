@@ -6,6 +6,9 @@
 //! that consumes it; `SHUTDOWN` events are kept so the supervisor can tell a guest power-off
 //! from a host-side stop or a crash.
 
+// A name is `pub` only when it is the crate's API (clippy -D warnings makes this an error).
+#![warn(unreachable_pub)]
+
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
