@@ -105,13 +105,25 @@ fn main() -> ExitCode {
     squib_vhost::set_thread_hook(|_| seccomp::apply_current(seccomp::ThreadKind::Backend));
     // The API thread first, before any filter: it binds and answers while the VMM side is
     // still being set up, and runs under its own filter alone.
-    let started = match prepare(*args, logger) {
+    let mut started = match prepare(*args, logger) {
         Ok(started) => started,
         Err(e) => {
             tracing::error!("{e:#}");
             return ExitCode::from(EXIT_GENERIC_ERROR);
         }
     };
+    // The VMM side (its filter, the runtime's threads) is set up once the API thread has
+    // bound its socket and is filtered: until then the API's start has the CPU to itself
+    // (reads are answered from the VM view without the VMM; requests for it queue).
+    if let Some(ready) = started.api_ready.take() {
+        let bound = ready
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("The API thread ended before serving")));
+        if let Err(e) = bound {
+            tracing::error!("{e:#}");
+            return ExitCode::from(EXIT_GENERIC_ERROR);
+        }
+    }
     // Installed once, here: the runtime's threads inherit it (attaching a filter costs the
     // kernel more than any other start-up step).
     seccomp::apply_current(seccomp::ThreadKind::Vmm);
@@ -287,15 +299,9 @@ async fn run(prepared: Prepared) -> anyhow::Result<Ending> {
         metrics,
         controller,
         mut api_ended,
-        api_ready,
+        api_ready: _,
         config_done,
     } = prepared;
-    if let Some(ready) = api_ready {
-        // The API thread has bound its socket (or failed to) long before this point.
-        ready
-            .recv()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("The API thread ended before serving")))?;
-    }
     probe.probe_in_background();
     let mut vmm_task = tokio::spawn(vmm.run());
 
