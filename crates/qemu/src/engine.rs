@@ -505,7 +505,7 @@ impl QemuEngine {
                 resources,
                 runtime_dir.path(),
                 io_uring_usable(),
-                caps.vhost_user_net_pci_needs_intx(),
+                plan::net_intx(caps, accel),
             )
         });
         if let Some(pci) = &pci {
