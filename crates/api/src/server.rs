@@ -148,6 +148,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
         inner: stream,
         activity: activity.clone(),
         head: HeadMethod::default(),
+        connection: ConnectionHeader::default(),
     });
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -238,6 +239,7 @@ struct Watched {
     inner: UnixStream,
     activity: Arc<Activity>,
     head: HeadMethod,
+    connection: ConnectionHeader,
 }
 
 /// Spells the method `HEAD` as `HEAd` in what hyper reads. Upstream refuses `HEAD` like any
@@ -275,6 +277,42 @@ impl HeadMethod {
     }
 }
 
+/// Respells a `Connection` header name as `Connectiox` in what hyper reads. Upstream ignores
+/// the header: it answers `Connection: keep-alive` and keeps the connection open even after
+/// `Connection: close`, where hyper would add `close` to the answer and then close. Matched
+/// case-insensitively at any line start, across reads; as for [`HeadMethod`], a JSON body
+/// cannot hold such a line (a `c` starts no JSON token, and the error is found before the
+/// rewritten byte).
+#[derive(Debug)]
+struct ConnectionHeader {
+    /// How much of `\nconnectio` the bytes read so far end with.
+    matched: usize,
+}
+
+impl Default for ConnectionHeader {
+    fn default() -> Self {
+        Self { matched: 1 }
+    }
+}
+
+impl ConnectionHeader {
+    const PATTERN: &[u8] = b"\nconnectio";
+
+    fn rewrite(&mut self, bytes: &mut [u8]) {
+        for byte in bytes {
+            let lower = byte.to_ascii_lowercase();
+            if self.matched == Self::PATTERN.len() && lower == b'n' {
+                *byte = b'x';
+                self.matched = 0;
+            } else if self.matched < Self::PATTERN.len() && lower == Self::PATTERN[self.matched] {
+                self.matched += 1;
+            } else {
+                self.matched = usize::from(*byte == b'\n');
+            }
+        }
+    }
+}
+
 impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -287,6 +325,7 @@ impl AsyncRead for Watched {
             self.activity.stamp();
             let this = &mut *self;
             this.head.rewrite(&mut buf.filled_mut()[before..]);
+            this.connection.rewrite(&mut buf.filled_mut()[before..]);
         }
         polled
     }
@@ -512,6 +551,33 @@ mod tests {
         assert_eq!(rewritten(&["HHEAD / HTTP/1.1"]), "HHEAD / HTTP/1.1");
         assert_eq!(rewritten(&["\n\nHEAD"]), "\n\nHEAd");
         assert_eq!(rewritten(&["HEAT\nHEAD"]), "HEAT\nHEAd");
+    }
+
+    #[test]
+    fn connection_header_is_hidden_from_hyper() {
+        let respelled = |chunks: &[&str]| {
+            let mut matcher = ConnectionHeader::default();
+            let mut out = String::new();
+            for chunk in chunks {
+                let mut bytes = chunk.as_bytes().to_vec();
+                matcher.rewrite(&mut bytes);
+                out.push_str(std::str::from_utf8(&bytes).unwrap());
+            }
+            out
+        };
+        assert_eq!(
+            respelled(&["GET / HTTP/1.1\r\nConnection: close\r\n\r\n"]),
+            "GET / HTTP/1.1\r\nConnectiox: close\r\n\r\n"
+        );
+        assert_eq!(
+            respelled(&["GET / HTTP/1.1\r\ncONNECT", "IO", "N: close\r\n"]),
+            "GET / HTTP/1.1\r\ncONNECTIOx: close\r\n"
+        );
+        // Only a header name at a line start.
+        assert_eq!(
+            respelled(&["GET /connection HTTP/1.1\r\nX-Connection: close\r\n"]),
+            "GET /connection HTTP/1.1\r\nX-Connection: close\r\n"
+        );
     }
 
     #[test]
