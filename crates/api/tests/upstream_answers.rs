@@ -135,3 +135,40 @@ async fn connection_close_is_ignored_as_upstream_does() {
         assert_eq!(reply.body, r#"{"firecracker_version":"1.17.0"}"#);
     }
 }
+
+/// A directory as kernel or initrd: upstream opens it at `PUT /boot-source` and fails only
+/// when it loads it at `InstanceStart` (texts recorded from upstream).
+#[tokio::test]
+async fn directory_boot_files_fail_at_boot_as_upstream() {
+    let server = start().await;
+    let dir = server.dir.path().to_str().unwrap().to_string();
+    let kernel = server.kernel_path().to_string();
+    let instance_start = r#"{"action_type":"InstanceStart"}"#;
+    let put = server
+        .put(
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path":"{dir}"}}"#),
+        )
+        .await;
+    assert_eq!(put.status(), 204, "{}", put.body);
+    let reply = server.put("/actions", instance_start).await;
+    assert_eq!(reply.status(), 400);
+    assert_eq!(
+        reply.body,
+        r#"{"fault_message":"Start microvm error: System configuration error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image: Kernel Loader: Unable to read elf header"}"#
+    );
+    let put = server
+        .put(
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path":"{kernel}","initrd_path":"{dir}"}}"#),
+        )
+        .await;
+    assert_eq!(put.status(), 204, "{}", put.body);
+    let reply = server.put("/actions", instance_start).await;
+    assert_eq!(reply.status(), 400);
+    assert_eq!(
+        reply.body,
+        r#"{"fault_message":"Start microvm error: Error with initrd initialization: Cannot load initrd due to an invalid image: Is a directory (os error 21)."}"#
+    );
+    assert_eq!(server.get("/").await.json()["state"], "Not started");
+}

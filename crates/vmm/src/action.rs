@@ -202,6 +202,8 @@ pub enum StartMicroVmError {
     #[error("Cannot start microvm without kernel configuration.")]
     MissingKernelConfig,
     #[error("{0}")]
+    BootFiles(#[from] crate::resources::boot_source::BootFilesError),
+    #[error("{0}")]
     Engine(EngineError),
 }
 

@@ -536,9 +536,12 @@ impl<E: Engine> Vmm<E> {
     }
 
     async fn start(&mut self) -> ActionResult {
-        if self.resources.boot_source.is_none() {
+        let Some(boot_source) = &self.resources.boot_source else {
             return Err(StartMicroVmError::MissingKernelConfig.into());
-        }
+        };
+        boot_source
+            .check_loadable()
+            .map_err(StartMicroVmError::from)?;
         let (vm, exit) = self
             .engine
             .start(&self.resources)

@@ -36,7 +36,33 @@ pub struct BootSource {
     pub config: BootSourceConfig,
 }
 
+/// Why the boot files cannot be loaded at `InstanceStart`; the texts are upstream's.
+#[derive(Debug, thiserror::Error)]
+pub enum BootFilesError {
+    #[error(
+        "System configuration error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image: Kernel Loader: Unable to read elf header"
+    )]
+    KernelUnreadable,
+    #[error("Error with initrd initialization: Cannot load initrd due to an invalid image: {0}.")]
+    InitrdUnreadable(io::Error),
+}
+
 impl BootSource {
+    /// What upstream finds when it loads the kernel and the initrd at boot: a directory (which
+    /// `PUT /boot-source` accepts, as upstream) cannot be read.
+    pub fn check_loadable(&self) -> Result<(), BootFilesError> {
+        let is_dir = |path: &str| std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+        if is_dir(&self.config.kernel_image_path) {
+            return Err(BootFilesError::KernelUnreadable);
+        }
+        if self.config.initrd_path.as_deref().is_some_and(is_dir) {
+            return Err(BootFilesError::InitrdUnreadable(
+                io::Error::from_raw_os_error(libc::EISDIR),
+            ));
+        }
+        Ok(())
+    }
+
     /// The command line the guest will start with, before squib adds device parameters.
     pub fn cmdline(&self) -> &str {
         self.config
@@ -62,15 +88,17 @@ impl TryFrom<BootSourceConfig> for BootSource {
     }
 }
 
-/// Opens a kernel or initrd to check it without ever waiting: only a regular file is
-/// accepted (a FIFO would block the open until a writer comes).
+/// Opens a kernel or initrd to check it without ever waiting: a regular file, or a directory
+/// (upstream opens one fine and fails only at boot, see [`BootSource::check_loadable`]); a
+/// FIFO would block the open until a writer comes, so it and the other kinds are refused.
 fn open_regular(path: &str) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() && !meta.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
