@@ -48,14 +48,44 @@ impl<'de> Deserialize<'de> for LogLevel {
 
 /// Body of `PUT /logger`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "wire::LoggerConfig")]
 pub struct LoggerConfig {
-    #[serde(default, deserialize_with = "super::path_string::optional")]
     pub log_path: Option<String>,
     pub level: Option<LogLevel>,
     pub show_level: Option<bool>,
     pub show_log_origin: Option<bool>,
     pub module: Option<String>,
+}
+
+mod wire {
+    use serde::Deserialize;
+
+    use super::super::path_string::PathString;
+    use super::LogLevel;
+
+    /// Upstream's shape and name, which serde spells in its errors (`invalid length 0,
+    /// expected struct LoggerConfig with 5 elements` for `[]`).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct LoggerConfig {
+        log_path: Option<PathString>,
+        level: Option<LogLevel>,
+        show_level: Option<bool>,
+        show_log_origin: Option<bool>,
+        module: Option<String>,
+    }
+
+    impl From<LoggerConfig> for super::LoggerConfig {
+        fn from(w: LoggerConfig) -> Self {
+            Self {
+                log_path: w.log_path.map(|p| p.0),
+                level: w.level,
+                show_level: w.show_level,
+                show_log_origin: w.show_log_origin,
+                module: w.module,
+            }
+        }
+    }
 }
 
 /// Why `PUT /logger` failed (prefix `Logger error: `).

@@ -23,7 +23,9 @@ impl Visitor<'_> for PathVisitor {
     }
 }
 
-struct PathString(String);
+/// A `PathBuf`-like field's string; an `Option` of it is missing-as-`None` without a serde
+/// `default` (which would change serde's `invalid length` count for an array body).
+pub(crate) struct PathString(pub(crate) String);
 
 impl<'de> Deserialize<'de> for PathString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

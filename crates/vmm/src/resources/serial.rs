@@ -6,9 +6,33 @@ use super::rate_limiter::TokenBucketConfig;
 
 /// Body of `PUT /serial`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "wire::SerialConfig")]
 pub struct SerialConfig {
-    #[serde(default, deserialize_with = "super::path_string::optional")]
     pub serial_out_path: Option<String>,
     pub rate_limiter: Option<TokenBucketConfig>,
+}
+
+mod wire {
+    use serde::Deserialize;
+
+    use super::super::path_string::PathString;
+    use super::TokenBucketConfig;
+
+    /// Upstream's shape and name, which serde spells in its errors (`invalid length 0,
+    /// expected struct SerialConfig with 2 elements` for `[]`).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct SerialConfig {
+        serial_out_path: Option<PathString>,
+        rate_limiter: Option<TokenBucketConfig>,
+    }
+
+    impl From<SerialConfig> for super::SerialConfig {
+        fn from(w: SerialConfig) -> Self {
+            Self {
+                serial_out_path: w.serial_out_path.map(|p| p.0),
+                rate_limiter: w.rate_limiter,
+            }
+        }
+    }
 }
