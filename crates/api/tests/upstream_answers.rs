@@ -172,3 +172,34 @@ async fn directory_boot_files_fail_at_boot_as_upstream() {
     );
     assert_eq!(server.get("/").await.json()["state"], "Not started");
 }
+
+/// Upstream reads a pmem device's configuration back as it came, an empty limiter included,
+/// where a drive's disabled limiter reads back as `null` (recorded from upstream).
+#[tokio::test]
+async fn pmem_limiters_read_back_as_given() {
+    let server = start().await;
+    let dir = server.dir.path().to_str().unwrap().to_string();
+    make_fixtures(&dir);
+    for (id, limiter) in [("a", "{}"), ("b", r#"{"ops":{"size":0,"refill_time":0}}"#)] {
+        let body =
+            format!(r#"{{"id":"{id}","path_on_host":"{dir}/pmem.img","rate_limiter":{limiter}}}"#);
+        assert_eq!(
+            server.put(&format!("/pmem/{id}"), &body).await.status(),
+            204
+        );
+    }
+    let body = format!(
+        r#"{{"drive_id":"d","path_on_host":"{dir}/disk.img","is_root_device":false,"rate_limiter":{{}}}}"#
+    );
+    assert_eq!(server.put("/drives/d", &body).await.status(), 204);
+    let config = server.vm_config().await;
+    assert_eq!(
+        config["pmem"][0]["rate_limiter"],
+        serde_json::json!({"bandwidth":null,"ops":null})
+    );
+    assert_eq!(
+        config["pmem"][1]["rate_limiter"],
+        serde_json::json!({"bandwidth":null,"ops":{"size":0,"one_time_burst":null,"refill_time":0}})
+    );
+    assert_eq!(config["drives"][0]["rate_limiter"], serde_json::Value::Null);
+}

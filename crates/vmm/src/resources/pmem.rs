@@ -139,15 +139,11 @@ impl PmemDevices {
         self.list.is_empty()
     }
 
-    /// The read-back shapes: disabled limiters shown as `null`.
+    /// The read-back shapes: as given, so `"rate_limiter":{}` reads back as
+    /// `{"bandwidth":null,"ops":null}` (upstream keeps a pmem device's configuration as it
+    /// came, where drives and interfaces show a disabled limiter as `null`).
     pub(crate) fn to_configs(&self) -> Vec<PmemConfig> {
-        self.list
-            .iter()
-            .map(|p| PmemConfig {
-                rate_limiter: p.rate_limiter.and_then(RateLimiterConfig::normalized),
-                ..p.clone()
-            })
-            .collect()
+        self.list.clone()
     }
 }
 
