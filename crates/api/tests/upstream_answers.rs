@@ -137,7 +137,8 @@ async fn connection_close_is_ignored_as_upstream_does() {
 }
 
 /// A directory as kernel or initrd: upstream opens it at `PUT /boot-source` and fails only
-/// when it loads it at `InstanceStart` (texts recorded from upstream).
+/// when it loads it at `InstanceStart`; so does a kernel its loader cannot read (texts
+/// recorded from upstream).
 #[tokio::test]
 async fn directory_boot_files_fail_at_boot_as_upstream() {
     let server = start().await;
@@ -170,6 +171,28 @@ async fn directory_boot_files_fail_at_boot_as_upstream() {
         reply.body,
         r#"{"fault_message":"Start microvm error: Error with initrd initialization: Cannot load initrd due to an invalid image: Is a directory (os error 21)."}"#
     );
+    // Neither an ELF nor a bzImage, and too short for an ELF header (recorded from upstream).
+    make_fixtures(&dir);
+    for (kernel, loader) in [
+        (
+            "kernel",
+            "failed to load bzImage kernel image: Kernel Loader: Invalid bzImage",
+        ),
+        (
+            "empty",
+            "failed to load ELF kernel image: Kernel Loader: Unable to read elf header",
+        ),
+    ] {
+        let body = format!(r#"{{"kernel_image_path":"{dir}/{kernel}"}}"#);
+        assert_eq!(server.put("/boot-source", &body).await.status(), 204);
+        let reply = server.put("/actions", instance_start).await;
+        assert_eq!(
+            reply.body,
+            format!(
+                r#"{{"fault_message":"Start microvm error: System configuration error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: {loader}"}}"#
+            )
+        );
+    }
     assert_eq!(server.get("/").await.json()["state"], "Not started");
 }
 

@@ -43,6 +43,12 @@ pub enum BootFilesError {
         "System configuration error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image: Kernel Loader: Unable to read elf header"
     )]
     KernelUnreadable,
+    /// Neither an ELF (no ELF magic) nor a bzImage (no `HdrS` setup header, a boot protocol
+    /// older than 2.00, or not loaded high).
+    #[error(
+        "System configuration error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load bzImage kernel image: Kernel Loader: Invalid bzImage"
+    )]
+    KernelInvalidBzImage,
     #[error("Error with initrd initialization: Cannot load initrd due to an invalid image: {0}.")]
     InitrdUnreadable(io::Error),
 }
@@ -52,9 +58,7 @@ impl BootSource {
     /// `PUT /boot-source` accepts, as upstream) cannot be read.
     pub fn check_loadable(&self) -> Result<(), BootFilesError> {
         let is_dir = |path: &str| std::fs::metadata(path).is_ok_and(|m| m.is_dir());
-        if is_dir(&self.config.kernel_image_path) {
-            return Err(BootFilesError::KernelUnreadable);
-        }
+        check_kernel_image(&self.config.kernel_image_path)?;
         if self.config.initrd_path.as_deref().is_some_and(is_dir) {
             return Err(BootFilesError::InitrdUnreadable(
                 io::Error::from_raw_os_error(libc::EISDIR),
@@ -86,6 +90,43 @@ impl TryFrom<BootSourceConfig> for BootSource {
         }
         Ok(Self { config })
     }
+}
+
+/// Upstream's loader checks, in its order: a full ELF header (else `Unable to read elf
+/// header`), the ELF magic, else a bzImage's setup header at 0x1f1 (read as far as the file
+/// goes): `HdrS`, protocol 2.00 or later, loaded high. A file that cannot be opened any more
+/// fails the engine's start with its own text.
+fn check_kernel_image(path: &str) -> Result<(), BootFilesError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const ELF_HEADER_LEN: usize = 64;
+    const SETUP_HEADER_AT: usize = 0x1f1;
+    // Up to `loadflags` (0x211) of the setup header.
+    const HEAD_LEN: usize = 0x212;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    else {
+        return Ok(());
+    };
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    if file.take(HEAD_LEN as u64).read_to_end(&mut head).is_err() || head.len() < ELF_HEADER_LEN {
+        return Err(BootFilesError::KernelUnreadable);
+    }
+    if head.starts_with(b"\x7fELF") {
+        return Ok(());
+    }
+    head.resize(HEAD_LEN, 0);
+    let header = &head[SETUP_HEADER_AT..];
+    let at = |offset: usize| offset - SETUP_HEADER_AT;
+    let magic = &header[at(0x202)..at(0x206)];
+    let version = u16::from_le_bytes([header[at(0x206)], header[at(0x207)]]);
+    let loadflags = header[at(0x211)];
+    if magic != b"HdrS" || version < 0x0200 || loadflags & 1 == 0 {
+        return Err(BootFilesError::KernelInvalidBzImage);
+    }
+    Ok(())
 }
 
 /// Opens a kernel or initrd to check it without ever waiting: a regular file, or a directory
