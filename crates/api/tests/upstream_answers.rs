@@ -193,6 +193,13 @@ async fn directory_boot_files_fail_at_boot_as_upstream() {
             )
         );
     }
+    // Upstream opens the serial output before it loads the kernel.
+    let body = format!(r#"{{"serial_out_path":"{dir}/adir"}}"#);
+    assert_eq!(server.put("/serial", &body).await.status(), 204);
+    assert_eq!(
+        server.put("/actions", instance_start).await.body,
+        r#"{"fault_message":"Start microvm error: Failed to create device manager: Error with EventFd: Is a directory (os error 21)"}"#
+    );
     assert_eq!(server.get("/").await.json()["state"], "Not started");
 }
 

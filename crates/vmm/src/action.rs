@@ -203,6 +203,10 @@ pub enum StartMicroVmError {
     MissingKernelConfig,
     #[error("{0}")]
     BootFiles(#[from] crate::resources::boot_source::BootFilesError),
+    /// The serial output file cannot be opened: upstream opens it first, when it creates its
+    /// device manager, and words it so.
+    #[error("Failed to create device manager: Error with EventFd: {0}")]
+    SerialOutput(squib_net::OsError),
     #[error("{0}")]
     Engine(EngineError),
 }

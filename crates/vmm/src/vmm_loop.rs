@@ -539,6 +539,15 @@ impl<E: Engine> Vmm<E> {
         let Some(boot_source) = &self.resources.boot_source else {
             return Err(StartMicroVmError::MissingKernelConfig.into());
         };
+        if let Some(path) = self
+            .resources
+            .serial
+            .as_ref()
+            .and_then(|s| s.serial_out_path.as_deref())
+        {
+            crate::resources::serial::open_as_upstream(path)
+                .map_err(|e| StartMicroVmError::SerialOutput(e.into()))?;
+        }
         boot_source
             .check_loadable()
             .map_err(StartMicroVmError::from)?;

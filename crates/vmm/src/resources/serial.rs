@@ -36,3 +36,17 @@ mod wire {
         }
     }
 }
+
+/// Opens the serial output as upstream does before anything else at `InstanceStart`
+/// (created if absent, read-write, non-blocking, so even a FIFO without a reader opens),
+/// then closes it: squib's relay opens it again to write.
+pub(crate) fn open_as_upstream(path: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(drop)
+}
