@@ -643,6 +643,34 @@ async fn corrupt_snapshot_state_files_fail_the_load_fatally() {
     }
 }
 
+/// The Uffd backend is refused once the state file is read (upstream reads it first), and the
+/// load fails fatally.
+#[tokio::test]
+async fn uffd_backend_is_refused_after_the_state_file() {
+    use squib_vmm::snapshot_file::{StateHeader, encode};
+    let resources = StateHeader::from_resources(&squib_vmm::VmResources::default());
+    let s = start().await;
+    let state = s.path("vm.state");
+    std::fs::write(&state, encode(&resources, b"device state")).unwrap();
+    let body = serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "Uffd", "backend_path": s.path("uffd.sock")},
+    })
+    .to_string();
+    assert_fault(
+        &s.put("/snapshot/load", &body).await,
+        "Load snapshot error: The Uffd memory backend is not supported by squib: use backend_type File.",
+    );
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(5), s.vmm)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(exit, squib_vmm::VmmExit::FatalError(_)),
+        "{exit:?}"
+    );
+}
+
 /// A state file is as untrusted as an API body: crafted values behind a valid CRC are
 /// refused like the same values sent to the API, and the load fails fatally.
 #[tokio::test]
