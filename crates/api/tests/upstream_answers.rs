@@ -203,6 +203,56 @@ async fn directory_boot_files_fail_at_boot_as_upstream() {
     assert_eq!(server.get("/").await.json()["state"], "Not started");
 }
 
+/// A directory as a drive: upstream opens it at `PUT /drives`, so read-only it is accepted and
+/// `GET /vm/config` lists it, writable it fails with `EISDIR` (recorded from upstream). QEMU
+/// cannot use a directory as a disk, so squib refuses it at `InstanceStart`
+/// (docs/deviations.md), and the microVM stays configurable.
+#[tokio::test]
+async fn directory_drive_is_accepted_read_only_and_refused_at_boot() {
+    let server = start().await;
+    let dir = server.dir.path().to_str().unwrap().to_string();
+    make_fixtures(&dir);
+    let kernel = server.kernel_path().to_string();
+    let body = format!(r#"{{"kernel_image_path":"{kernel}"}}"#);
+    assert_eq!(server.put("/boot-source", &body).await.status(), 204);
+    let drive = |read_only: bool| {
+        format!(
+            r#"{{"drive_id":"d","path_on_host":"{dir}/adir","is_root_device":false,"is_read_only":{read_only}}}"#
+        )
+    };
+    let reply = server.put("/drives/d", &drive(false)).await;
+    assert_eq!(
+        reply.body,
+        format!(
+            r#"{{"fault_message":"Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: Is a directory (os error 21) {dir}/adir"}}"#
+        )
+    );
+    let reply = server.put("/drives/d", &drive(true)).await;
+    assert_eq!(reply.status(), 204, "{}", reply.body);
+    let config = server.vm_config().await;
+    assert_eq!(config["drives"][0]["path_on_host"], format!("{dir}/adir"));
+    assert_eq!(config["drives"][0]["is_read_only"], true);
+    let reply = server
+        .put("/actions", r#"{"action_type":"InstanceStart"}"#)
+        .await;
+    assert_eq!(
+        reply.body,
+        format!(
+            r#"{{"fault_message":"Start microvm error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: not a regular file or a block device {dir}/adir"}}"#
+        )
+    );
+    assert_eq!(server.get("/").await.json()["state"], "Not started");
+    // Replaced by a regular file, the same microVM boots.
+    let body = format!(
+        r#"{{"drive_id":"d","path_on_host":"{dir}/disk.img","is_root_device":false,"is_read_only":true}}"#
+    );
+    assert_eq!(server.put("/drives/d", &body).await.status(), 204);
+    let reply = server
+        .put("/actions", r#"{"action_type":"InstanceStart"}"#)
+        .await;
+    assert_eq!(reply.status(), 204, "{}", reply.body);
+}
+
 /// Upstream reads a pmem device's configuration back as it came, an empty limiter included,
 /// where a drive's disabled limiter reads back as `null` (recorded from upstream).
 #[tokio::test]

@@ -207,6 +207,10 @@ pub enum StartMicroVmError {
     /// device manager, and words it so.
     #[error("Failed to create device manager: Error with EventFd: {0}")]
     SerialOutput(squib_net::OsError),
+    /// A drive QEMU cannot open as a disk (a directory, accepted read-only at `PUT` as
+    /// upstream does).
+    #[error("{0}")]
+    Drive(#[from] crate::resources::drive::DriveError),
     #[error("{0}")]
     Engine(EngineError),
 }

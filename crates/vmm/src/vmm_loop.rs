@@ -551,6 +551,10 @@ impl<E: Engine> Vmm<E> {
         boot_source
             .check_loadable()
             .map_err(StartMicroVmError::from)?;
+        self.resources
+            .drives
+            .check_usable()
+            .map_err(StartMicroVmError::from)?;
         let (vm, exit) = self
             .engine
             .start(&self.resources)

@@ -145,6 +145,18 @@ impl Eq for BackendConnection {}
 /// (which would block an open until a writer comes), a socket or a character device is
 /// refused; a regular file or a block device is accepted. Nothing is written or truncated.
 pub(crate) fn open_backing_file(path: &str, writable: bool) -> io::Result<std::fs::File> {
+    open_checked(path, writable, false)
+}
+
+/// `PUT /drives` before boot: as [`open_backing_file`], but a directory given read-only is
+/// accepted as upstream accepts it (it opens read-only; writable it fails with `EISDIR`
+/// there too). QEMU cannot use one, so `InstanceStart` refuses it
+/// ([`Drives::check_usable`]); a hot-plug or a swap refuses it at once.
+fn open_backing_file_at_put(path: &str, writable: bool) -> io::Result<std::fs::File> {
+    open_checked(path, writable, true)
+}
+
+fn open_checked(path: &str, writable: bool, directory: bool) -> io::Result<std::fs::File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = OpenOptions::new()
         .read(true)
@@ -152,13 +164,27 @@ pub(crate) fn open_backing_file(path: &str, writable: bool) -> io::Result<std::f
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let kind = file.metadata()?.file_type();
-    if !(kind.is_file() || kind.is_block_device()) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file or a block device",
-        ));
+    if !(kind.is_file() || kind.is_block_device() || (directory && kind.is_dir())) {
+        return Err(not_a_disk());
     }
     Ok(file)
+}
+
+fn not_a_disk() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file or a block device",
+    )
+}
+
+/// A file-backed drive's path that is a directory (accepted read-only at `PUT`, as upstream).
+fn directory_backed(drive: &Drive) -> Result<(), DriveError> {
+    match &drive.backend {
+        DriveBackend::File { path, .. } if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) => {
+            Err(DriveError::BackingFile(not_a_disk(), path.clone()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A drive whose shape is valid and whose backing file could be opened.
@@ -178,7 +204,7 @@ impl TryFrom<BlockDeviceConfig> for Drive {
         let backend = match (&cfg.path_on_host, &cfg.socket) {
             (Some(path), None) => {
                 let read_only = cfg.is_read_only.unwrap_or(false);
-                open_backing_file(path, !read_only)
+                open_backing_file_at_put(path, !read_only)
                     .map_err(|e| DriveError::BackingFile(e, path.clone()))?;
                 DriveBackend::File {
                     path: path.clone(),
@@ -255,6 +281,12 @@ pub struct Drives {
 }
 
 impl Drives {
+    /// At `InstanceStart`: every drive can back a QEMU disk. A directory, accepted read-only at
+    /// `PUT` as upstream does, cannot (upstream boots and the guest's reads fail).
+    pub(crate) fn check_usable(&self) -> Result<(), DriveError> {
+        self.list.iter().try_for_each(directory_backed)
+    }
+
     /// Whether a drive of this id may be (or stay) the root device. Upstream checks this
     /// before it opens the backing file or connects to the backend, so its text wins over
     /// theirs.
@@ -340,7 +372,9 @@ impl super::VmResources {
         if cfg.is_root_device {
             return Err(DriveError::RootBlockDeviceAlreadyAdded.into());
         }
-        Ok(Drive::try_from(cfg)?)
+        let drive = Drive::try_from(cfg)?;
+        directory_backed(&drive)?;
+        Ok(drive)
     }
 
     /// `PATCH /drives/{id}`: what changes, checked (a new backing file is opened first); the

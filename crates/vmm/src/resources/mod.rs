@@ -158,6 +158,18 @@ mod tests {
                 .id,
             "data"
         );
+        // A directory, accepted read-only before boot as upstream does, is no disk QEMU can
+        // plug: refused at once.
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().to_str().unwrap();
+        assert!(
+            text(
+                resources
+                    .drive_for_hotplug(drive("data", false, dir))
+                    .unwrap_err()
+            )
+            .ends_with(&format!("not a regular file or a block device {dir}"))
+        );
         let root_pmem = PmemConfig {
             id: "pm0".into(),
             path_on_host: path.into(),
