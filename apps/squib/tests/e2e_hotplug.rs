@@ -43,10 +43,20 @@ fn unplug(squib: &Squib, path: &str) {
     assert_eq!(status, 204, "DELETE {path} → {status} {body}");
 }
 
-fn vm_config(squib: &Squib) -> serde_json::Value {
-    let (status, body) = squib.api("GET", "/vm/config", None);
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+/// Hot-plugs the read-only drive `data` backed by `image` and the card `eth0` on [`TAP`].
+fn plug_data_drive_and_eth0(squib: &Squib, image: &std::path::Path) {
+    put(
+        squib,
+        "/drives/data",
+        &json!({"drive_id": "data", "path_on_host": image, "is_root_device": false, "is_read_only": true})
+            .to_string(),
+    );
+    put(
+        squib,
+        "/network-interfaces/eth0",
+        &json!({"iface_id": "eth0", "host_dev_name": TAP, "guest_mac": "06:00:0a:00:07:02"})
+            .to_string(),
+    );
 }
 
 fn ids(config: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
@@ -114,24 +124,13 @@ echo "HP-PCI-AFTER $(ls /sys/bus/pci/devices | wc -l)"
     let data = ext4_image(dir, "data.ext4", "SQUIB-HOTPLUG-DRIVE");
     let pmem = ext4_image(dir, "pmem.ext4", "SQUIB-HOTPLUG-PMEM");
     let data_before = std::fs::read(&data).unwrap();
-    put(
-        &squib,
-        "/drives/data",
-        &json!({"drive_id": "data", "path_on_host": data, "is_root_device": false, "is_read_only": true})
-            .to_string(),
-    );
-    put(
-        &squib,
-        "/network-interfaces/eth0",
-        &json!({"iface_id": "eth0", "host_dev_name": TAP, "guest_mac": "06:00:0a:00:07:02"})
-            .to_string(),
-    );
+    plug_data_drive_and_eth0(&squib, &data);
     put(
         &squib,
         "/pmem/p0",
         &json!({"id": "p0", "path_on_host": pmem, "read_only": true}).to_string(),
     );
-    let config = vm_config(&squib);
+    let config = get_json(&squib, "/vm/config");
     assert_eq!(
         ids(&config, "drives", "drive_id"),
         ["rootfs", "script", "data"]
@@ -253,7 +252,7 @@ echo "HP-PCI-AFTER $(ls /sys/bus/pci/devices | wc -l)"
         "PCI manager error: QEMU cannot unplug virtio-pmem devices",
     );
     refused(&squib, "DELETE", "/drives/data", None, "Device not found");
-    let config = vm_config(&squib);
+    let config = get_json(&squib, "/vm/config");
     assert_eq!(ids(&config, "drives", "drive_id"), ["rootfs", "script"]);
     assert!(ids(&config, "network-interfaces", "iface_id").is_empty());
     assert_eq!(ids(&config, "pmem", "id"), ["p0"]);
@@ -330,18 +329,7 @@ done
         ns.link_up(TAP);
         let base_kib = snap_tick(&squib).unwrap().mem_kib;
 
-        put(
-            &squib,
-            "/drives/data",
-            &json!({"drive_id": "data", "path_on_host": data, "is_root_device": false, "is_read_only": true})
-                .to_string(),
-        );
-        put(
-            &squib,
-            "/network-interfaces/eth0",
-            &json!({"iface_id": "eth0", "host_dev_name": TAP, "guest_mac": "06:00:0a:00:07:02"})
-                .to_string(),
-        );
+        plug_data_drive_and_eth0(&squib, &data);
         squib.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib":128}"#);
         let plugged = wait_for_tick(&squib, STEP, |t| {
             t.mem_kib == base_kib + 128 * 1024 && t.drive == "SQUIB-SNAP-DRIVE" && t.ping
@@ -416,7 +404,7 @@ done
     assert_eq!(status["plugged_size_mib"], 128, "{status}");
     assert_eq!(status["requested_size_mib"], 128, "{status}");
     assert_eq!(status["total_size_mib"], 256, "{status}");
-    let config = vm_config(&squib);
+    let config = get_json(&squib, "/vm/config");
     assert_eq!(
         ids(&config, "drives", "drive_id"),
         ["rootfs", "script", "data"]

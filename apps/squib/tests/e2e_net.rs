@@ -11,124 +11,24 @@
 mod common;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
 
 const HOST_IP: &str = "10.0.0.1";
+const HOST_CIDR: &str = "10.0.0.1/24";
 const GUEST_CIDR: &str = "10.0.0.2/24";
 const GUEST_IP: &str = "10.0.0.2";
 const TAP: &str = "sqbtap0";
 const SCRIPT_DONE: &str = "SQUIB-SCRIPT-DONE";
 const STEP_TIMEOUT: Duration = Duration::from_secs(45);
-
-/// True when the prerequisites are there; panics under `CI=true` when they are not.
-fn prerequisites() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tun = Path::new("/dev/net/tun").exists();
-    let ip = Command::new("ip").arg("-V").output().is_ok();
-    let missing: Vec<&str> = [
-        (root, "root"),
-        (tun, "/dev/net/tun"),
-        (ip, "the ip command"),
-    ]
-    .into_iter()
-    .filter(|(ok, _)| !ok)
-    .map(|(_, what)| what)
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "e2e_net prerequisites missing under CI: {missing:?}"
-    );
-    eprintln!("SKIPPED: e2e_net needs {missing:?}");
-    false
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run a command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A network namespace holding one TAP with the host-side address; deleted on drop (with the
-/// TAP in it).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "sqb-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> Output {
-        run(Command::new("ip").args(["-n", &self.name]).args(args))
-    }
-
-    /// A persistent TAP with the host address, still down: squib must open it first.
-    fn add_tap(&self, name: &str) {
-        self.ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
-        self.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", name]);
-    }
-
-    fn link_up(&self, name: &str) {
-        self.ip(&["link", "set", name, "up"]);
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-
-    /// Runs `f` on a thread that joined the namespace: its sockets live there.
-    fn thread<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open the netns");
-            // SAFETY: setns on an open network-namespace descriptor; it moves this thread only.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
 
 /// A raw "disk" holding the guest script (`squib.script=/dev/vda`), NUL-padded to sectors.
 fn script_drive(dir: &Path, script: &str) -> PathBuf {
@@ -308,13 +208,13 @@ fn pattern_sum(len: usize) -> u32 {
 
 #[test]
 fn ping_and_tcp_both_ways_through_the_device() {
-    if !prerequisites() {
+    if !tap_prerequisites("e2e_net") {
         return;
     }
     const UP: usize = 2 << 20;
     const DOWN: usize = 2 << 20;
     let ns = Netns::new("tcp");
-    ns.add_tap(TAP);
+    ns.add_tap(TAP, HOST_CIDR);
     // Host side, inside the namespace: one listener per direction, bound before the guest runs.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let host = ns.thread(move || {
@@ -347,7 +247,7 @@ fn ping_and_tcp_both_ways_through_the_device() {
     });
     ready_rx.recv_timeout(STEP_TIMEOUT).unwrap();
 
-    let squib = Squib::start_in_netns(&ns.name, &["--id", "e2e-net-tcp"]);
+    let squib = Squib::start_in_netns(&ns.0, &["--id", "e2e-net-tcp"]);
     configure_net_guest(
         &squib,
         &ns,
@@ -414,12 +314,12 @@ fn configure_mmds(squib: &Squib, version: &str) {
 
 #[test]
 fn mmds_v1_from_inside_the_guest() {
-    if !prerequisites() {
+    if !tap_prerequisites("e2e_net") {
         return;
     }
     let ns = Netns::new("mmds1");
-    ns.add_tap(TAP);
-    let squib = Squib::start_in_netns(&ns.name, &["--id", "e2e-net-mmds1"]);
+    ns.add_tap(TAP, HOST_CIDR);
+    let squib = Squib::start_in_netns(&ns.0, &["--id", "e2e-net-mmds1"]);
     let m = "169.254.169.254";
     configure_net_guest(
         &squib,
@@ -494,12 +394,12 @@ fn mmds_v1_from_inside_the_guest() {
 
 #[test]
 fn mmds_v2_tokens_from_inside_the_guest() {
-    if !prerequisites() {
+    if !tap_prerequisites("e2e_net") {
         return;
     }
     let ns = Netns::new("mmds2");
-    ns.add_tap(TAP);
-    let squib = Squib::start_in_netns(&ns.name, &["--id", "e2e-net-mmds2"]);
+    ns.add_tap(TAP, HOST_CIDR);
+    let squib = Squib::start_in_netns(&ns.0, &["--id", "e2e-net-mmds2"]);
     let m = "169.254.169.254";
     let path = "/latest/meta-data/ami-id";
     configure_net_guest(
@@ -541,7 +441,7 @@ fn mmds_v2_tokens_from_inside_the_guest() {
 
 #[test]
 fn tx_rate_limiter_bounds_a_transfer_and_patch_changes_it_live() {
-    if !prerequisites() {
+    if !tap_prerequisites("e2e_net") {
         return;
     }
     // 1 MB/s, then 250 kB/s after the PATCH. Both buckets hold more than the largest
@@ -551,7 +451,7 @@ fn tx_rate_limiter_bounds_a_transfer_and_patch_changes_it_live() {
     const FIRST: usize = 1_000_000;
     const SECOND: usize = 500_000;
     let ns = Netns::new("limit");
-    ns.add_tap(TAP);
+    ns.add_tap(TAP, HOST_CIDR);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
     let (first_ms_tx, first_ms_rx) = std::sync::mpsc::channel::<u64>();
@@ -580,7 +480,7 @@ fn tx_rate_limiter_bounds_a_transfer_and_patch_changes_it_live() {
         (first, second, second_ms)
     });
     ready_rx.recv_timeout(STEP_TIMEOUT).unwrap();
-    let squib = Squib::start_in_netns(&ns.name, &["--id", "e2e-net-limit"]);
+    let squib = Squib::start_in_netns(&ns.0, &["--id", "e2e-net-limit"]);
     configure_net_guest(
         &squib,
         &ns,
@@ -633,12 +533,12 @@ fn tx_rate_limiter_bounds_a_transfer_and_patch_changes_it_live() {
 
 #[test]
 fn bad_network_configurations_answer_upstream_texts_and_change_nothing() {
-    if !prerequisites() {
+    if !tap_prerequisites("e2e_net") {
         return;
     }
     let ns = Netns::new("bad");
-    ns.add_tap(TAP);
-    let squib = Squib::start_in_netns(&ns.name, &["--id", "e2e-net-bad"]);
+    ns.add_tap(TAP, HOST_CIDR);
+    let squib = Squib::start_in_netns(&ns.0, &["--id", "e2e-net-bad"]);
     squib.ok(
         "PUT",
         "/network-interfaces/eth0",
@@ -696,13 +596,13 @@ fn bad_network_configurations_answer_upstream_texts_and_change_nothing() {
 
 #[test]
 fn a_snapshot_with_an_interface_restores_onto_the_overriding_tap() {
-    if !prerequisites() {
+    if !tap_prerequisites("e2e_net") {
         return;
     }
     const OTHER_TAP: &str = "sqbnet1";
     const HOST_MAC: &str = "02:00:0a:00:00:01";
     let ns = Netns::new("snap");
-    ns.add_tap(TAP);
+    ns.add_tap(TAP, HOST_CIDR);
     // The replacement TAP answers for the same address with the same MAC, as a host moving a VM
     // to a new TAP would arrange: the guest's ARP cache stays right.
     ns.ip(&["link", "set", "dev", TAP, "address", HOST_MAC]);
@@ -713,7 +613,7 @@ fn a_snapshot_with_an_interface_restores_onto_the_overriding_tap() {
     );
     let last_before;
     {
-        let squib = Squib::start_in_netns(&ns.name, &["--id", "e2e-net-snap"]);
+        let squib = Squib::start_in_netns(&ns.0, &["--id", "e2e-net-snap"]);
         configure_net_guest_in(&squib, &ns, snap.path(), &script, "");
         start(&squib);
         squib.wait_for_line("NETPING-OK", STEP_TIMEOUT);
@@ -730,10 +630,10 @@ fn a_snapshot_with_an_interface_restores_onto_the_overriding_tap() {
         last_before = squib.console().matches("NETPING-OK").count();
     }
     ns.ip(&["link", "del", TAP]);
-    ns.add_tap(OTHER_TAP);
+    ns.add_tap(OTHER_TAP, HOST_CIDR);
     ns.ip(&["link", "set", "dev", OTHER_TAP, "address", HOST_MAC]);
 
-    let squib = Squib::start_in_netns(&ns.name, &["--id", "e2e-net-snap-2"]);
+    let squib = Squib::start_in_netns(&ns.0, &["--id", "e2e-net-snap-2"]);
     squib.ok(
         "PUT",
         "/snapshot/load",

@@ -1,9 +1,12 @@
 //! A network namespace of a test's own, holding its TAPs: squib runs in it
 //! ([`super::Squib::start_in_netns`]) and nothing outside it is touched.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 
 /// True when a test that needs TAPs can run (root, /dev/net/tun, `ip`); panics under
 /// `CI=true` when it cannot, and skips loudly otherwise.
@@ -42,10 +45,10 @@ impl Netns {
     }
 
     /// `ip` inside the namespace; it must succeed.
-    pub fn ip(&self, args: &[&str]) {
+    pub fn ip(&self, args: &[&str]) -> Output {
         let mut all = vec!["-n", &self.0];
         all.extend_from_slice(args);
-        run_ip(&all);
+        run_ip(&all)
     }
 
     /// A TAP with the host-side address `host_cidr`, still down: squib opens it first.
@@ -57,15 +60,42 @@ impl Netns {
     pub fn link_up(&self, tap: &str) {
         self.ip(&["link", "set", tap, "up"]);
     }
+
+    /// A command run inside the namespace (`ip netns exec`); its outcome is the caller's.
+    #[allow(dead_code)] // not every test binary runs commands in the namespace
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Runs `f` on a thread that joined the namespace: its sockets live there.
+    #[allow(dead_code)] // not every test binary has a host side in the namespace
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).expect("open the netns");
+            // SAFETY: setns on an open network-namespace descriptor; it moves this thread only.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
 }
 
-fn run_ip(args: &[&str]) {
+fn run_ip(args: &[&str]) -> Output {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),
         "ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 impl Drop for Netns {
