@@ -1,21 +1,27 @@
 //! Network: guest→host and host→guest TCP throughput and the 64-byte UDP packet rate through
 //! squib's virtio-net device (QEMU's virtio-net on `-netdev vhost-user` → squib's device → TAP
-//! with offloads) against QEMU's own `-netdev tap` (vhost=off, as QEMU must run here), same
-//! guest, same argv otherwise (squib's, read from /proc), same run.
+//! with offloads) against QEMU's own `-netdev tap` (vhost=off, as QEMU must run here, with
+//! `vnet_hdr=on`: the same offloads), same guest, same argv otherwise (squib's, read from /proc).
 //!
-//! Each side boots once in a network namespace of its own holding one TAP (10.0.0.1/24 on the
-//! host side); the guest agent sends `bytes` to a sink on the host side `transfers` times, then
-//! receives `bytes` from the host `transfers` times, printing how long each took, then sends
-//! 64-byte datagrams as fast as it can for 3 s, which the host counts. Needs root,
-//! /dev/net/tun and `ip`.
+//! Both guests run at once, each in a network namespace of its own holding one TAP (10.0.0.1/24
+//! on the host side), and take turns: transfer i of one, then transfer i of the other, the first
+//! of a pair alternating from round to round (squib first in even rounds, raw QEMU in odd ones),
+//! so that both sides see the same machine (other processes, page cache, CPU frequency) and
+//! neither always goes first. The guest agent runs the same script in both: before each transfer
+//! it waits at a gate (`squib-agent wait`, a connection the host closes when that guest's turn
+//! comes), so a guest waiting for its turn sends nothing and the other one runs alone. The host
+//! times each transfer itself, from accepting the connection to its end (its EOF guest→host; the
+//! guest's close after reading everything host→guest), and checks the byte count. The UDP turn
+//! counts the 64-byte datagrams the host receives from the first to the last; the guest's
+//! next gate connection marks the end of its sending. Needs root, /dev/net/tun and `ip`.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
@@ -28,13 +34,88 @@ use crate::stats::median_f64;
 
 const HOST_IP: &str = "10.0.0.1";
 const TAP: &str = "sqbbench0";
+const GATE_PORT: u16 = 5000;
 const PORT: u16 = 5001;
 const RX_PORT: u16 = 5002;
 const UDP_PORT: u16 = 5003;
 const UDP_SIZE: usize = 64;
-const UDP_MS: u64 = 3000;
-const TIMEOUT: Duration = Duration::from_secs(180);
-const RAW_TAP: &str = "raw QEMU with squib's argv, `-netdev vhost-user` replaced by `-netdev tap,vhost=off` (offloads on) on the same kind of TAP, same guest and agent";
+/// Both guests booting (at once, under TCG on a busy machine) until the first gate.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// One turn: a transfer that has not finished by then failed.
+const TURN_TIMEOUT: Duration = Duration::from_secs(60);
+const RAW_TAP: &str = "raw QEMU with squib's argv, `-netdev vhost-user` replaced by `-netdev tap,vhost=off,vnet_hdr=on` (offloads on) on the same kind of TAP, same guest and agent; both guests run at once and take turns, transfer by transfer";
+
+/// How much each turn moves.
+struct Plan {
+    /// Rounds of each TCP direction (one turn of each side per round).
+    rounds: usize,
+    /// Transfers of each direction before those, not counted: the first ones through a fresh
+    /// device run colder (TCP windows, caches) on both sides.
+    warmup: usize,
+    bytes: usize,
+    udp_rounds: usize,
+    udp_ms: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                rounds: 6,
+                warmup: 1,
+                bytes: 32 << 20,
+                udp_rounds: 2,
+                udp_ms: 2000,
+            }
+        } else {
+            Plan {
+                rounds: 10,
+                warmup: 1,
+                bytes: 64 << 20,
+                udp_rounds: 4,
+                udp_ms: 3000,
+            }
+        }
+    }
+
+    /// The guest's script, the same for both sides: each transfer behind a gate, and a last
+    /// gate so that the end of the last UDP turn is seen like the others.
+    /// Transfers of each direction, warm-up included.
+    fn transfers(&self) -> usize {
+        self.warmup + self.rounds
+    }
+
+    fn script(&self) -> String {
+        let gate = |text: &mut String, tag: &str| {
+            text.push_str(&format!(
+                "squib-agent wait {tag} {HOST_IP}:{GATE_PORT} >/dev/null\n"
+            ))
+        };
+        // What the guest's driver negotiated, to compare the two sides' offloads.
+        let mut text =
+            "echo \"NET-FEATURES $(cat /sys/class/net/eth0/device/features)\"\n".to_string();
+        for i in 0..self.transfers() {
+            gate(&mut text, &format!("gt{i}"));
+            text.push_str(&format!(
+                "squib-agent tcp-send t{i} {HOST_IP}:{PORT} {}\n",
+                self.bytes
+            ));
+        }
+        for i in 0..self.transfers() {
+            gate(&mut text, &format!("gr{i}"));
+            text.push_str(&format!("squib-agent tcp-recv r{i} {HOST_IP}:{RX_PORT}\n"));
+        }
+        for i in 0..self.udp_rounds {
+            gate(&mut text, &format!("gu{i}"));
+            text.push_str(&format!(
+                "squib-agent udp-send u{i} {HOST_IP}:{UDP_PORT} {UDP_SIZE} {}\n",
+                self.udp_ms
+            ));
+        }
+        gate(&mut text, "end");
+        text
+    }
+}
 
 struct Netns(String);
 
@@ -54,85 +135,25 @@ impl Netns {
         run(Command::new("ip").args(["-n", &self.0]).args(args))
     }
 
-    /// The host side, in threads that joined the namespace: a sink for `count` guest→host
-    /// connections, a source of `bytes` for `count` host→guest ones, and a UDP counter whose
-    /// result (datagrams, seconds from the first to the last) comes on the returned channel.
-    fn serve(
-        &self,
-        count: usize,
-        bytes: usize,
-    ) -> anyhow::Result<std::sync::mpsc::Receiver<(u64, f64)>> {
+    /// The host side's sockets, bound in the namespace (by a thread that joined it: a socket
+    /// stays in the namespace it was made in, whichever thread uses it later).
+    fn bind(&self) -> anyhow::Result<Host> {
         let ns = File::open(format!("/run/netns/{}", self.0)).context("open the netns")?;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (udp_tx, udp_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // SAFETY: setns on an open network-namespace descriptor; it moves this thread only.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
-                return;
+                return Err(std::io::Error::last_os_error()).context("setns");
             }
-            let bound = (|| {
-                Ok::<_, std::io::Error>((
-                    TcpListener::bind((HOST_IP, PORT))?,
-                    TcpListener::bind((HOST_IP, RX_PORT))?,
-                    std::net::UdpSocket::bind((HOST_IP, UDP_PORT))?,
-                ))
-            })();
-            let (sink, source, udp) = match bound {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            std::thread::spawn(move || {
-                let chunk = vec![0x5au8; 1 << 16];
-                for _ in 0..count {
-                    let Ok((mut s, _)) = source.accept() else {
-                        return;
-                    };
-                    let mut left = bytes;
-                    while left > 0 {
-                        let n = left.min(chunk.len());
-                        if s.write_all(&chunk[..n]).is_err() {
-                            break;
-                        }
-                        left -= n;
-                    }
-                }
-            });
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                let (mut packets, mut first, mut last) = (0u64, None, None);
-                let _ = udp.set_read_timeout(Some(TIMEOUT));
-                while udp.recv(&mut buf).is_ok() {
-                    let now = std::time::Instant::now();
-                    packets += 1;
-                    first.get_or_insert(now);
-                    last = Some(now);
-                    // The sender stops after UDP_MS: two idle seconds end the count.
-                    let _ = udp.set_read_timeout(Some(Duration::from_secs(2)));
-                }
-                let secs = match (first, last) {
-                    (Some(f), Some(l)) => (l - f).as_secs_f64(),
-                    _ => 0.0,
-                };
-                let _ = udp_tx.send((packets, secs));
-            });
-            let mut buf = vec![0u8; 1 << 16];
-            for _ in 0..count {
-                let Ok((mut s, _)) = sink.accept() else {
-                    return;
-                };
-                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("host threads")?
-            .context("host sockets in the netns")?;
-        Ok(udp_rx)
+            Ok(Host {
+                gate: TcpListener::bind((HOST_IP, GATE_PORT))?,
+                sink: TcpListener::bind((HOST_IP, PORT))?,
+                source: TcpListener::bind((HOST_IP, RX_PORT))?,
+                udp: UdpSocket::bind((HOST_IP, UDP_PORT))?,
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+        .context("host sockets in the netns")
     }
 
     fn exec(&self) -> Command {
@@ -156,52 +177,220 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What one run measured: MB/s of each guest→host and host→guest transfer, and the rate of
-/// 64-byte datagrams the host received.
-struct Measured {
-    tx: Vec<f64>,
-    rx: Vec<f64>,
-    udp_pps: f64,
+/// Waits until one of `fds` is readable; which ones are. Empty after `timeout`.
+fn readable<const N: usize>(
+    fds: [std::os::fd::BorrowedFd<'_>; N],
+    timeout: Duration,
+) -> anyhow::Result<[bool; N]> {
+    let mut polls = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: `polls` is a valid array of N pollfd for the call's duration.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), N as libc::nfds_t, ms) };
+        if n >= 0 {
+            return Ok(polls.map(|p| p.revents != 0));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != ErrorKind::Interrupted {
+            return Err(err).context("poll");
+        }
+    }
 }
 
-fn measure(
-    proc: &Proc,
-    transfers: usize,
-    bytes: usize,
-    udp: &std::sync::mpsc::Receiver<(u64, f64)>,
-) -> anyhow::Result<Measured> {
-    proc.wait_for_line("SQUIB-SCRIPT-DONE", TIMEOUT)?;
-    let text = proc.tail(10_000);
-    if let Some(err) = text.lines().find(|l| l.contains("AGENT-ERROR")) {
-        bail!("guest agent: {err}");
+fn accept(listener: &TcpListener, timeout: Duration, what: &str) -> anyhow::Result<TcpStream> {
+    if !readable([listener.as_fd()], timeout)?[0] {
+        bail!("no {what} connection from the guest within {timeout:?}");
     }
-    let rates = |marker: &str| -> anyhow::Result<Vec<f64>> {
-        let out: Vec<f64> = text
+    let (stream, _) = listener
+        .accept()
+        .with_context(|| format!("accept {what}"))?;
+    stream.set_read_timeout(Some(TURN_TIMEOUT))?;
+    stream.set_write_timeout(Some(TURN_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// One side's host end: the gate the guest waits at, a sink for guest→host transfers, a source
+/// for host→guest ones and a UDP counter.
+struct Host {
+    gate: TcpListener,
+    sink: TcpListener,
+    source: TcpListener,
+    udp: UdpSocket,
+}
+
+impl Host {
+    /// Lets the guest run its next command: closes the connection it waits on.
+    fn open_gate(&self) -> anyhow::Result<()> {
+        drop(accept(&self.gate, TURN_TIMEOUT, "gate")?);
+        Ok(())
+    }
+
+    /// A guest→host transfer of `bytes`, MB/s from accepting the connection to its EOF.
+    fn guest_to_host(&self, bytes: usize) -> anyhow::Result<f64> {
+        self.open_gate()?;
+        let mut s = accept(&self.sink, TURN_TIMEOUT, "guest→host")?;
+        let started = Instant::now();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context(format!("guest→host after {got} bytes")),
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        if got != bytes {
+            bail!("guest→host: {got} bytes arrived, {bytes} were sent");
+        }
+        // Closing (the drop) lets the guest's tcp-send end.
+        Ok(bytes as f64 / 1e6 / secs)
+    }
+
+    /// A host→guest transfer of `bytes`, MB/s from accepting the connection to the guest's
+    /// close, which comes once it has read everything (its count is checked in `check_guest`).
+    fn host_to_guest(&self, bytes: usize) -> anyhow::Result<f64> {
+        self.open_gate()?;
+        let mut s = accept(&self.source, TURN_TIMEOUT, "host→guest")?;
+        let started = Instant::now();
+        let chunk = vec![0x5au8; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n])
+                .with_context(|| format!("host→guest after {} bytes", bytes - left))?;
+            left -= n;
+        }
+        s.shutdown(Shutdown::Write)?;
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => bail!("host→guest: the guest sent data"),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("host→guest: waiting for the guest's close"),
+            }
+        }
+        Ok(bytes as f64 / 1e6 / started.elapsed().as_secs_f64())
+    }
+
+    /// A UDP turn: 64-byte datagrams received per second, from the first to the last. The
+    /// guest's next gate connection (after its sender ended) ends the count; the datagrams it
+    /// sent before are queued by then (same TAP, same order).
+    fn udp_rate(&self) -> anyhow::Result<f64> {
+        self.open_gate()?;
+        let mut buf = [0u8; 2048];
+        let (mut packets, mut first, mut last) = (0u64, None, Instant::now());
+        self.udp.set_nonblocking(true)?;
+        let mut drain = |packets: &mut u64, first: &mut Option<Instant>, last: &mut Instant| loop {
+            match self.udp.recv(&mut buf) {
+                Ok(_) => {
+                    let now = Instant::now();
+                    *packets += 1;
+                    first.get_or_insert(now);
+                    *last = now;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("UDP receive"),
+            }
+        };
+        loop {
+            let [udp, gate] = readable([self.udp.as_fd(), self.gate.as_fd()], TURN_TIMEOUT)?;
+            if !udp && !gate {
+                bail!("UDP: nothing from the guest within {TURN_TIMEOUT:?}");
+            }
+            drain(&mut packets, &mut first, &mut last)?;
+            if gate {
+                break;
+            }
+        }
+        match first {
+            Some(first) if packets > 1 && last > first => {
+                Ok((packets - 1) as f64 / (last - first).as_secs_f64())
+            }
+            _ => bail!("UDP: {packets} datagrams arrived"),
+        }
+    }
+}
+
+/// One side of the comparison: its namespace, host end, VMM process and figures.
+struct Side {
+    name: &'static str,
+    host: Host,
+    proc: Proc,
+    tx: Vec<f64>,
+    rx: Vec<f64>,
+    udp: Vec<f64>,
+    /// The virtio feature bits the guest's driver negotiated (sysfs `features`).
+    features: String,
+    // Last: the namespace goes after the process in it.
+    _ns: Netns,
+}
+
+impl Side {
+    fn new(name: &'static str, host: Host, proc: Proc, ns: Netns) -> Side {
+        Side {
+            name,
+            host,
+            proc,
+            tx: Vec::new(),
+            rx: Vec::new(),
+            udp: Vec::new(),
+            features: String::new(),
+            _ns: ns,
+        }
+    }
+
+    /// What the guest printed agrees with the host: no agent error, every host→guest transfer
+    /// read whole (bytes and byte sum of the host's 0x5a pattern).
+    fn check_guest(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        self.proc
+            .wait_for_line("SQUIB-SCRIPT-DONE", TURN_TIMEOUT)
+            .with_context(|| format!("{}: the guest's script", self.name))?;
+        let text = self.proc.tail(100_000);
+        if let Some(err) = text.lines().find(|l| l.contains("AGENT-ERROR")) {
+            bail!("{}: guest agent: {err}", self.name);
+        }
+        self.features = text
             .lines()
-            .filter_map(|l| l.split(marker).nth(1))
-            .filter_map(|rest| rest.split_whitespace().find_map(|w| w.strip_prefix("ms=")))
-            .filter_map(|ms| ms.parse::<f64>().ok())
-            .map(|ms| bytes as f64 / 1e6 / (ms.max(1.0) / 1000.0))
+            .find_map(|l| l.split("NET-FEATURES ").nth(1))
+            .map(|f| f.trim().to_string())
+            .with_context(|| format!("{}: the guest printed no NET-FEATURES", self.name))?;
+        let want_sum = (plan.bytes as u64 * 0x5a) as u32;
+        let recv: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("AGENT-TCP-RECV "))
             .collect();
-        if out.len() != transfers {
+        let whole = recv
+            .iter()
+            .filter(|l| {
+                l.contains(&format!(" bytes={} ", plan.bytes))
+                    && l.contains(&format!(" sum={want_sum} "))
+            })
+            .count();
+        let sent = text
+            .lines()
+            .filter(|l| {
+                l.contains("AGENT-TCP-SENT ") && l.contains(&format!(" bytes={} ", plan.bytes))
+            })
+            .count();
+        if whole != plan.transfers() || sent != plan.transfers() {
             bail!(
-                "expected {transfers} {marker}lines, got {}:\n{}",
-                out.len(),
-                proc.tail(20)
+                "{}: the guest reports {sent} whole guest→host and {whole} whole host→guest transfers of {}, expected {}:\n{}",
+                self.name,
+                plan.bytes,
+                plan.transfers(),
+                recv.join("\n")
             );
         }
-        Ok(out)
-    };
-    let (packets, secs) = udp.recv_timeout(TIMEOUT).context("the host's UDP count")?;
-    Ok(Measured {
-        tx: rates("AGENT-TCP-SENT ")?,
-        rx: rates("AGENT-TCP-RECV ")?,
-        udp_pps: if secs > 0.0 {
-            packets as f64 / secs
-        } else {
-            0.0
-        },
-    })
+        Ok(())
+    }
 }
 
 fn boot_args(script_drive: &str) -> String {
@@ -210,16 +399,15 @@ fn boot_args(script_drive: &str) -> String {
     )
 }
 
-fn squib_run(
+/// squib in its namespace, its guest started; and the argv it gave QEMU.
+fn squib_side(
     config: &Config,
     guest: &GuestPaths,
     dir: &Path,
     script: &Path,
-    transfers: usize,
-    bytes: usize,
-) -> anyhow::Result<(Measured, Vec<String>)> {
+) -> anyhow::Result<(Side, Vec<String>)> {
     let ns = Netns::new("squib")?;
-    let udp = ns.serve(transfers, bytes)?;
+    let host = ns.bind()?;
     let socket = dir.join("api.sock");
     let mut command = ns.exec();
     command
@@ -232,7 +420,7 @@ fn squib_run(
     if std::env::var_os("SQUIB_ACCEL").is_none() {
         command.env("SQUIB_ACCEL", "tcg");
     }
-    let mut squib = Proc::spawn(command)?;
+    let squib = Proc::spawn(command)?;
     process::wait_answering(&socket, Duration::from_secs(10))?;
     let put =
         |path: &str, body: String| process::api_expect(&socket, "PUT", path, Some(&body), 204);
@@ -261,14 +449,12 @@ fn squib_run(
         other => bail!("expected one QEMU child of squib, found {other:?}"),
     };
     let argv = process::cmdline(qemu)?;
-    let result = measure(&squib, transfers, bytes, &udp);
-    squib.stop(Duration::from_secs(5));
-    Ok((result?, argv))
+    Ok((Side::new("squib", host, squib, ns), argv))
 }
 
 /// squib's argv with its vhost-user netdev (and the socket chardev to squib's device) swapped for
-/// QEMU's own tap backend, with or without the virtio-net header that carries offloads.
-fn tap_argv(argv: &[String], qmp: &Path, offloads: bool) -> anyhow::Result<Vec<String>> {
+/// QEMU's own tap backend with the virtio-net header that carries offloads.
+fn tap_argv(argv: &[String], qmp: &Path) -> anyhow::Result<Vec<String>> {
     let mut out: Vec<String> = Vec::with_capacity(argv.len());
     let mut args = argv.iter();
     let mut swapped = false;
@@ -280,10 +466,9 @@ fn tap_argv(argv: &[String], qmp: &Path, offloads: bool) -> anyhow::Result<Vec<S
         }
         if arg == "-netdev" && next.is_some_and(|v| v.starts_with("vhost-user,id=net0,")) {
             args.next();
-            let vnet_hdr = if offloads { "on" } else { "off" };
             out.push(arg.clone());
             out.push(format!(
-                "tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off,vnet_hdr={vnet_hdr}"
+                "tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off,vnet_hdr=on"
             ));
             swapped = true;
             continue;
@@ -296,23 +481,79 @@ fn tap_argv(argv: &[String], qmp: &Path, offloads: bool) -> anyhow::Result<Vec<S
     scenarios::raw_argv(&out, qmp)
 }
 
-fn raw_run(
-    argv: &[String],
-    dir: &Path,
-    transfers: usize,
-    bytes: usize,
-    offloads: bool,
-) -> anyhow::Result<Measured> {
-    let ns = Netns::new(if offloads { "raw" } else { "rawnv" })?;
-    let udp = ns.serve(transfers, bytes)?;
-    let argv = tap_argv(argv, &dir.join("raw-qmp.sock"), offloads)?;
+/// Raw QEMU in a namespace of its own, started with squib's argv but QEMU's tap.
+fn raw_side(argv: &[String], dir: &Path) -> anyhow::Result<Side> {
+    let ns = Netns::new("raw")?;
+    let host = ns.bind()?;
+    let argv = tap_argv(argv, &dir.join("raw-qmp.sock"))?;
     ns.ip(&["link", "set", TAP, "up"])?;
     let mut command = ns.exec();
     command.args(&argv);
-    let mut qemu = Proc::spawn(command)?;
-    let result = measure(&qemu, transfers, bytes, &udp);
-    qemu.stop(Duration::from_secs(5));
-    result
+    let qemu = Proc::spawn(command)?;
+    Ok(Side::new("raw QEMU", host, qemu, ns))
+}
+
+/// The pair's order in round `i`: squib first in even rounds, raw QEMU first in odd ones.
+fn order(i: usize) -> [usize; 2] {
+    if i.is_multiple_of(2) { [0, 1] } else { [1, 0] }
+}
+
+/// All turns, interleaved; per-transfer figures (warm-up first) land in each side.
+fn measure(sides: &mut [Side; 2], plan: &Plan) -> anyhow::Result<()> {
+    // Both booted and idle at their first gate: neither's first turn runs beside a boot.
+    for side in sides.iter() {
+        if !readable([side.host.gate.as_fd()], BOOT_TIMEOUT)?[0] {
+            bail!(
+                "{}: the guest did not reach its first gate within {BOOT_TIMEOUT:?}:\n{}",
+                side.name,
+                side.proc.tail(15)
+            );
+        }
+    }
+    for i in 0..plan.transfers() {
+        for k in order(i) {
+            let side = &mut sides[k];
+            let rate = side
+                .host
+                .guest_to_host(plan.bytes)
+                .with_context(|| format!("{}: guest→host transfer {i}", side.name))?;
+            side.tx.push(rate);
+        }
+    }
+    for i in 0..plan.transfers() {
+        for k in order(i) {
+            let side = &mut sides[k];
+            let rate = side
+                .host
+                .host_to_guest(plan.bytes)
+                .with_context(|| format!("{}: host→guest transfer {i}", side.name))?;
+            side.rx.push(rate);
+        }
+    }
+    for i in 0..plan.udp_rounds {
+        for k in order(i) {
+            let side = &mut sides[k];
+            let rate = side
+                .host
+                .udp_rate()
+                .with_context(|| format!("{}: UDP turn {i}", side.name))?;
+            side.udp.push(rate);
+        }
+    }
+    for side in sides.iter_mut() {
+        side.host.open_gate()?;
+        side.check_guest(plan)?;
+    }
+    Ok(())
+}
+
+/// squib / raw QEMU of each round's pair.
+fn pair_ratios(squib: &[f64], raw: &[f64]) -> Vec<f64> {
+    squib.iter().zip(raw).map(|(s, r)| s / r).collect()
+}
+
+fn round2(values: &[f64]) -> Vec<f64> {
+    values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
 }
 
 pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
@@ -320,67 +561,172 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
         bail!("the net section needs root and /dev/net/tun");
     }
-    let transfers = if config.quick { 2 } else { 5 };
-    let bytes: usize = if config.quick { 4 << 20 } else { 16 << 20 };
+    let plan = Plan::new(config.quick);
     let guest = scenarios::guest()?;
     let dir = tempfile::Builder::new()
         .prefix("squib-bench-net-")
         .tempdir()?;
     let script = dir.path().join("script.img");
-    let mut text = String::new();
-    for i in 0..transfers {
-        text.push_str(&format!(
-            "squib-agent tcp-send t{i} {HOST_IP}:{PORT} {bytes}\n"
-        ));
-    }
-    for i in 0..transfers {
-        text.push_str(&format!("squib-agent tcp-recv r{i} {HOST_IP}:{RX_PORT}\n"));
-    }
-    text.push_str(&format!(
-        "squib-agent udp-send u {HOST_IP}:{UDP_PORT} {UDP_SIZE} {UDP_MS}\n"
-    ));
-    let mut raw = text.into_bytes();
+    let mut raw = plan.script().into_bytes();
     raw.resize(raw.len().div_ceil(4096) * 4096, 0);
     std::fs::write(&script, raw)?;
 
-    let (squib, argv) = squib_run(config, &guest, dir.path(), &script, transfers, bytes)?;
-    let qemu = raw_run(&argv, dir.path(), transfers, bytes, true)?;
+    // Both boot now, one right after the other; the turns start when both wait at a gate.
+    let (squib, argv) = squib_side(config, &guest, dir.path(), &script)?;
+    let qemu = raw_side(&argv, dir.path())?;
+    let mut sides = [squib, qemu];
+    let measured = measure(&mut sides, &plan);
+    for side in &mut sides {
+        side.proc.stop(Duration::from_secs(5));
+    }
+    measured?;
+    let [squib, qemu] = &sides;
+    let w = plan.warmup;
     eprintln!(
-        "net: squib tx MB/s {:.1?} rx MB/s {:.1?} udp pps {:.0}; raw QEMU tap tx MB/s {:.1?} rx MB/s {:.1?} udp pps {:.0}",
-        squib.tx, squib.rx, squib.udp_pps, qemu.tx, qemu.rx, qemu.udp_pps
+        "net: {w} warm-up + {} rounds of {} MiB each way, {} UDP turns of {} ms; each round one turn of each, squib first in even rounds, raw QEMU first in odd ones",
+        plan.rounds,
+        plan.bytes >> 20,
+        plan.udp_rounds,
+        plan.udp_ms
     );
+    for (what, s, r) in [
+        ("guest→host MB/s", &squib.tx[w..], &qemu.tx[w..]),
+        ("host→guest MB/s", &squib.rx[w..], &qemu.rx[w..]),
+        ("UDP 64 B packets/s", &squib.udp[..], &qemu.udp[..]),
+    ] {
+        eprintln!(
+            "net: {what}: squib {:.1?}, raw QEMU tap {:.1?}; per-round squib/raw {:.2?}, median {:.2}",
+            s,
+            r,
+            pair_ratios(s, r),
+            median_f64(&pair_ratios(s, r)).unwrap_or(f64::NAN)
+        );
+    }
+    eprintln!(
+        "net: warm-up (not counted): guest→host squib {:.1?} raw {:.1?}, host→guest squib {:.1?} raw {:.1?}",
+        &squib.tx[..w],
+        &qemu.tx[..w],
+        &squib.rx[..w],
+        &qemu.rx[..w]
+    );
+    if squib.features != qemu.features {
+        eprintln!(
+            "net: the guests negotiated different virtio-net features (bit i = character i):\n  squib    {}\n  raw QEMU {}",
+            squib.features, qemu.features
+        );
+    }
+    let extra = |s: &[f64], r: &[f64]| {
+        json!({
+            "bytes_per_transfer": plan.bytes,
+            "rounds": plan.rounds,
+            "warmup_transfers": w,
+            "squib": round2(&s[w..]),
+            "raw_tap": round2(&r[w..]),
+            "squib_warmup": round2(&s[..w]),
+            "raw_tap_warmup": round2(&r[..w]),
+            "pair_ratios": round2(&pair_ratios(&s[w..], &r[w..])),
+            "median_pair_ratio": median_f64(&pair_ratios(&s[w..], &r[w..])),
+            "guest_features_squib": squib.features,
+            "guest_features_raw_tap": qemu.features,
+        })
+    };
     Ok(vec![
         Figure::new(
             "net_tx_throughput",
             "guest→host TCP throughput, median (higher is better)",
             "MB/s",
-            median_f64(&squib.tx),
-            median_f64(&qemu.tx),
+            median_f64(&squib.tx[w..]),
+            median_f64(&qemu.tx[w..]),
             RAW_TAP,
         )
-        .with_extra(json!({
-            "bytes_per_transfer": bytes,
-            "transfers": transfers,
-            "squib_mb_s": squib.tx,
-            "raw_tap_mb_s": qemu.tx,
-        })),
+        .with_extra(extra(&squib.tx, &qemu.tx)),
         Figure::new(
             "net_rx_throughput",
             "host→guest TCP throughput, median (higher is better)",
             "MB/s",
-            median_f64(&squib.rx),
-            median_f64(&qemu.rx),
+            median_f64(&squib.rx[w..]),
+            median_f64(&qemu.rx[w..]),
             RAW_TAP,
         )
-        .with_extra(json!({ "squib_mb_s": squib.rx, "raw_tap_mb_s": qemu.rx })),
+        .with_extra(extra(&squib.rx, &qemu.rx)),
         Figure::new(
             "net_udp_small_pps",
-            "guest→host 64-byte UDP datagrams received by the host, per second (higher is better)",
+            "guest→host 64-byte UDP datagrams received by the host, per second, median (higher is better)",
             "packets/s",
-            Some(squib.udp_pps),
-            Some(qemu.udp_pps),
+            median_f64(&squib.udp),
+            median_f64(&qemu.udp),
             RAW_TAP,
         )
-        .with_extra(json!({ "size": UDP_SIZE, "send_ms": UDP_MS })),
+        .with_extra(json!({
+            "size": UDP_SIZE,
+            "send_ms": plan.udp_ms,
+            "rounds": plan.udp_rounds,
+            "squib": squib.udp.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            "raw_tap": qemu.udp.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            "pair_ratios": round2(&pair_ratios(&squib.udp, &qemu.udp)),
+            "median_pair_ratio": median_f64(&pair_ratios(&squib.udp, &qemu.udp)),
+        })),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_side_goes_first_equally_often() {
+        for quick in [true, false] {
+            let plan = Plan::new(quick);
+            let squib_first = (plan.warmup..plan.transfers())
+                .filter(|&i| order(i)[0] == 0)
+                .count();
+            assert_eq!(squib_first * 2, plan.rounds, "quick={quick}");
+            let udp_first = (0..plan.udp_rounds).filter(|&i| order(i)[0] == 0).count();
+            assert_eq!(udp_first * 2, plan.udp_rounds, "quick={quick}");
+        }
+    }
+
+    #[test]
+    fn every_command_of_the_script_waits_at_a_gate() {
+        let plan = Plan::new(true);
+        let script = plan.script();
+        let lines: Vec<&str> = script.lines().skip(1).collect();
+        let commands = 2 * plan.transfers() + plan.udp_rounds;
+        assert_eq!(lines.len(), 2 * commands + 1);
+        for pair in lines[..2 * commands].chunks(2) {
+            assert!(pair[0].starts_with("squib-agent wait "), "{pair:?}");
+            assert!(!pair[1].starts_with("squib-agent wait "), "{pair:?}");
+        }
+        assert!(lines[2 * commands].starts_with("squib-agent wait end "));
+        let sends = format!("tcp-send t0 {HOST_IP}:{PORT} {}", plan.bytes);
+        assert!(script.contains(&sends));
+    }
+
+    #[test]
+    fn the_baseline_gets_qemus_tap_with_the_vnet_header() {
+        let argv: Vec<String> = [
+            "qemu-system-x86_64",
+            "-qmp",
+            "unix:/run/vm/qmp.sock,server=on,wait=off",
+            "-chardev",
+            "socket,id=net0chr,path=/run/vm/net0.sock",
+            "-netdev",
+            "vhost-user,id=net0,chardev=net0chr",
+            "-device",
+            "virtio-net-device,netdev=net0,mac=06:00:0a:00:00:02",
+        ]
+        .map(String::from)
+        .to_vec();
+        let raw = tap_argv(&argv, Path::new("/tmp/q.sock")).unwrap();
+        assert!(
+            !raw.iter()
+                .any(|a| a.contains("net0chr") || a.contains("vhost-user"))
+        );
+        let netdev = raw.iter().position(|a| a == "-netdev").unwrap();
+        assert_eq!(
+            raw[netdev + 1],
+            format!("tap,id=net0,ifname={TAP},script=no,downscript=no,vhost=off,vnet_hdr=on")
+        );
+        assert!(raw.contains(&"virtio-net-device,netdev=net0,mac=06:00:0a:00:00:02".to_string()));
+    }
 }

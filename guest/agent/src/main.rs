@@ -17,6 +17,9 @@
 //!   → AGENT-VSOCK-CONN TAG sent=<n> recv=<n> fnv=<FNV-1a 64 of the bytes received, hex>
 //! squib-agent udp-send TAG IP:PORT SIZE MS  (datagrams of SIZE bytes, as fast as possible, MS ms)
 //!   → AGENT-UDP-SENT TAG packets=<n> ms=<elapsed>
+//! squib-agent wait TAG IP:PORT              (connect, then wait, without a time limit, until the
+//!                                            peer closes: a gate the host opens when it likes)
+//!   → AGENT-WAIT TAG
 //! ```
 //! The pattern byte at offset i is `(i * 7 + i / 251) % 256`.
 //! Failures print `AGENT-ERROR TAG <what>` and exit 1.
@@ -40,8 +43,9 @@ fn main() -> ExitCode {
         Some("vsock-listen") => vsock::listen(&args[1..]),
         Some("vsock-connect") => vsock::connect(&args[1..]),
         Some("udp-send") => udp_send(&args[1..]),
+        Some("wait") => wait(&args[1..]),
         _ => Err(
-            "usage: squib-agent http|tcp-send|tcp-recv|udp-send|vsock-listen|vsock-connect TAG ..."
+            "usage: squib-agent http|tcp-send|tcp-recv|udp-send|wait|vsock-listen|vsock-connect TAG ..."
                 .to_string(),
         ),
     };
@@ -234,4 +238,25 @@ fn udp_send(args: &[String]) -> Result<String, String> {
         "AGENT-UDP-SENT {tag} packets={packets} ms={}",
         started.elapsed().as_millis()
     ))
+}
+
+fn wait(args: &[String]) -> Result<String, String> {
+    let [tag, addr] = args else {
+        return Err("wait TAG IP:PORT".into());
+    };
+    let mut stream = connect(addr, 0)?;
+    // The host holds the gate for as long as the other side of a comparison runs.
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut sink = [0u8; 256];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    }
+    Ok(format!("AGENT-WAIT {tag}"))
 }
