@@ -13,7 +13,9 @@
 //! times each transfer itself, from accepting the connection to its end (its EOF guest→host; the
 //! guest's close after reading everything host→guest), and checks the byte count. The UDP turn
 //! counts the 64-byte datagrams the host receives from the first to the last; the guest's
-//! next gate connection marks the end of its sending. Needs root, /dev/net/tun and `ip`.
+//! next gate connection marks the end of its sending. Around each turn both sides' CPU time
+//! (squib and its QEMU; raw QEMU) is read: what a turn costs each, and that the side waiting
+//! for its turn stays idle. Needs root, /dev/net/tun and `ip`.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -327,14 +329,58 @@ struct Side {
     tx: Vec<f64>,
     rx: Vec<f64>,
     udp: Vec<f64>,
+    /// The processes whose CPU time counts for this side: squib and its QEMU, or raw QEMU.
+    pids: Vec<u32>,
+    /// CPU seconds per second of wall time this side's processes used during each of its own
+    /// turns, and during each of the other side's turns (idle guest, idle device), per `Kind`.
+    busy: [Vec<f64>; 3],
+    idle: [Vec<f64>; 3],
     /// The virtio feature bits the guest's driver negotiated (sysfs `features`).
     features: String,
     // Last: the namespace goes after the process in it.
     _ns: Netns,
 }
 
+/// CPU time (user + system, every thread) the processes `pids` have used so far, from the
+/// scheduler's nanosecond accounting (`/proc/PID/task/TID/schedstat`).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    let mut ns = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Some(run) = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+            {
+                ns += run;
+            }
+        }
+    }
+    ns as f64 / 1e9
+}
+
+/// What a turn measures.
+#[derive(Clone, Copy)]
+enum Kind {
+    GuestToHost,
+    HostToGuest,
+    Udp,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::GuestToHost => "guest→host",
+            Kind::HostToGuest => "host→guest",
+            Kind::Udp => "UDP",
+        }
+    }
+}
+
 impl Side {
-    fn new(name: &'static str, host: Host, proc: Proc, ns: Netns) -> Side {
+    fn new(name: &'static str, host: Host, proc: Proc, pids: Vec<u32>, ns: Netns) -> Side {
         Side {
             name,
             host,
@@ -342,6 +388,9 @@ impl Side {
             tx: Vec::new(),
             rx: Vec::new(),
             udp: Vec::new(),
+            pids,
+            busy: Default::default(),
+            idle: Default::default(),
             features: String::new(),
             _ns: ns,
         }
@@ -449,7 +498,8 @@ fn squib_side(
         other => bail!("expected one QEMU child of squib, found {other:?}"),
     };
     let argv = process::cmdline(qemu)?;
-    Ok((Side::new("squib", host, squib, ns), argv))
+    let pids = vec![squib.pid(), qemu];
+    Ok((Side::new("squib", host, squib, pids, ns), argv))
 }
 
 /// squib's argv with its vhost-user netdev (and the socket chardev to squib's device) swapped for
@@ -490,7 +540,9 @@ fn raw_side(argv: &[String], dir: &Path) -> anyhow::Result<Side> {
     let mut command = ns.exec();
     command.args(&argv);
     let qemu = Proc::spawn(command)?;
-    Ok(Side::new("raw QEMU", host, qemu, ns))
+    // `ip netns exec` execs QEMU in place: the child is QEMU.
+    let pids = vec![qemu.pid()];
+    Ok(Side::new("raw QEMU", host, qemu, pids, ns))
 }
 
 /// The pair's order in round `i`: squib first in even rounds, raw QEMU first in odd ones.
@@ -510,40 +562,45 @@ fn measure(sides: &mut [Side; 2], plan: &Plan) -> anyhow::Result<()> {
             );
         }
     }
-    for i in 0..plan.transfers() {
-        for k in order(i) {
-            let side = &mut sides[k];
-            let rate = side
-                .host
-                .guest_to_host(plan.bytes)
-                .with_context(|| format!("{}: guest→host transfer {i}", side.name))?;
-            side.tx.push(rate);
-        }
-    }
-    for i in 0..plan.transfers() {
-        for k in order(i) {
-            let side = &mut sides[k];
-            let rate = side
-                .host
-                .host_to_guest(plan.bytes)
-                .with_context(|| format!("{}: host→guest transfer {i}", side.name))?;
-            side.rx.push(rate);
-        }
-    }
-    for i in 0..plan.udp_rounds {
-        for k in order(i) {
-            let side = &mut sides[k];
-            let rate = side
-                .host
-                .udp_rate()
-                .with_context(|| format!("{}: UDP turn {i}", side.name))?;
-            side.udp.push(rate);
+    for (kind, count) in [
+        (Kind::GuestToHost, plan.transfers()),
+        (Kind::HostToGuest, plan.transfers()),
+        (Kind::Udp, plan.udp_rounds),
+    ] {
+        for i in 0..count {
+            for k in order(i) {
+                turn(sides, k, kind, plan.bytes)
+                    .with_context(|| format!("{}: {} turn {i}", sides[k].name, kind.name()))?;
+            }
         }
     }
     for side in sides.iter_mut() {
         side.host.open_gate()?;
         side.check_guest(plan)?;
     }
+    Ok(())
+}
+
+/// Side `k`'s turn of `kind`; both sides' CPU use around it.
+fn turn(sides: &mut [Side; 2], k: usize, kind: Kind, bytes: usize) -> anyhow::Result<()> {
+    let before = [cpu_secs(&sides[0].pids), cpu_secs(&sides[1].pids)];
+    let started = Instant::now();
+    let host = &sides[k].host;
+    let rate = match kind {
+        Kind::GuestToHost => host.guest_to_host(bytes)?,
+        Kind::HostToGuest => host.host_to_guest(bytes)?,
+        Kind::Udp => host.udp_rate()?,
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let after = [cpu_secs(&sides[0].pids), cpu_secs(&sides[1].pids)];
+    let side = &mut sides[k];
+    match kind {
+        Kind::GuestToHost => side.tx.push(rate),
+        Kind::HostToGuest => side.rx.push(rate),
+        Kind::Udp => side.udp.push(rate),
+    }
+    side.busy[kind as usize].push((after[k] - before[k]) / wall);
+    sides[1 - k].idle[kind as usize].push((after[1 - k] - before[1 - k]) / wall);
     Ok(())
 }
 
@@ -609,14 +666,42 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
         &squib.rx[..w],
         &qemu.rx[..w]
     );
+    let skip = |kind: Kind| if matches!(kind, Kind::Udp) { 0 } else { w };
+    let cpu = |kind: Kind| {
+        let i = kind as usize;
+        let m = |v: &[f64]| median_f64(&v[skip(kind)..]).unwrap_or(f64::NAN);
+        [
+            m(&squib.busy[i]),
+            m(&qemu.busy[i]),
+            m(&squib.idle[i]),
+            m(&qemu.idle[i]),
+        ]
+    };
+    for kind in [Kind::GuestToHost, Kind::HostToGuest, Kind::Udp] {
+        let [sb, qb, si, qi] = cpu(kind);
+        eprintln!(
+            "net: {} CPU (cores, median): in its own turns squib+QEMU {sb:.2}, raw QEMU {qb:.2}; idle in the other's turns squib+QEMU {si:.2}, raw QEMU {qi:.2}",
+            kind.name()
+        );
+    }
+    let cpu_json = |kind: Kind| {
+        let [sb, qb, si, qi] = cpu(kind);
+        json!({
+            "cpu_cores_own_turn_squib": (sb * 100.0).round() / 100.0,
+            "cpu_cores_own_turn_raw_tap": (qb * 100.0).round() / 100.0,
+            "cpu_cores_other_turn_squib": (si * 100.0).round() / 100.0,
+            "cpu_cores_other_turn_raw_tap": (qi * 100.0).round() / 100.0,
+        })
+    };
     if squib.features != qemu.features {
         eprintln!(
             "net: the guests negotiated different virtio-net features (bit i = character i):\n  squib    {}\n  raw QEMU {}",
             squib.features, qemu.features
         );
     }
-    let extra = |s: &[f64], r: &[f64]| {
+    let extra = |s: &[f64], r: &[f64], kind: Kind| {
         json!({
+            "cpu": cpu_json(kind),
             "bytes_per_transfer": plan.bytes,
             "rounds": plan.rounds,
             "warmup_transfers": w,
@@ -639,7 +724,7 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             median_f64(&qemu.tx[w..]),
             RAW_TAP,
         )
-        .with_extra(extra(&squib.tx, &qemu.tx)),
+        .with_extra(extra(&squib.tx, &qemu.tx, Kind::GuestToHost)),
         Figure::new(
             "net_rx_throughput",
             "host→guest TCP throughput, median (higher is better)",
@@ -648,7 +733,7 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             median_f64(&qemu.rx[w..]),
             RAW_TAP,
         )
-        .with_extra(extra(&squib.rx, &qemu.rx)),
+        .with_extra(extra(&squib.rx, &qemu.rx, Kind::HostToGuest)),
         Figure::new(
             "net_udp_small_pps",
             "guest→host 64-byte UDP datagrams received by the host, per second, median (higher is better)",
@@ -665,6 +750,7 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "raw_tap": qemu.udp.iter().map(|v| v.round()).collect::<Vec<_>>(),
             "pair_ratios": round2(&pair_ratios(&squib.udp, &qemu.udp)),
             "median_pair_ratio": median_f64(&pair_ratios(&squib.udp, &qemu.udp)),
+            "cpu": cpu_json(Kind::Udp),
         })),
     ])
 }
