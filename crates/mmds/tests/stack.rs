@@ -110,6 +110,12 @@ fn classifier_takes_only_arp_and_port_80_for_the_mmds_address() {
     assert!(!claims_frame(&tcp_syn(GUEST_IP, 80), DEFAULT_IPV4));
     let custom = Ipv4Addr::new(169, 254, 7, 7);
     assert!(claims_frame(&tcp_syn(custom, 80), custom));
+    // UDP to the MMDS's port 80, even a guest's large USO datagram, goes on to the TAP (the
+    // device refuses a claimed frame whose header asks for UDP segmentation).
+    let mut udp = tcp_syn(DEFAULT_IPV4, 80);
+    udp[23] = 17;
+    udp.resize(14 + 20 + 8 + 3 * 1400, 0xab);
+    assert!(!claims_frame(&udp, DEFAULT_IPV4));
     for junk in [
         &[][..],
         &[0u8; 13],

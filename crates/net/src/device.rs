@@ -31,8 +31,9 @@ use vhost_user_backend::{VhostUserBackendMut, VringState, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_USO4,
+    VIRTIO_NET_F_GUEST_USO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -230,39 +231,11 @@ impl NetBackend {
         }))
     }
 
-    /// A device for one QEMU connection. Probes which receive offloads the host kernel's TAP
-    /// supports: only those are offered to the guest.
+    /// A device for one QEMU connection. Probes which offloads the host kernel's TAP supports:
+    /// only those are offered to the guest.
     pub fn new(config: NetDeviceConfig) -> io::Result<Self> {
         let tap = &config.tap;
-        let mut offered = 1 << VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_RING_F_EVENT_IDX
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC
-            | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
-            | 1 << VIRTIO_NET_F_MRG_RXBUF
-            | 1 << VIRTIO_NET_F_STATUS
-            | 1 << VIRTIO_NET_F_CSUM
-            | 1 << VIRTIO_NET_F_HOST_TSO4
-            | 1 << VIRTIO_NET_F_HOST_TSO6
-            | 1 << VIRTIO_NET_F_HOST_ECN
-            | 1 << VIRTIO_NET_F_HOST_UFO
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
-            | VHOST_F_LOG_ALL;
-        if config.mtu {
-            offered |= 1 << VIRTIO_NET_F_MTU;
-        }
-        if tap.supports_offload(offload::CSUM) {
-            offered |= 1 << VIRTIO_NET_F_GUEST_CSUM;
-            let tso = offload::CSUM | offload::TSO4 | offload::TSO6;
-            if tap.supports_offload(tso) {
-                offered |= 1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6;
-                if tap.supports_offload(tso | offload::TSO_ECN) {
-                    offered |= 1 << VIRTIO_NET_F_GUEST_ECN;
-                }
-            }
-            if tap.supports_offload(offload::CSUM | offload::UFO) {
-                offered |= 1 << VIRTIO_NET_F_GUEST_UFO;
-            }
-        }
+        let offered = offered_features(config.mtu, |flags| tap.supports_offload(flags));
         Ok(Self {
             config,
             mem: None,
@@ -433,10 +406,8 @@ impl NetBackend {
         if let Some(service) = &self.config.service
             && (service.claims)(frame)
         {
-            // The MMDS has no offloads: finish the checksum the guest left to the device. A
-            // segmentation-offloaded frame goes over as the one large segment it is.
             let hdr = VnetHdr::parse(hdr_bytes).unwrap_or_default();
-            if !vnet::complete_checksum(&hdr, frame) {
+            if !vnet::for_local_service(&hdr, frame) {
                 inc(&m.tx_malformed_frames);
                 return TxOutcome::Done;
             }
@@ -576,6 +547,77 @@ impl NetBackend {
             }
         }
     }
+}
+
+/// The features the device offers: what it does itself, plus the receive offloads (and USO,
+/// which the TAP takes in both directions once the kernel knows it) that `tap_supports` (a
+/// `TUNSETOFFLOAD` probe) accepts.
+fn offered_features(mtu: bool, tap_supports: impl Fn(u32) -> bool) -> u64 {
+    let mut offered = 1 << VIRTIO_F_VERSION_1
+        | 1 << VIRTIO_RING_F_EVENT_IDX
+        | 1 << VIRTIO_RING_F_INDIRECT_DESC
+        | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
+        | 1 << VIRTIO_NET_F_MRG_RXBUF
+        | 1 << VIRTIO_NET_F_STATUS
+        | 1 << VIRTIO_NET_F_CSUM
+        | 1 << VIRTIO_NET_F_HOST_TSO4
+        | 1 << VIRTIO_NET_F_HOST_TSO6
+        | 1 << VIRTIO_NET_F_HOST_ECN
+        | 1 << VIRTIO_NET_F_HOST_UFO
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        | VHOST_F_LOG_ALL;
+    if mtu {
+        offered |= 1 << VIRTIO_NET_F_MTU;
+    }
+    if tap_supports(offload::CSUM) {
+        offered |= 1 << VIRTIO_NET_F_GUEST_CSUM;
+        let tso = offload::CSUM | offload::TSO4 | offload::TSO6;
+        if tap_supports(tso) {
+            offered |= 1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6;
+            if tap_supports(tso | offload::TSO_ECN) {
+                offered |= 1 << VIRTIO_NET_F_GUEST_ECN;
+            }
+        }
+        if tap_supports(offload::CSUM | offload::UFO) {
+            offered |= 1 << VIRTIO_NET_F_GUEST_UFO;
+        }
+        // Linux ≥ 6.2. A kernel that takes USO offloads on a TAP also takes USO frames
+        // (`VIRTIO_NET_HDR_GSO_UDP_L4`) written to it, so the guest may send them too.
+        if tap_supports(offload::CSUM | offload::USO) {
+            offered |= 1 << VIRTIO_NET_F_GUEST_USO4
+                | 1 << VIRTIO_NET_F_GUEST_USO6
+                | 1 << VIRTIO_NET_F_HOST_USO;
+        }
+    }
+    offered
+}
+
+/// The `TUNSETOFFLOAD` flags for the features the guest acked: the TAP may only hand the
+/// device the offloaded frames the guest accepts.
+fn tap_offloads(acked: u64) -> u32 {
+    let has = |bit: u32| acked & (1 << bit) != 0;
+    if !has(VIRTIO_NET_F_GUEST_CSUM) {
+        return 0;
+    }
+    let mut flags = offload::CSUM;
+    if has(VIRTIO_NET_F_GUEST_TSO4) {
+        flags |= offload::TSO4;
+    }
+    if has(VIRTIO_NET_F_GUEST_TSO6) {
+        flags |= offload::TSO6;
+    }
+    if has(VIRTIO_NET_F_GUEST_ECN) {
+        flags |= offload::TSO_ECN;
+    }
+    if has(VIRTIO_NET_F_GUEST_UFO) {
+        flags |= offload::UFO;
+    }
+    // The kernel takes USO for both IP versions or not at all (tun.c); a guest that takes
+    // only one gets its UDP segmented by the host, as without USO.
+    if has(VIRTIO_NET_F_GUEST_USO4) && has(VIRTIO_NET_F_GUEST_USO6) {
+        flags |= offload::USO;
+    }
+    flags
 }
 
 enum TxOutcome {
@@ -725,23 +767,7 @@ impl VhostUserBackendMut for NetBackend {
         } else {
             vnet::LEGACY_HDR_LEN
         };
-        // The TAP may only hand over what the guest accepts.
-        let mut flags = 0;
-        if has(VIRTIO_NET_F_GUEST_CSUM) {
-            flags |= offload::CSUM;
-            if has(VIRTIO_NET_F_GUEST_TSO4) {
-                flags |= offload::TSO4;
-            }
-            if has(VIRTIO_NET_F_GUEST_TSO6) {
-                flags |= offload::TSO6;
-            }
-            if has(VIRTIO_NET_F_GUEST_ECN) {
-                flags |= offload::TSO_ECN;
-            }
-            if has(VIRTIO_NET_F_GUEST_UFO) {
-                flags |= offload::UFO;
-            }
-        }
+        let flags = tap_offloads(features);
         let tap = &self.config.tap;
         if let Err(err) = tap
             .set_vnet_hdr_size(self.hdr_len)
@@ -920,6 +946,76 @@ mod tests {
 
     fn frame(len: usize) -> Vec<u8> {
         (0..len).map(|i| i as u8).collect()
+    }
+
+    const USO_BITS: u64 =
+        1 << VIRTIO_NET_F_GUEST_USO4 | 1 << VIRTIO_NET_F_GUEST_USO6 | 1 << VIRTIO_NET_F_HOST_USO;
+
+    #[test]
+    fn uso_is_offered_both_ways_only_when_the_tap_takes_uso_offloads() {
+        let all = offered_features(false, |_| true);
+        assert_eq!(all & USO_BITS, USO_BITS);
+        assert_ne!(all & 1 << VIRTIO_F_VERSION_1, 0);
+        // A kernel before 6.2 refuses TUN_F_USO4/6: no USO in either direction.
+        let old_kernel = offered_features(false, |flags| flags & offload::USO == 0);
+        assert_eq!(old_kernel & USO_BITS, 0);
+        assert_ne!(old_kernel & 1 << VIRTIO_NET_F_GUEST_TSO4, 0);
+        assert_eq!(all & !USO_BITS, old_kernel);
+        // USO is only probed together with the checksum offload it needs.
+        let probed = std::cell::RefCell::new(Vec::new());
+        offered_features(true, |flags| {
+            probed.borrow_mut().push(flags);
+            true
+        });
+        assert!(probed.borrow().contains(&(offload::CSUM | offload::USO)));
+        // Without checksum offload the guest is offered no receive offload at all.
+        let no_csum = offered_features(false, |_| false);
+        assert_eq!(no_csum & (USO_BITS & !(1 << VIRTIO_NET_F_HOST_USO)), 0);
+        assert_eq!(no_csum & 1 << VIRTIO_NET_F_GUEST_CSUM, 0);
+    }
+
+    #[test]
+    fn the_tap_hands_over_only_the_offloads_the_guest_acked() {
+        let acked = |bits: &[u32]| bits.iter().fold(0u64, |f, b| f | 1 << b);
+        let csum = VIRTIO_NET_F_GUEST_CSUM;
+        assert_eq!(
+            tap_offloads(acked(&[
+                csum,
+                VIRTIO_NET_F_GUEST_USO4,
+                VIRTIO_NET_F_GUEST_USO6
+            ])),
+            offload::CSUM | libc::TUN_F_USO4 | libc::TUN_F_USO6
+        );
+        // One IP version only: the kernel would refuse it, so the host segments.
+        assert_eq!(
+            tap_offloads(acked(&[csum, VIRTIO_NET_F_GUEST_USO4])),
+            offload::CSUM
+        );
+        // HOST_USO is the guest's sending side: nothing for the TAP's receive offloads.
+        assert_eq!(
+            tap_offloads(acked(&[csum, VIRTIO_NET_F_HOST_USO])),
+            offload::CSUM
+        );
+        assert_eq!(
+            tap_offloads(acked(&[
+                csum,
+                VIRTIO_NET_F_GUEST_TSO4,
+                VIRTIO_NET_F_GUEST_TSO6,
+                VIRTIO_NET_F_GUEST_ECN,
+                VIRTIO_NET_F_GUEST_UFO
+            ])),
+            offload::CSUM | offload::TSO4 | offload::TSO6 | offload::TSO_ECN | offload::UFO
+        );
+        // Nothing without the checksum offload every other one builds on (what QEMU 7.2, which
+        // knows no USO bits, acks is then unchanged: they are never set).
+        assert_eq!(
+            tap_offloads(acked(&[
+                VIRTIO_NET_F_GUEST_TSO4,
+                VIRTIO_NET_F_GUEST_USO4,
+                VIRTIO_NET_F_GUEST_USO6
+            ])),
+            0
+        );
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub mod offload {
     pub const TSO6: u32 = libc::TUN_F_TSO6;
     pub const TSO_ECN: u32 = libc::TUN_F_TSO_ECN;
     pub const UFO: u32 = libc::TUN_F_UFO;
+    /// UDP segmentation (Linux ≥ 6.2), for IPv4 and IPv6 together: the kernel refuses either
+    /// alone.
+    pub const USO: u32 = libc::TUN_F_USO4 | libc::TUN_F_USO6;
 }
 
 /// Attaches a new `/dev/net/tun` descriptor to the TAP `name` (`TUNSETIFF` with

@@ -1,6 +1,7 @@
 //! The virtio-net header (`struct virtio_net_hdr_v1`) that precedes every frame on the virtqueues
 //! and on a TAP opened with `IFF_VNET_HDR`, and what the device does with it itself: finish a
-//! checksum the guest left to the device before a frame goes to the MMDS instead of the TAP.
+//! checksum the guest left to the device before a frame goes to the MMDS instead of the TAP
+//! ([`for_local_service`]).
 
 /// Header length with `VIRTIO_F_VERSION_1` or `VIRTIO_NET_F_MRG_RXBUF`: the legacy 10 bytes plus
 /// `num_buffers`.
@@ -12,6 +13,12 @@ pub const LEGACY_HDR_LEN: usize = 10;
 pub const F_NEEDS_CSUM: u8 = 1;
 /// `VIRTIO_NET_HDR_GSO_NONE`.
 pub const GSO_NONE: u8 = 0;
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+pub const GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation (USO), IPv4 or IPv6.
+pub const GSO_UDP_L4: u8 = 5;
+/// `VIRTIO_NET_HDR_GSO_ECN`, or'ed into a TCP `gso_type`.
+pub const GSO_ECN: u8 = 0x80;
 
 /// The header fields the device reads (little-endian on the wire: virtio 1.x, or a legacy device
 /// on a little-endian host, the only kind squib runs on).
@@ -52,6 +59,16 @@ pub fn set_num_buffers(buf: &mut [u8], n: u16) {
     if let Some(field) = buf.get_mut(LEGACY_HDR_LEN..HDR_LEN) {
         field.copy_from_slice(&n.to_le_bytes());
     }
+}
+
+/// Readies a guest frame that a local service (the MMDS: ARP, and TCP over IPv4) claimed, which
+/// takes no offloads: the checksum the guest left to the device is finished, and a TCP
+/// segmentation-offloaded frame goes over as the one large segment it is. False (the frame is
+/// malformed) when the header asks for a segmentation the frame cannot be, UDP (UFO, USO) or
+/// IPv6 on a frame the service took for TCP over IPv4 or ARP, or when the checksum offsets do
+/// not fit the frame.
+pub fn for_local_service(hdr: &VnetHdr, frame: &mut [u8]) -> bool {
+    matches!(hdr.gso_type & !GSO_ECN, GSO_NONE | GSO_TCPV4) && complete_checksum(hdr, frame)
 }
 
 /// Finishes the partial checksum of `frame` (an Ethernet frame) that `hdr` asks the device for,
@@ -151,5 +168,30 @@ mod tests {
         };
         assert!(!complete_checksum(&bad, &mut frame));
         assert!(complete_checksum(&VnetHdr::default(), &mut frame));
+    }
+
+    #[test]
+    fn a_local_service_takes_plain_and_tcp_segmented_frames_but_no_udp_or_ipv6_segmentation() {
+        let mut frame = vec![0u8; 80];
+        let with = |gso_type| VnetHdr {
+            gso_type,
+            gso_size: 1448,
+            ..VnetHdr::default()
+        };
+        for ok in [GSO_NONE, GSO_TCPV4, GSO_TCPV4 | GSO_ECN] {
+            assert!(for_local_service(&with(ok), &mut frame), "{ok:#x}");
+        }
+        // UFO (3), TCPv6 (4), USO (5) and types virtio does not define.
+        for bad in [3, 4, GSO_UDP_L4, GSO_UDP_L4 | GSO_ECN, 2, 0x7f, 0xff] {
+            assert!(!for_local_service(&with(bad), &mut frame), "{bad:#x}");
+        }
+        // A checksum request that does not fit is refused whatever the type.
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 70,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        assert!(!for_local_service(&hdr, &mut frame));
     }
 }
