@@ -13,9 +13,11 @@
 //! times each transfer itself, from accepting the connection to its end (its EOF guest→host; the
 //! guest's close after reading everything host→guest), and checks the byte count. The UDP turn
 //! counts the 64-byte datagrams the host receives from the first to the last; the guest's
-//! next gate connection marks the end of its sending. Around each turn both sides' CPU time
-//! (squib and its QEMU; raw QEMU) is read: what a turn costs each, and that the side waiting
-//! for its turn stays idle. Needs root, /dev/net/tun and `ip`.
+//! next gate connection marks the end of its sending. Around each turn both sides' scheduler
+//! totals (squib and its QEMU; raw QEMU) are read: the CPU a turn costs each, how long its
+//! threads waited for a CPU the machine's other load held, how often they were woken per MB
+//! (squib's path has one more thread per notification), and that the side waiting for its
+//! turn stays idle. Needs root, /dev/net/tun and `ip`.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -331,9 +333,9 @@ struct Side {
     udp: Vec<f64>,
     /// The processes whose CPU time counts for this side: squib and its QEMU, or raw QEMU.
     pids: Vec<u32>,
-    /// CPU seconds per second of wall time this side's processes used during each of its own
-    /// turns, and during each of the other side's turns (idle guest, idle device), per `Kind`.
-    busy: [Vec<f64>; 3],
+    /// What this side's processes did with the scheduler in each of its own turns, per `Kind`.
+    busy: [Vec<Usage>; 3],
+    /// CPU (cores) this side's processes used in each of the other side's turns, per `Kind`.
     idle: [Vec<f64>; 3],
     /// The virtio feature bits the guest's driver negotiated (sysfs `features`).
     features: String,
@@ -341,24 +343,59 @@ struct Side {
     _ns: Netns,
 }
 
-/// CPU time (user + system, every thread) the processes `pids` have used so far, from the
-/// scheduler's nanosecond accounting (`/proc/PID/task/TID/schedstat`).
-fn cpu_secs(pids: &[u32]) -> f64 {
-    let mut ns = 0u64;
-    for pid in pids {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            if let Some(run) = std::fs::read_to_string(task.path().join("schedstat"))
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
-            {
-                ns += run;
+/// Scheduler totals of processes, every thread (`/proc/PID/task/TID/schedstat`, nanoseconds):
+/// time on a CPU, time runnable but waiting for one, times put on a CPU.
+#[derive(Clone, Copy, Default)]
+struct Sched {
+    run: f64,
+    wait: f64,
+    slices: f64,
+}
+
+impl Sched {
+    fn of(pids: &[u32]) -> Sched {
+        let mut total = Sched::default();
+        for pid in pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                    continue;
+                };
+                let v: Vec<f64> = text
+                    .split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                if let [run, wait, slices] = v[..] {
+                    total.run += run / 1e9;
+                    total.wait += wait / 1e9;
+                    total.slices += slices;
+                }
             }
         }
+        total
     }
-    ns as f64 / 1e9
+
+    fn since(self, before: Sched) -> Sched {
+        Sched {
+            run: self.run - before.run,
+            wait: self.wait - before.wait,
+            slices: self.slices - before.slices,
+        }
+    }
+}
+
+/// One side's own turn, as the scheduler saw it.
+#[derive(Clone, Copy)]
+struct Usage {
+    /// CPU seconds per second of the turn.
+    cores: f64,
+    /// Seconds runnable but not running (other processes had the CPUs), per second.
+    waiting: f64,
+    /// Times a thread was put on a CPU (each wake-up at least), per MB moved (TCP) or per
+    /// 1,000 datagrams received (UDP).
+    switches: f64,
 }
 
 /// What a turn measures.
@@ -583,7 +620,7 @@ fn measure(sides: &mut [Side; 2], plan: &Plan) -> anyhow::Result<()> {
 
 /// Side `k`'s turn of `kind`; both sides' CPU use around it.
 fn turn(sides: &mut [Side; 2], k: usize, kind: Kind, bytes: usize) -> anyhow::Result<()> {
-    let before = [cpu_secs(&sides[0].pids), cpu_secs(&sides[1].pids)];
+    let before = [Sched::of(&sides[0].pids), Sched::of(&sides[1].pids)];
     let started = Instant::now();
     let host = &sides[k].host;
     let rate = match kind {
@@ -592,15 +629,26 @@ fn turn(sides: &mut [Side; 2], k: usize, kind: Kind, bytes: usize) -> anyhow::Re
         Kind::Udp => host.udp_rate()?,
     };
     let wall = started.elapsed().as_secs_f64();
-    let after = [cpu_secs(&sides[0].pids), cpu_secs(&sides[1].pids)];
+    let after = [Sched::of(&sides[0].pids), Sched::of(&sides[1].pids)];
+    let own = after[k].since(before[k]);
+    let per = match kind {
+        Kind::Udp => rate * wall / 1000.0,
+        _ => bytes as f64 / 1e6,
+    };
+    let usage = Usage {
+        cores: own.run / wall,
+        waiting: own.wait / wall,
+        switches: own.slices / per,
+    };
     let side = &mut sides[k];
     match kind {
         Kind::GuestToHost => side.tx.push(rate),
         Kind::HostToGuest => side.rx.push(rate),
         Kind::Udp => side.udp.push(rate),
     }
-    side.busy[kind as usize].push((after[k] - before[k]) / wall);
-    sides[1 - k].idle[kind as usize].push((after[1 - k] - before[1 - k]) / wall);
+    side.busy[kind as usize].push(usage);
+    let other = after[1 - k].since(before[1 - k]);
+    sides[1 - k].idle[kind as usize].push(other.run / wall);
     Ok(())
 }
 
@@ -670,27 +718,46 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
     let cpu = |kind: Kind| {
         let i = kind as usize;
         let m = |v: &[f64]| median_f64(&v[skip(kind)..]).unwrap_or(f64::NAN);
-        [
-            m(&squib.busy[i]),
-            m(&qemu.busy[i]),
-            m(&squib.idle[i]),
-            m(&qemu.idle[i]),
-        ]
+        let own =
+            |side: &Side, f: fn(&Usage) -> f64| m(&side.busy[i].iter().map(f).collect::<Vec<_>>());
+        let field = |f: fn(&Usage) -> f64| [own(squib, f), own(qemu, f)];
+        (
+            field(|u| u.cores),
+            field(|u| u.waiting),
+            field(|u| u.switches),
+            [m(&squib.idle[i]), m(&qemu.idle[i])],
+        )
     };
     for kind in [Kind::GuestToHost, Kind::HostToGuest, Kind::Udp] {
-        let [sb, qb, si, qi] = cpu(kind);
+        let (cores, waiting, switches, idle) = cpu(kind);
+        let unit = if matches!(kind, Kind::Udp) {
+            "1,000 datagrams"
+        } else {
+            "MB"
+        };
         eprintln!(
-            "net: {} CPU (cores, median): in its own turns squib+QEMU {sb:.2}, raw QEMU {qb:.2}; idle in the other's turns squib+QEMU {si:.2}, raw QEMU {qi:.2}",
-            kind.name()
+            "net: {} (medians, squib+QEMU vs raw QEMU): own turns use {:.2} vs {:.2} cores, wait {:.2} vs {:.2} s/s for a CPU, are put on a CPU {:.0} vs {:.0} times per {unit}; the other's turns {:.2} vs {:.2} cores",
+            kind.name(),
+            cores[0],
+            cores[1],
+            waiting[0],
+            waiting[1],
+            switches[0],
+            switches[1],
+            idle[0],
+            idle[1]
         );
     }
     let cpu_json = |kind: Kind| {
-        let [sb, qb, si, qi] = cpu(kind);
+        let (cores, waiting, switches, idle) = cpu(kind);
+        let r = |v: [f64; 2]| v.map(|x| (x * 100.0).round() / 100.0);
         json!({
-            "cpu_cores_own_turn_squib": (sb * 100.0).round() / 100.0,
-            "cpu_cores_own_turn_raw_tap": (qb * 100.0).round() / 100.0,
-            "cpu_cores_other_turn_squib": (si * 100.0).round() / 100.0,
-            "cpu_cores_other_turn_raw_tap": (qi * 100.0).round() / 100.0,
+            "order": ["squib", "raw_tap"],
+            "cores_own_turn": r(cores),
+            "runqueue_wait_own_turn": r(waiting),
+            "scheduled_in_per_unit_own_turn": r(switches),
+            "unit": if matches!(kind, Kind::Udp) { "1000 datagrams" } else { "MB" },
+            "cores_other_turn": r(idle),
         })
     };
     if squib.features != qemu.features {
