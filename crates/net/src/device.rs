@@ -38,7 +38,7 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
-use vm_memory::{GuestAddressSpace, GuestMemory as _, GuestMemoryMmap, Permissions, VolatileSlice};
+use vm_memory::{GuestAddressSpace, GuestMemory as _, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
@@ -210,6 +210,7 @@ pub struct NetBackend {
     rx_pending: Option<Pending>,
     rx_waiting_timer: bool,
     tx_buf: Vec<u8>,
+    tx_iovs: IovBuf,
     tx_waiting_timer: bool,
     rx_timer: TimerFd,
     tx_timer: TimerFd,
@@ -247,6 +248,7 @@ impl NetBackend {
             rx_pending: None,
             rx_waiting_timer: false,
             tx_buf: vec![0; MAX_BUFFER],
+            tx_iovs: IovBuf::default(),
             tx_waiting_timer: false,
             rx_timer: TimerFd::new()?,
             tx_timer: TimerFd::new()?,
@@ -357,10 +359,19 @@ impl NetBackend {
         M::Target: vm_memory::GuestMemory<Bitmap = ()> + Sized,
     {
         let m = &self.config.shared.metrics;
-        // The chain's readable buffers, as slices of guest memory: the frame goes to the TAP
-        // straight from them (one `writev`), as QEMU's tap backend and upstream do.
-        let mut slices: Vec<VolatileSlice<'_, ()>> = Vec::with_capacity(4);
+        // The chain's readable buffers, as iovecs over guest memory: the frame goes to the TAP
+        // straight from them (one `writev`), as QEMU's tap backend and upstream do. What the
+        // device itself looks at is copied on the way: the header and source MAC, or on an
+        // MMDS-bound interface the whole frame (the service takes it by value). The guest may
+        // change its buffers meanwhile; that only changes what its own frame says.
+        let want = if self.config.service.is_some() {
+            MAX_BUFFER
+        } else {
+            self.hdr_len + 12
+        };
+        let iovs = self.tx_iovs.start();
         let mut len = 0usize;
+        let mut copied = 0usize;
         for desc in chain.readable() {
             let Ok(parts) = mem.get_slices(desc.addr(), desc.len() as usize, Permissions::Read)
             else {
@@ -372,11 +383,21 @@ impl NetBackend {
                     inc(&m.tx_malformed_frames);
                     return TxOutcome::Done;
                 };
+                if iovs.len() == MAX_IOV {
+                    inc(&m.tx_malformed_frames);
+                    return TxOutcome::Done;
+                }
                 len = len.saturating_add(part.len());
-                slices.push(part);
+                if copied < want {
+                    copied += part.copy_to(&mut self.tx_buf[copied..want]);
+                }
+                iovs.push(libc::iovec {
+                    iov_base: part.ptr_guard().as_ptr().cast_mut().cast(),
+                    iov_len: part.len(),
+                });
             }
         }
-        if len <= self.hdr_len || len > MAX_BUFFER || slices.len() > MAX_IOV {
+        if len <= self.hdr_len || len > MAX_BUFFER {
             inc(&m.tx_malformed_frames);
             return TxOutcome::Done;
         }
@@ -388,15 +409,7 @@ impl NetBackend {
         add(&m.tx_bytes_count, frame_len as u64);
         inc(&m.tx_packets_count);
         inc(&m.tx_count);
-        // What the device itself looks at is copied first: the source MAC, and on an
-        // MMDS-bound interface the whole frame (the service takes it by value). The guest may
-        // change its buffers meanwhile; that only changes what its own frame says.
-        let peek = if self.config.service.is_some() {
-            len
-        } else {
-            len.min(self.hdr_len + 12)
-        };
-        gather(&slices, &mut self.tx_buf[..peek]);
+        let peek = copied.min(len);
         let (hdr_bytes, frame) = self.tx_buf[..peek].split_at_mut(self.hdr_len);
         if let Some(mac) = self.config.guest_mac
             && frame.get(6..12).is_some_and(|src| src != mac)
@@ -417,7 +430,9 @@ impl NetBackend {
             }
             return TxOutcome::Done;
         }
-        if let Err(err) = writev(self.config.tap.as_raw_fd(), &slices) {
+        // SAFETY: each iovec points at guest memory that stays mapped while `mem` lives, which
+        // is past this call; writev only reads it.
+        if let Err(err) = unsafe { writev(self.config.tap.as_raw_fd(), iovs) } {
             inc(&m.tap_write_fails);
             tracing::trace!(iface = %self.config.shared.iface_id, %err, "tap write failed");
         }
@@ -705,36 +720,37 @@ fn write_frame(
     RxOutcome::Delivered
 }
 
-/// Copies the start of the frame held by `slices` into `buf` (as much as `buf` holds).
-fn gather(slices: &[VolatileSlice<'_, ()>], buf: &mut [u8]) {
-    let mut at = 0;
-    for s in slices {
-        if at == buf.len() {
-            break;
-        }
-        at += s.copy_to(&mut buf[at..]);
-    }
-}
-
-/// Writes one frame held by `slices` of guest memory with a single `writev`.
-fn writev(fd: i32, slices: &[VolatileSlice<'_, ()>]) -> io::Result<usize> {
-    let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-    let iovs: Vec<libc::iovec> = guards
-        .iter()
-        .zip(slices)
-        .map(|(g, s)| libc::iovec {
-            iov_base: g.as_ptr().cast_mut().cast(),
-            iov_len: s.len(),
-        })
-        .collect();
+/// Writes one frame with a single `writev`.
+///
+/// # Safety
+/// Every iovec must point at memory readable for its length for the whole call.
+unsafe fn writev(fd: i32, iovs: &[libc::iovec]) -> io::Result<usize> {
     let count = libc::c_int::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: each iovec points at a slice of mapped guest memory that stays mapped while
-    // `slices` (and their pointer guards) live, which is past this call; writev only reads it.
+    // SAFETY: the caller vouches for the iovecs; `iovs` itself is valid for `count` entries.
     let n = unsafe { libc::writev(fd, iovs.as_ptr(), count) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// The tx path's iovec array, kept between frames so a frame costs no allocation. Empty
+/// between calls: [`IovBuf::start`] clears it and its pointers are never used past one frame.
+#[derive(Default)]
+struct IovBuf(Vec<libc::iovec>);
+
+// SAFETY: the raw pointers in the iovecs are only set and used within one `tx_one` call on the
+// worker thread (the vector is cleared before each frame); what crosses threads is an empty
+// allocation.
+unsafe impl Send for IovBuf {}
+// SAFETY: as above: no shared access ever reads the pointers.
+unsafe impl Sync for IovBuf {}
+
+impl IovBuf {
+    fn start(&mut self) -> &mut Vec<libc::iovec> {
+        self.0.clear();
+        &mut self.0
+    }
 }
 
 fn signal(state: &mut VringState<Memory>, event_fails: &AtomicU64) {
@@ -1092,6 +1108,96 @@ mod tests {
         ring.offer(3, BUFS + 0x2000, 2048);
         assert!(matches!(ring.write(&mut f, true), RxOutcome::Delivered));
         assert_eq!(ring.used(), vec![(0, 0), (1, 0), (2, 1024), (3, 476)]);
+    }
+
+    // A device whose "TAP" is one end of a datagram socket pair: a `writev` is one datagram.
+    fn tx_device(mac: [u8; 6]) -> (NetBackend, std::os::unix::net::UnixDatagram) {
+        use std::os::fd::OwnedFd;
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let config = NetDeviceConfig {
+            tap: Tap::from_fd(OwnedFd::from(ours), "pair0").unwrap(),
+            shared: NetBackend::shared_for(
+                "eth0",
+                LimiterConfig::default(),
+                LimiterConfig::default(),
+            )
+            .unwrap(),
+            guest_mac: Some(mac),
+            mtu: false,
+            service: None,
+        };
+        theirs.set_nonblocking(true).unwrap();
+        (NetBackend::new(config).unwrap(), theirs)
+    }
+
+    // Offers a readable chain over `parts` (address, length) starting at descriptor `first`.
+    fn offer_readable(ring: &mut Ring, first: u16, parts: &[(u64, u32)]) {
+        const NEXT: u16 = 1;
+        for (k, &(addr, len)) in parts.iter().enumerate() {
+            let i = first + k as u16;
+            let d = DESC + 16 * u64::from(i);
+            let last = k + 1 == parts.len();
+            ring.mem.write_obj(addr, GuestAddress(d)).unwrap();
+            ring.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+            ring.mem
+                .write_obj(if last { 0 } else { NEXT }, GuestAddress(d + 12))
+                .unwrap();
+            ring.mem.write_obj(i + 1, GuestAddress(d + 14)).unwrap();
+        }
+        let slot = AVAIL + 4 + 2 * u64::from(ring.avail % SIZE);
+        ring.mem.write_obj(first, GuestAddress(slot)).unwrap();
+        ring.avail = ring.avail.wrapping_add(1);
+        ring.mem
+            .write_obj(ring.avail, GuestAddress(AVAIL + 2))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_tx_chain_reaches_the_tap_as_one_write_and_bad_chains_are_counted() {
+        let mac = [6, 0, 10, 0, 0, 2];
+        let (mut dev, peer) = tx_device(mac);
+        let mut ring = Ring::new(true);
+        // Header, then the frame over two buffers; the second frame's source MAC is not the
+        // guest's; the third chain points outside guest memory.
+        let f = frame(100);
+        let mut first = f.clone();
+        first[vnet::HDR_LEN + 6..vnet::HDR_LEN + 12].copy_from_slice(&mac);
+        ring.mem
+            .write_slice(&first[..12], GuestAddress(BUFS))
+            .unwrap();
+        ring.mem
+            .write_slice(&first[12..40], GuestAddress(BUFS + 0x1000))
+            .unwrap();
+        ring.mem
+            .write_slice(&first[40..], GuestAddress(BUFS + 0x2000))
+            .unwrap();
+        offer_readable(
+            &mut ring,
+            0,
+            &[(BUFS, 12), (BUFS + 0x1000, 28), (BUFS + 0x2000, 60)],
+        );
+        ring.mem
+            .write_slice(&f, GuestAddress(BUFS + 0x3000))
+            .unwrap();
+        offer_readable(&mut ring, 3, &[(BUFS + 0x3000, 100)]);
+        offer_readable(&mut ring, 4, &[(0x1_0000_0000, 100)]);
+
+        for _ in 0..3 {
+            let chain = ring.queue.pop_descriptor_chain(&ring.mem).unwrap();
+            assert!(matches!(dev.tx_one(&&ring.mem, chain), TxOutcome::Done));
+        }
+        let mut got = [0u8; 256];
+        assert_eq!(peer.recv(&mut got).unwrap(), 100);
+        assert_eq!(&got[..100], &first[..]);
+        assert_eq!(peer.recv(&mut got).unwrap(), 100);
+        assert_eq!(&got[..100], &f[..]);
+        assert!(peer.recv(&mut got).is_err(), "the bad chain wrote nothing");
+        let m = dev.config.shared.metrics();
+        let read = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(read(&m.tx_packets_count), 2);
+        assert_eq!(read(&m.tx_bytes_count), 2 * 88);
+        assert_eq!(read(&m.tx_spoofed_mac_count), 1);
+        assert_eq!(read(&m.tx_malformed_frames), 1);
     }
 
     #[test]
