@@ -16,8 +16,9 @@
 //! next gate connection marks the end of its sending. Around each turn both sides' scheduler
 //! totals (squib and its QEMU; raw QEMU) are read: the CPU a turn costs each, how long its
 //! threads waited for a CPU the machine's other load held, how often they were woken per MB
-//! (squib's path has one more thread per notification), and that the side waiting for its
-//! turn stays idle. Needs root, /dev/net/tun and `ip`.
+//! (squib's path has one more thread per notification), the rate per CPU second (steadier than
+//! the rate when the machine is loaded: it leaves out how much CPU the rest of the machine left
+//! a side), and that the side waiting for its turn stays idle. Needs root, /dev/net/tun and `ip`.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -73,9 +74,9 @@ impl Plan {
             }
         } else {
             Plan {
-                rounds: 10,
+                rounds: 16,
                 warmup: 1,
-                bytes: 64 << 20,
+                bytes: 32 << 20,
                 udp_rounds: 4,
                 udp_ms: 3000,
             }
@@ -393,6 +394,9 @@ struct Usage {
     cores: f64,
     /// Seconds runnable but not running (other processes had the CPUs), per second.
     waiting: f64,
+    /// The turn's rate per CPU second: what the side gets out of the CPU it was given,
+    /// whatever the rest of the machine left it (TCG guests are CPU-bound).
+    per_cpu: f64,
     /// Times a thread was put on a CPU (each wake-up at least), per MB moved (TCP) or per
     /// 1,000 datagrams received (UDP).
     switches: f64,
@@ -639,6 +643,7 @@ fn turn(sides: &mut [Side; 2], k: usize, kind: Kind, bytes: usize) -> anyhow::Re
         cores: own.run / wall,
         waiting: own.wait / wall,
         switches: own.slices / per,
+        per_cpu: rate / (own.run / wall),
     };
     let side = &mut sides[k];
     match kind {
@@ -726,18 +731,21 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             field(|u| u.waiting),
             field(|u| u.switches),
             [m(&squib.idle[i]), m(&qemu.idle[i])],
+            field(|u| u.per_cpu),
         )
     };
     for kind in [Kind::GuestToHost, Kind::HostToGuest, Kind::Udp] {
-        let (cores, waiting, switches, idle) = cpu(kind);
-        let unit = if matches!(kind, Kind::Udp) {
-            "1,000 datagrams"
+        let (cores, waiting, switches, idle, per_cpu) = cpu(kind);
+        let (unit, rate) = if matches!(kind, Kind::Udp) {
+            ("1,000 datagrams", "datagrams")
         } else {
-            "MB"
+            ("MB", "MB")
         };
         eprintln!(
-            "net: {} (medians, squib+QEMU vs raw QEMU): own turns use {:.2} vs {:.2} cores, wait {:.2} vs {:.2} s/s for a CPU, are put on a CPU {:.0} vs {:.0} times per {unit}; the other's turns {:.2} vs {:.2} cores",
+            "net: {} (medians, squib+QEMU vs raw QEMU): {:.0} vs {:.0} {rate} per CPU second; own turns use {:.2} vs {:.2} cores, wait {:.2} vs {:.2} s/s for a CPU, are put on a CPU {:.0} vs {:.0} times per {unit}; the other's turns {:.2} vs {:.2} cores",
             kind.name(),
+            per_cpu[0],
+            per_cpu[1],
             cores[0],
             cores[1],
             waiting[0],
@@ -749,10 +757,11 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
         );
     }
     let cpu_json = |kind: Kind| {
-        let (cores, waiting, switches, idle) = cpu(kind);
+        let (cores, waiting, switches, idle, per_cpu) = cpu(kind);
         let r = |v: [f64; 2]| v.map(|x| (x * 100.0).round() / 100.0);
         json!({
             "order": ["squib", "raw_tap"],
+            "rate_per_cpu_second": r(per_cpu),
             "cores_own_turn": r(cores),
             "runqueue_wait_own_turn": r(waiting),
             "scheduled_in_per_unit_own_turn": r(switches),
