@@ -26,7 +26,10 @@ SOAK_ARGS ?=
 # faster start (`make bench`). Passed to these binaries' final link only (`cargo rustc`):
 # in RUSTFLAGS it would also reach proc-macros, which cannot be static. Neither binary uses
 # NSS or dlopen (the static link would warn).
-STATIC := -C target-feature=+crt-static
+# Its ~7,400 relative relocations are packed (`-z pack-relative-relocs`, DT_RELR, which
+# glibc >= 2.36 applies in a static PIE too): 2 KiB instead of a 174 KiB table that the
+# start-up read, so ~128 KiB less resident memory at idle (median of 6 starts, 3.85 vs 3.98 MiB).
+STATIC := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs
 
 release:
 	$(CARGO) rustc --release -p squib --bin squib -- $(STATIC)
