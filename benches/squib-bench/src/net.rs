@@ -13,7 +13,9 @@
 //! times each transfer itself, from accepting the connection to its end (its EOF guest→host; the
 //! guest's close after reading everything host→guest), and checks the byte count. The UDP turn
 //! counts the 64-byte datagrams the host receives from the first to the last; the guest's
-//! next gate connection marks the end of its sending. Around each turn both sides' scheduler
+//! next gate connection marks the end of its sending. Each figure's ratio is the median of the
+//! rounds' squib / raw QEMU ratios (a pair shares its moment of the machine; the two sides'
+//! own medians, also reported, may come from different moments). Around each turn both sides' scheduler
 //! totals (squib and its QEMU; raw QEMU) are read: the CPU a turn costs each, how long its
 //! threads waited for a CPU the machine's other load held, how often they were woken per MB
 //! (squib's path has one more thread per notification), the rate per CPU second (steadier than
@@ -662,6 +664,10 @@ fn pair_ratios(squib: &[f64], raw: &[f64]) -> Vec<f64> {
     squib.iter().zip(raw).map(|(s, r)| s / r).collect()
 }
 
+fn ratio_of_medians(squib: &[f64], raw: &[f64]) -> Option<f64> {
+    Some(median_f64(squib)? / median_f64(raw)?)
+}
+
 fn round2(values: &[f64]) -> Vec<f64> {
     values.iter().map(|v| (v * 100.0).round() / 100.0).collect()
 }
@@ -787,6 +793,7 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "raw_tap_warmup": round2(&r[..w]),
             "pair_ratios": round2(&pair_ratios(&s[w..], &r[w..])),
             "median_pair_ratio": median_f64(&pair_ratios(&s[w..], &r[w..])),
+            "ratio_of_medians": ratio_of_medians(&s[w..], &r[w..]),
             "guest_features_squib": squib.features,
             "guest_features_raw_tap": qemu.features,
         })
@@ -800,7 +807,8 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             median_f64(&qemu.tx[w..]),
             RAW_TAP,
         )
-        .with_extra(extra(&squib.tx, &qemu.tx, Kind::GuestToHost)),
+        .with_extra(extra(&squib.tx, &qemu.tx, Kind::GuestToHost))
+        .with_paired_ratio(median_f64(&pair_ratios(&squib.tx[w..], &qemu.tx[w..]))),
         Figure::new(
             "net_rx_throughput",
             "host→guest TCP throughput, median (higher is better)",
@@ -809,7 +817,8 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             median_f64(&qemu.rx[w..]),
             RAW_TAP,
         )
-        .with_extra(extra(&squib.rx, &qemu.rx, Kind::HostToGuest)),
+        .with_extra(extra(&squib.rx, &qemu.rx, Kind::HostToGuest))
+        .with_paired_ratio(median_f64(&pair_ratios(&squib.rx[w..], &qemu.rx[w..]))),
         Figure::new(
             "net_udp_small_pps",
             "guest→host 64-byte UDP datagrams received by the host, per second, median (higher is better)",
@@ -826,8 +835,10 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "raw_tap": qemu.udp.iter().map(|v| v.round()).collect::<Vec<_>>(),
             "pair_ratios": round2(&pair_ratios(&squib.udp, &qemu.udp)),
             "median_pair_ratio": median_f64(&pair_ratios(&squib.udp, &qemu.udp)),
+            "ratio_of_medians": ratio_of_medians(&squib.udp, &qemu.udp),
             "cpu": cpu_json(Kind::Udp),
-        })),
+        }))
+        .with_paired_ratio(median_f64(&pair_ratios(&squib.udp, &qemu.udp))),
     ])
 }
 

@@ -16,6 +16,10 @@ pub struct Figure {
     pub baseline_name: Option<String>,
     pub error: Option<String>,
     pub extra: Value,
+    /// For squib and baseline measured in pairs, back to back: the median of the pairs'
+    /// ratios, which `ratio` reports instead of squib / baseline (medians of each side taken
+    /// from different moments of a loaded machine).
+    pub paired_ratio: Option<f64>,
 }
 
 impl Figure {
@@ -36,6 +40,7 @@ impl Figure {
             baseline_name: Some(baseline_name.into()),
             error: None,
             extra: Value::Null,
+            paired_ratio: None,
         }
     }
 
@@ -50,11 +55,18 @@ impl Figure {
             baseline_name: None,
             error: Some(error),
             extra: Value::Null,
+            paired_ratio: None,
         }
     }
 
     pub fn with_extra(mut self, extra: Value) -> Self {
         self.extra = extra;
+        self
+    }
+
+    /// The median of per-pair squib / baseline ratios, for a figure measured in pairs.
+    pub fn with_paired_ratio(mut self, ratio: Option<f64>) -> Self {
+        self.paired_ratio = ratio;
         self
     }
 
@@ -65,6 +77,9 @@ impl Figure {
     }
 
     pub fn ratio(&self) -> Option<f64> {
+        if self.paired_ratio.is_some() {
+            return self.paired_ratio;
+        }
         match (self.squib, self.baseline) {
             (Some(s), Some(b)) if b > 0.0 => Some(s / b),
             _ => None,
@@ -177,7 +192,20 @@ pub fn table(figures: &[Figure]) -> String {
             baselines.push(name);
         }
     }
-    out.push_str("\nratio = squib / baseline. Baselines:\n");
+    out.push_str("\nratio = squib / baseline");
+    let paired: Vec<&str> = figures
+        .iter()
+        .filter(|f| f.paired_ratio.is_some())
+        .map(|f| f.id.as_str())
+        .collect();
+    if !paired.is_empty() {
+        let _ = write!(
+            out,
+            " ({}: measured in pairs back to back, the ratio is the median of the pairs' ratios)",
+            paired.join(", ")
+        );
+    }
+    out.push_str(". Baselines:\n");
     for name in baselines {
         let _ = writeln!(out, "  - {name}");
     }
@@ -190,4 +218,22 @@ pub fn table(figures: &[Figure]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paired_figure_reports_the_median_of_its_pairs() {
+        let plain = Figure::new("a", "a", "MB/s", Some(90.0), Some(100.0), "floor");
+        assert_eq!(plain.ratio(), Some(0.9));
+        let paired = Figure::new("b", "b", "MB/s", Some(90.0), Some(100.0), "floor")
+            .with_paired_ratio(Some(1.02));
+        assert_eq!(paired.ratio(), Some(1.02));
+        assert!(paired.complete());
+        let text = table(&[plain, paired]);
+        assert!(text.contains("| 1.02× |"), "{text}");
+        assert!(text.contains("(b: measured in pairs"), "{text}");
+    }
 }
