@@ -1,10 +1,13 @@
 //! Snapshots: create and load times against guest size, and the memory a microVM costs
 //! beyond its guest RAM.
 //!
-//! For each guest size: one booted guest is paused and snapshotted, then restored (with
-//! `resume_vm`) by new squib processes; one restored guest is snapshotted again (its RAM is
-//! the memory file mapped copy-on-write, so that save takes another path). Loads are
-//! compared with `InstanceStart` of the same guest (QEMU's start, the floor of any load);
+//! For each guest size (256 MiB, 1 GiB and 2 GiB; `--quick`: 256 MiB): one booted guest is
+//! paused and snapshotted, then restored (with `resume_vm`) by new squib processes; one
+//! restored guest is snapshotted again (its RAM is the memory file mapped copy-on-write, so
+//! that save takes another path). The guests touch about the same memory whatever their size
+//! (each create's memory file reports its MiB of data): a cost that grows with the size grows
+//! with untouched memory. Loads are compared with `InstanceStart` of the same guest (QEMU's
+//! start, the floor of any load);
 //! creates with a sparse copy of the memory file they wrote (the floor of writing it).
 
 use std::path::Path;
@@ -145,11 +148,22 @@ struct SizeRun {
     copy: Duration,
     loads: Vec<Duration>,
     create_restored: Duration,
+    /// MiB of data (allocated blocks) in the memory files of the booted and of the restored
+    /// guest's create: what the guest touched, against its size.
+    data_mib: f64,
+    restored_data_mib: f64,
     /// RssAnon of squib and of QEMU, booted guest running (kB).
     squib_anon: u64,
     qemu_anon: u64,
     /// RssAnon of QEMU restored (private RAM: the pages the guest touched count here).
     restored_qemu_anon: u64,
+}
+
+/// MiB a (sparse) file holds on disk.
+fn file_data_mib(path: &Path) -> anyhow::Result<f64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    Ok((meta.blocks() * 512) as f64 / f64::from(1 << 20))
 }
 
 fn create_body(dir: &Path, name: &str) -> String {
@@ -227,6 +241,7 @@ fn size_run(
         bail!("cp --sparse=always failed: {status}");
     }
     std::fs::remove_file(dir.path().join("copy.mem"))?;
+    let data_mib = file_data_mib(&dir.path().join("a.mem"))?;
 
     let mut load_times = Vec::new();
     let mut create_restored = None;
@@ -261,6 +276,8 @@ fn size_run(
         copy,
         loads: load_times,
         create_restored: create_restored.context("no load ran")?,
+        data_mib,
+        restored_data_mib: file_data_mib(&dir.path().join("b.mem"))?,
         squib_anon,
         qemu_anon,
         restored_qemu_anon,
@@ -270,19 +287,27 @@ fn size_run(
 pub fn snapshot(config: &Config) -> anyhow::Result<Vec<Figure>> {
     let guest = guest()?;
     let loads = if config.quick { 2 } else { 5 };
-    let sizes: &[u32] = if config.quick { &[256] } else { &[256, 1024] };
+    // Guests of different sizes touch about the same memory: a cost that grows with the size
+    // grows with untouched memory.
+    let sizes: &[u32] = if config.quick {
+        &[256]
+    } else {
+        &[256, 1024, 2048]
+    };
     let mut figures = Vec::new();
     for &mib in sizes {
         let run =
             size_run(config, &guest, mib, loads).with_context(|| format!("{mib} MiB guest"))?;
         eprintln!(
-            "  {mib} MiB: create {:.0} ms, loads {:?} ms, create of a restored guest {:.0} ms",
+            "  {mib} MiB: create {:.0} ms ({:.0} MiB of data), loads {:?} ms, create of a restored guest {:.0} ms ({:.0} MiB of data)",
             run.create.as_secs_f64() * 1000.0,
+            run.data_mib,
             run.loads
                 .iter()
                 .map(|d| (d.as_secs_f64() * 1000.0).round())
                 .collect::<Vec<_>>(),
             run.create_restored.as_secs_f64() * 1000.0,
+            run.restored_data_mib,
         );
         let list = |v: &[Duration]| {
             v.iter()
@@ -314,25 +339,31 @@ pub fn snapshot(config: &Config) -> anyhow::Result<Vec<Figure>> {
             )
             .with_extra(json!({"squib_ms": list(&run.loads), "baseline_ms": list(&run.start)})),
         );
-        figures.push(Figure::new(
-            format!("snap.create.{}m", run.mib),
-            format!("PUT /snapshot/create → 204, booted {} MiB guest", run.mib),
-            "ms",
-            ms(Some(run.create)),
-            ms(Some(run.copy)),
-            "cp --sparse=always of the memory file it wrote",
-        ));
-        figures.push(Figure::new(
-            format!("snap.create_restored.{}m", run.mib),
-            format!(
-                "PUT /snapshot/create → 204, restored {} MiB guest (RAM mapped copy-on-write)",
-                run.mib
-            ),
-            "ms",
-            ms(Some(run.create_restored)),
-            ms(Some(run.create)),
-            "the same create of the booted guest",
-        ));
+        figures.push(
+            Figure::new(
+                format!("snap.create.{}m", run.mib),
+                format!("PUT /snapshot/create → 204, booted {} MiB guest", run.mib),
+                "ms",
+                ms(Some(run.create)),
+                ms(Some(run.copy)),
+                "cp --sparse=always of the memory file it wrote",
+            )
+            .with_extra(json!({"memory_file_data_mib": run.data_mib})),
+        );
+        figures.push(
+            Figure::new(
+                format!("snap.create_restored.{}m", run.mib),
+                format!(
+                    "PUT /snapshot/create → 204, restored {} MiB guest (RAM mapped copy-on-write)",
+                    run.mib
+                ),
+                "ms",
+                ms(Some(run.create_restored)),
+                ms(Some(run.create)),
+                "the same create of the booted guest",
+            )
+            .with_extra(json!({"memory_file_data_mib": run.restored_data_mib})),
+        );
         if run.mib == sizes[0] {
             figures.push(
                 Figure::new(

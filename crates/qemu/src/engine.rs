@@ -478,10 +478,8 @@ impl QemuEngine {
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
         if let Some((_, device_state)) = &restoring {
-            let stream = runtime_dir.path().join("device-state");
-            std::fs::write(&stream, device_state)
-                .map_err(|e| EngineError::Failed(format!("cannot stage the device state: {e}")))?;
-            crate::snapshot::load_device_state(&qmp, &stream)
+            let socket = runtime_dir.path().join("incoming.sock");
+            crate::snapshot::load_device_state(&qmp, &socket, device_state)
                 .await
                 .map_err(|e| match process.try_exit() {
                     Some(exit) => {
@@ -489,7 +487,6 @@ impl QemuEngine {
                     }
                     None => e,
                 })?;
-            let _ = std::fs::remove_file(&stream);
         }
         let devices = DeviceState::new(resources);
         devices

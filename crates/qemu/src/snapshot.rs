@@ -42,6 +42,8 @@ const IGNORE_SHARED: &str = "x-ignore-shared";
 /// How long a save or a restore of the device state may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 const MIGRATION_POLL: Duration = Duration::from_millis(5);
+/// The first interval of that poll.
+const MIGRATION_FIRST_POLL: Duration = Duration::from_micros(250);
 
 /// The guest's RAM: a memfd owned by squib (shared with QEMU), or the user's memory file
 /// mapped privately by QEMU.
@@ -478,22 +480,25 @@ pub(crate) async fn save_device_state(
     }
 }
 
-/// Loads the device state of a restore (QEMU waits with `-incoming defer`); `stream` is a
-/// file in squib's private runtime directory. QEMU listens on a socket beside it; squib
-/// connects and sends the file.
-pub(crate) async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<(), EngineError> {
+/// Loads the device state of a restore (QEMU waits with `-incoming defer`): QEMU listens on
+/// `socket` (in squib's private runtime directory), squib connects and sends `stream` from
+/// memory. The two commands go out together: QMP runs them in order, one round trip less.
+pub(crate) async fn load_device_state(
+    qmp: &QmpClient,
+    socket: &Path,
+    stream: &[u8],
+) -> Result<(), EngineError> {
     let err = |e: QmpError| EngineError::Failed(e.to_string());
-    let socket = stream.with_extension("sock");
-    qmp.migrate_set_capability(IGNORE_SHARED, true)
-        .await
-        .map_err(err)?;
-    qmp.migrate_incoming(&format!("unix:{}", socket.display()))
-        .await
-        .map_err(err)?;
+    let uri = format!("unix:{}", socket.display());
+    let (capability, incoming) = tokio::join!(
+        qmp.migrate_set_capability(IGNORE_SHARED, true),
+        qmp.migrate_incoming(&uri)
+    );
+    capability.map_err(err)?;
+    incoming.map_err(err)?;
     let send = async {
-        let mut file = tokio::fs::File::open(stream).await?;
-        let mut conn = tokio::net::UnixStream::connect(&socket).await?;
-        tokio::io::copy(&mut file, &mut conn).await?;
+        let mut conn = tokio::net::UnixStream::connect(socket).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut conn, stream).await?;
         tokio::io::AsyncWriteExt::shutdown(&mut conn).await
     };
     send.await
@@ -501,8 +506,12 @@ pub(crate) async fn load_device_state(qmp: &QmpClient, stream: &Path) -> Result<
     wait_for_migration(qmp).await
 }
 
+/// Polls `query-migrate` until QEMU's migration ends: at once, then at growing intervals up
+/// to [`MIGRATION_POLL`] (a restore's device state loads within a millisecond or two, a save
+/// of a large guest takes seconds).
 async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
     let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    let mut interval = MIGRATION_FIRST_POLL;
     loop {
         let info = qmp
             .query_migrate()
@@ -526,7 +535,8 @@ async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
                 "QEMU's migration did not complete within {MIGRATION_TIMEOUT:?}"
             )));
         }
-        tokio::time::sleep(MIGRATION_POLL).await;
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(MIGRATION_POLL);
     }
 }
 
