@@ -20,8 +20,10 @@
 //! threads waited for a CPU the machine's other load held, how often they were woken per MB
 //! (squib's path has one more thread per notification), the rate per CPU second (steadier than
 //! the rate when the machine is loaded: it leaves out how much CPU the rest of the machine left
-//! a side), and that the side waiting for its turn stays idle. Needs root, /dev/net/tun and `ip`.
+//! a side), the same per thread name (squib's device worker apart from QEMU), and that the side
+//! waiting for its turn stays idle. Needs root, /dev/net/tun and `ip`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
@@ -334,8 +336,14 @@ struct Side {
     tx: Vec<f64>,
     rx: Vec<f64>,
     udp: Vec<f64>,
-    /// The processes whose CPU time counts for this side: squib and its QEMU, or raw QEMU.
-    pids: Vec<u32>,
+    /// The processes whose CPU time counts for this side, with their role: squib and its
+    /// QEMU, or raw QEMU.
+    procs: Vec<(&'static str, u32)>,
+    /// Per thread name, the scheduler totals of all this side's own turns, per `Kind`; and
+    /// those turns' wall time and units moved (MB, or 1,000 datagrams).
+    threads: [BTreeMap<String, Sched>; 3],
+    turn_wall: [f64; 3],
+    turn_units: [f64; 3],
     /// What this side's processes did with the scheduler in each of its own turns, per `Kind`.
     busy: [Vec<Usage>; 3],
     /// CPU (cores) this side's processes used in each of the other side's turns, per `Kind`.
@@ -348,7 +356,7 @@ struct Side {
 
 /// Scheduler totals of processes, every thread (`/proc/PID/task/TID/schedstat`, nanoseconds):
 /// time on a CPU, time runnable but waiting for one, times put on a CPU.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Sched {
     run: f64,
     wait: f64,
@@ -356,9 +364,11 @@ struct Sched {
 }
 
 impl Sched {
-    fn of(pids: &[u32]) -> Sched {
-        let mut total = Sched::default();
-        for pid in pids {
+    /// Every thread of `procs` (a role and a PID each), by "role/thread name" (threads of one
+    /// name summed: QEMU's vCPU thread is `CPU 0/TCG`, its main loop the program's name).
+    fn threads(procs: &[(&'static str, u32)]) -> BTreeMap<String, Sched> {
+        let mut out: BTreeMap<String, Sched> = BTreeMap::new();
+        for (role, pid) in procs {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
                 continue;
             };
@@ -366,18 +376,28 @@ impl Sched {
                 let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
                     continue;
                 };
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
                 let v: Vec<f64> = text
                     .split_whitespace()
                     .filter_map(|w| w.parse().ok())
                     .collect();
                 if let [run, wait, slices] = v[..] {
-                    total.run += run / 1e9;
-                    total.wait += wait / 1e9;
-                    total.slices += slices;
+                    let entry = out.entry(format!("{role}/{}", comm.trim())).or_default();
+                    entry.run += run / 1e9;
+                    entry.wait += wait / 1e9;
+                    entry.slices += slices;
                 }
             }
         }
-        total
+        out
+    }
+
+    fn total(threads: &BTreeMap<String, Sched>) -> Sched {
+        threads.values().fold(Sched::default(), |a, b| Sched {
+            run: a.run + b.run,
+            wait: a.wait + b.wait,
+            slices: a.slices + b.slices,
+        })
     }
 
     fn since(self, before: Sched) -> Sched {
@@ -423,7 +443,13 @@ impl Kind {
 }
 
 impl Side {
-    fn new(name: &'static str, host: Host, proc: Proc, pids: Vec<u32>, ns: Netns) -> Side {
+    fn new(
+        name: &'static str,
+        host: Host,
+        proc: Proc,
+        procs: Vec<(&'static str, u32)>,
+        ns: Netns,
+    ) -> Side {
         Side {
             name,
             host,
@@ -431,7 +457,10 @@ impl Side {
             tx: Vec::new(),
             rx: Vec::new(),
             udp: Vec::new(),
-            pids,
+            procs,
+            threads: Default::default(),
+            turn_wall: [0.0; 3],
+            turn_units: [0.0; 3],
             busy: Default::default(),
             idle: Default::default(),
             features: String::new(),
@@ -541,8 +570,8 @@ fn squib_side(
         other => bail!("expected one QEMU child of squib, found {other:?}"),
     };
     let argv = process::cmdline(qemu)?;
-    let pids = vec![squib.pid(), qemu];
-    Ok((Side::new("squib", host, squib, pids, ns), argv))
+    let procs = vec![("squib", squib.pid()), ("QEMU", qemu)];
+    Ok((Side::new("squib", host, squib, procs, ns), argv))
 }
 
 /// squib's argv with its vhost-user netdev (and the socket chardev to squib's device) swapped for
@@ -584,8 +613,8 @@ fn raw_side(argv: &[String], dir: &Path) -> anyhow::Result<Side> {
     command.args(&argv);
     let qemu = Proc::spawn(command)?;
     // `ip netns exec` execs QEMU in place: the child is QEMU.
-    let pids = vec![qemu.pid()];
-    Ok(Side::new("raw QEMU", host, qemu, pids, ns))
+    let procs = vec![("QEMU", qemu.pid())];
+    Ok(Side::new("raw QEMU", host, qemu, procs, ns))
 }
 
 /// The pair's order in round `i`: squib first in even rounds, raw QEMU first in odd ones.
@@ -626,7 +655,10 @@ fn measure(sides: &mut [Side; 2], plan: &Plan) -> anyhow::Result<()> {
 
 /// Side `k`'s turn of `kind`; both sides' CPU use around it.
 fn turn(sides: &mut [Side; 2], k: usize, kind: Kind, bytes: usize) -> anyhow::Result<()> {
-    let before = [Sched::of(&sides[0].pids), Sched::of(&sides[1].pids)];
+    let before = [
+        Sched::threads(&sides[0].procs),
+        Sched::threads(&sides[1].procs),
+    ];
     let started = Instant::now();
     let host = &sides[k].host;
     let rate = match kind {
@@ -635,8 +667,11 @@ fn turn(sides: &mut [Side; 2], k: usize, kind: Kind, bytes: usize) -> anyhow::Re
         Kind::Udp => host.udp_rate()?,
     };
     let wall = started.elapsed().as_secs_f64();
-    let after = [Sched::of(&sides[0].pids), Sched::of(&sides[1].pids)];
-    let own = after[k].since(before[k]);
+    let after = [
+        Sched::threads(&sides[0].procs),
+        Sched::threads(&sides[1].procs),
+    ];
+    let own = Sched::total(&after[k]).since(Sched::total(&before[k]));
     let per = match kind {
         Kind::Udp => rate * wall / 1000.0,
         _ => bytes as f64 / 1e6,
@@ -654,7 +689,17 @@ fn turn(sides: &mut [Side; 2], k: usize, kind: Kind, bytes: usize) -> anyhow::Re
         Kind::Udp => side.udp.push(rate),
     }
     side.busy[kind as usize].push(usage);
-    let other = after[1 - k].since(before[1 - k]);
+    for (name, now) in &after[k] {
+        let then = before[k].get(name).copied().unwrap_or_default();
+        let d = now.since(then);
+        let sum = side.threads[kind as usize].entry(name.clone()).or_default();
+        sum.run += d.run;
+        sum.wait += d.wait;
+        sum.slices += d.slices;
+    }
+    side.turn_wall[kind as usize] += wall;
+    side.turn_units[kind as usize] += per;
+    let other = Sched::total(&after[1 - k]).since(Sched::total(&before[1 - k]));
     sides[1 - k].idle[kind as usize].push(other.run / wall);
     Ok(())
 }
@@ -762,6 +807,56 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             idle[1]
         );
     }
+    // Where each side's CPU and wake-ups go, thread by thread, over all its own turns.
+    let by_thread = |side: &Side, kind: Kind| {
+        let i = kind as usize;
+        let mut rows: Vec<(String, f64, f64)> = side.threads[i]
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    t.run / side.turn_wall[i],
+                    t.slices / side.turn_units[i],
+                )
+            })
+            .filter(|(_, cores, per)| *cores >= 0.01 || *per >= 1.0)
+            .collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        rows
+    };
+    for kind in [Kind::GuestToHost, Kind::HostToGuest, Kind::Udp] {
+        for side in [squib, qemu] {
+            let rows: Vec<String> = by_thread(side, kind)
+                .iter()
+                .map(|(name, cores, per)| format!("{name} {cores:.2} cores {per:.0}×"))
+                .collect();
+            eprintln!(
+                "net: {} threads of {} (cores, times put on a CPU per {}): {}",
+                kind.name(),
+                side.name,
+                if matches!(kind, Kind::Udp) {
+                    "1,000 datagrams"
+                } else {
+                    "MB"
+                },
+                rows.join(", ")
+            );
+        }
+    }
+    let threads_json = |kind: Kind| {
+        let rows = |side: &Side| {
+            by_thread(side, kind)
+                .into_iter()
+                .map(|(name, cores, per)| {
+                    (
+                        name,
+                        json!([(cores * 100.0).round() / 100.0, (per * 10.0).round() / 10.0]),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+        };
+        json!({ "squib": rows(squib), "raw_tap": rows(qemu) })
+    };
     let cpu_json = |kind: Kind| {
         let (cores, waiting, switches, idle, per_cpu) = cpu(kind);
         let r = |v: [f64; 2]| v.map(|x| (x * 100.0).round() / 100.0);
@@ -773,6 +868,7 @@ pub fn net(config: &Config) -> anyhow::Result<Vec<Figure>> {
             "scheduled_in_per_unit_own_turn": r(switches),
             "unit": if matches!(kind, Kind::Udp) { "1000 datagrams" } else { "MB" },
             "cores_other_turn": r(idle),
+            "threads_cores_and_scheduled_in_per_unit": threads_json(kind),
         })
     };
     if squib.features != qemu.features {
