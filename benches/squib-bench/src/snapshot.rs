@@ -6,8 +6,8 @@
 //! restored guest is snapshotted again (its RAM is the memory file mapped copy-on-write, so
 //! that save takes another path). The guests touch about the same memory whatever their size
 //! (each create's memory file reports its MiB of data): a cost that grows with the size grows
-//! with untouched memory. Loads are compared with `InstanceStart` of the same guest (QEMU's
-//! start, the floor of any load);
+//! with untouched memory. Loads are compared with raw QEMU restoring the same snapshot with
+//! the argv squib gave it (the floor of a load);
 //! creates with a sparse copy of the memory file they wrote (the floor of writing it).
 
 use std::path::Path;
@@ -24,7 +24,7 @@ use crate::scenarios::{
     GUEST_MARKER, GuestPaths, configure_with_memory, guest, is_squib_ram, log_tail, own_memfd,
     squib_command, start_server,
 };
-use crate::stats::median;
+use crate::stats::{median, median_f64};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -72,72 +72,186 @@ fn qemu_of(squib: &Proc) -> anyhow::Result<u32> {
 /// before it starts, as squib does it): exec → `qmp_capabilities` and `cont` answered. The
 /// floor of `InstanceStart`.
 fn raw_instance_start(argv: &[String]) -> anyhow::Result<Duration> {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-
-    let dir = tempfile::Builder::new()
-        .prefix("squib-bench-raw-")
-        .tempdir()?;
-    let socket = dir.path().join("qmp.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&socket)?;
-    let fd = listener.as_raw_fd();
     let mut args = Vec::with_capacity(argv.len());
     for arg in &argv[1..] {
-        if arg.starts_with("socket,id=qmp,fd=") {
-            args.push(format!("socket,id=qmp,fd={fd},server=on,wait=off"));
-        } else if is_squib_ram(arg) {
+        if is_squib_ram(arg) {
             args.push(own_memfd(arg)?);
         } else {
             args.push(arg.clone());
         }
     }
-    let mut command = Command::new(&argv[0]);
-    command
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    process::die_with_parent(&mut command);
-    // SAFETY: fcntl on a descriptor this process owns, between fork and exec; no allocation.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let t0 = Instant::now();
-    let mut child = command.spawn()?;
-    drop(listener);
+    let mut qemu = RawQemu::spawn(&argv[0], &args)?;
     let result = (|| -> anyhow::Result<Duration> {
-        let stream = std::os::unix::net::UnixStream::connect(&socket)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut writer = stream.try_clone()?;
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        for command in ["qmp_capabilities", "cont"] {
-            writer.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
-            loop {
-                line.clear();
-                if reader.read_line(&mut line)? == 0 {
-                    bail!("QEMU closed QMP");
-                }
-                if line.contains("\"return\"") {
-                    break;
-                }
-                if line.contains("\"error\"") {
-                    bail!("{command}: {line}");
-                }
-            }
-        }
+        qemu.execute("qmp_capabilities", json!({}))?;
+        qemu.execute("cont", json!({}))?;
         Ok(t0.elapsed())
     })();
-    let _ = child.kill();
-    let _ = child.wait();
+    qemu.kill();
     result
+}
+
+/// QEMU alone restoring a snapshot, with the argv squib gave a restored QEMU (`-incoming
+/// defer`, the memory file mapped copy-on-write, by its path here): exec → capabilities,
+/// `migrate-incoming` with the snapshot's device state sent, `completed`, `cont` answered
+/// (`query-migrate` polled without a pause). The floor of `PUT /snapshot/load`.
+fn raw_restore(argv: &[String], state: &Path, mem: &Path) -> anyhow::Result<Duration> {
+    let file = std::fs::read(state)?;
+    let stream = qemu_stream(&file)?;
+    let mut args = Vec::with_capacity(argv.len());
+    for arg in &argv[1..] {
+        if is_squib_ram(arg) {
+            let fields: Vec<String> = arg
+                .split(',')
+                .map(|field| match field.strip_prefix("mem-path=") {
+                    Some(_) => format!("mem-path={}", mem.display()),
+                    None => field.to_string(),
+                })
+                .collect();
+            args.push(fields.join(","));
+        } else {
+            args.push(arg.clone());
+        }
+    }
+    let incoming = tempfile::Builder::new()
+        .prefix("squib-bench-in-")
+        .tempdir()?;
+    let socket = incoming.path().join("in.sock");
+    let t0 = Instant::now();
+    let mut qemu = RawQemu::spawn(&argv[0], &args)?;
+    let result = (|| -> anyhow::Result<Duration> {
+        use std::io::Write;
+        qemu.execute("qmp_capabilities", json!({}))?;
+        qemu.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
+        )?;
+        qemu.execute(
+            "migrate-incoming",
+            json!({"uri": format!("unix:{}", socket.display())}),
+        )?;
+        let mut conn = std::os::unix::net::UnixStream::connect(&socket)?;
+        conn.write_all(stream)?;
+        conn.shutdown(std::net::Shutdown::Write)?;
+        loop {
+            let status = qemu.execute("query-migrate", json!({}))?;
+            if status.contains("\"completed\"") {
+                break;
+            }
+            if status.contains("\"failed\"") {
+                bail!("QEMU's migration failed: {status}");
+            }
+        }
+        qemu.execute("cont", json!({}))?;
+        Ok(t0.elapsed())
+    })();
+    qemu.kill();
+    result
+}
+
+/// QEMU's migration stream inside a squib state file (docs/snapshots.md: the engine's device
+/// state is a `u32` length, a JSON header, then the stream).
+fn qemu_stream(file: &[u8]) -> anyhow::Result<&[u8]> {
+    let le32 = |at: usize| -> anyhow::Result<usize> {
+        let b = file.get(at..at + 4).context("state file too short")?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let header = le32(14)?;
+    let state_len = file
+        .get(18 + header..26 + header)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .context("state file too short")?;
+    let state = file
+        .get(26 + header..26 + header + state_len)
+        .context("state file too short")?;
+    let meta = le32(26 + header)?;
+    state.get(4 + meta..).context("device state too short")
+}
+
+/// A QEMU started by the bench with squib's argv, its QMP socket listening before it starts.
+struct RawQemu {
+    child: std::process::Child,
+    writer: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    _dir: tempfile::TempDir,
+}
+
+impl RawQemu {
+    /// `args` as squib built them; the QMP chardev gets the bench's own listening socket.
+    fn spawn(program: &str, args: &[String]) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+
+        let dir = tempfile::Builder::new()
+            .prefix("squib-bench-raw-")
+            .tempdir()?;
+        let socket = dir.path().join("qmp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+        let fd = listener.as_raw_fd();
+        let args = args.iter().map(|arg| {
+            if arg.starts_with("socket,id=qmp,fd=") {
+                format!("socket,id=qmp,fd={fd},server=on,wait=off")
+            } else {
+                arg.clone()
+            }
+        });
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        process::die_with_parent(&mut command);
+        // SAFETY: fcntl on a descriptor this process owns, between fork and exec; no allocation.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        drop(listener);
+        let stream = std::os::unix::net::UnixStream::connect(&socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let writer = stream.try_clone()?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        Ok(Self {
+            child,
+            writer,
+            reader,
+            _dir: dir,
+        })
+    }
+
+    /// Runs one command; its `return` line (events skipped).
+    fn execute(&mut self, command: &str, arguments: serde_json::Value) -> anyhow::Result<String> {
+        use std::io::{BufRead, Write};
+        let request = json!({"execute": command, "arguments": arguments});
+        self.writer.write_all(format!("{request}\n").as_bytes())?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("QEMU closed QMP");
+            }
+            if line.contains("\"return\"") {
+                return Ok(line);
+            }
+            if line.contains("\"error\"") {
+                bail!("{command}: {line}");
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 struct SizeRun {
@@ -147,6 +261,8 @@ struct SizeRun {
     create: Duration,
     copy: Duration,
     loads: Vec<Duration>,
+    /// Raw QEMU restoring the same snapshot with the restored QEMU's argv.
+    raw_loads: Vec<Duration>,
     create_restored: Duration,
     /// MiB of data (allocated blocks) in the memory files of the booted and of the restored
     /// guest's create: what the guest touched, against its size.
@@ -246,6 +362,8 @@ fn size_run(
     let mut load_times = Vec::new();
     let mut create_restored = None;
     let mut restored_qemu_anon = 0;
+    let mut restored_argv = None;
+    let mut raw_loads = Vec::new();
     for k in 0..loads {
         let socket = dir.path().join(format!("load{k}.sock"));
         let mut squib = start_server(squib_command(config, &socket, "bench-snap-load"), &socket)?;
@@ -257,7 +375,9 @@ fn size_run(
         )?);
         if k == 0 {
             std::thread::sleep(config.settle);
-            restored_qemu_anon = status_kib(qemu_of(&squib)?, "RssAnon")?;
+            let qemu = qemu_of(&squib)?;
+            restored_argv = Some(process::cmdline(qemu)?);
+            restored_qemu_anon = status_kib(qemu, "RssAnon")?;
             process::api_expect(&socket, "PATCH", "/vm", Some(PAUSE), 204)?;
             create_restored = Some(timed_put(
                 &socket,
@@ -267,9 +387,16 @@ fn size_run(
             )?);
         }
         squib.stop(Duration::from_secs(10));
+        // Interleaved with squib's loads: each pair shares its moment of the machine.
+        let argv = restored_argv.as_ref().context("no load ran")?;
+        raw_loads.push(
+            raw_restore(argv, &dir.path().join("a.state"), &dir.path().join("a.mem"))
+                .context("raw QEMU restore")?,
+        );
     }
     Ok(SizeRun {
         mib,
+        raw_loads,
         start,
         raw_start,
         create,
@@ -334,10 +461,21 @@ pub fn snapshot(config: &Config) -> anyhow::Result<Vec<Figure>> {
                 ),
                 "ms",
                 ms(median(&run.loads)),
-                ms(median(&run.start)),
-                "PUT InstanceStart → 204 of the same guest (QEMU's start), median",
+                ms(median(&run.raw_loads)),
+                "raw QEMU with the restored QEMU's argv: exec → capabilities, migrate-incoming of the snapshot's device state, completed, cont answered, median",
             )
-            .with_extra(json!({"squib_ms": list(&run.loads), "baseline_ms": list(&run.start)})),
+            .with_extra(json!({
+                "squib_ms": list(&run.loads),
+                "baseline_ms": list(&run.raw_loads),
+                "instance_start_ms": list(&run.start),
+            }))
+            .with_paired_ratio(median_f64(
+                &run.loads
+                    .iter()
+                    .zip(&run.raw_loads)
+                    .map(|(squib, raw)| squib.as_secs_f64() / raw.as_secs_f64())
+                    .collect::<Vec<_>>(),
+            )),
         );
         figures.push(
             Figure::new(
