@@ -180,10 +180,11 @@ pub(crate) struct MachineOptions {
     /// The guest routes interrupts without ACPI (see [`legacy_interrupts`]): microvm without
     /// ACPI; q35 serves such a guest as it is (its virtio-pci devices use MSI-X).
     pub legacy_interrupts: bool,
-    /// microvm's virtio-mmio transports are legacy (version 1) by default, which
-    /// libvhost-user backends refuse ("virtio legacy devices aren't supported"). Modern
-    /// transports (version 2, as Firecracker's) only when a vhost-user device needs them, so
-    /// every other configuration keeps the device state its snapshots were taken with.
+    /// microvm's virtio-mmio transports are legacy (version 1) by default: no device offers
+    /// `VIRTIO_F_VERSION_1` there, and libvhost-user backends refuse them ("virtio legacy
+    /// devices aren't supported"). squib's microVMs run them modern (version 2), as
+    /// Firecracker's devices are virtio 1.0; a restore runs what the snapshot recorded
+    /// ([`modern_mmio`]).
     pub modern_mmio: bool,
 }
 
@@ -536,15 +537,10 @@ impl LaunchPlan {
             }),
             None => None,
         };
-        let has_vhost_user_drive = resources
-            .drives
-            .iter()
-            .any(|d| matches!(d.backend, DriveBackend::VhostUser { .. }));
         let machine = MachineOptions {
             kind,
             legacy_interrupts,
-            modern_mmio: kind == Machine::Microvm
-                && (resources.vsock.is_some() || has_vhost_user_drive),
+            modern_mmio: kind == Machine::Microvm && modern_mmio(resources, inputs.restore),
         };
         // A CPU template adjusts the accelerator's base model (squib_cpu_template); a restored
         // guest keeps the CPU it was saved with, whatever the client configures.
@@ -603,7 +599,24 @@ impl LaunchPlan {
             accel: self.accel.qemu_name().to_string(),
             cpu: self.cpu.clone(),
             legacy_interrupts: self.machine.legacy_interrupts,
+            modern_mmio: Some(self.machine.modern_mmio),
         }
+    }
+}
+
+/// Whether microvm's virtio-mmio transports run modern: always for a boot; for a restore, as
+/// the snapshot recorded, the device state holding each transport's mode. Snapshots of squibs
+/// that did not record it ran modern only with vsock or a vhost-user drive.
+fn modern_mmio(resources: &VmResources, restore: Option<&EngineMeta>) -> bool {
+    match restore {
+        None => true,
+        Some(meta) => meta.modern_mmio.unwrap_or_else(|| {
+            resources.vsock.is_some()
+                || resources
+                    .drives
+                    .iter()
+                    .any(|d| matches!(d.backend, DriveBackend::VhostUser { .. }))
+        }),
     }
 }
 

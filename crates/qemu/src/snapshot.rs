@@ -210,6 +210,10 @@ pub(crate) struct EngineMeta {
     /// snapshots of older squibs, whose restores always ran microvm with ACPI.
     #[serde(default)]
     pub legacy_interrupts: bool,
+    /// Modern virtio-mmio transports (see [`crate::plan::MachineOptions::modern_mmio`]);
+    /// absent in the snapshots of older squibs, which derived it from the devices.
+    #[serde(default)]
+    pub modern_mmio: Option<bool>,
 }
 
 /// Prefixes QEMU's migration stream with the engine's header.
@@ -550,6 +554,7 @@ mod tests {
             accel: "tcg".into(),
             cpu: "max,-avx".into(),
             legacy_interrupts: true,
+            modern_mmio: Some(true),
         };
         let bytes = encode_device_state(&meta, b"QEVM");
         let (back, stream) = decode_device_state(&bytes).unwrap();
@@ -561,16 +566,15 @@ mod tests {
         let header = br#"{"accel":"tcg","cpu":"max"}"#;
         let mut old = (header.len() as u32).to_le_bytes().to_vec();
         old.extend_from_slice(header);
-        assert!(
-            !decode_restore(&old, Accel::Tcg)
-                .unwrap()
-                .0
-                .legacy_interrupts
-        );
+        let (old_meta, _) = decode_restore(&old, Accel::Tcg).unwrap();
+        assert!(!old_meta.legacy_interrupts);
+        // Nor the transports' mode: the plan derives it as those squibs did.
+        assert_eq!(old_meta.modern_mmio, None);
         let kvm = EngineMeta {
             accel: "kvm".into(),
             cpu: "host".into(),
             legacy_interrupts: false,
+            modern_mmio: None,
         };
         let err = decode_restore(&encode_device_state(&kvm, b""), Accel::Tcg).unwrap_err();
         assert!(err.to_string().contains("kvm accelerator"), "{err}");

@@ -132,6 +132,8 @@ fn typical_config_full_argv() {
         "-no-reboot",
         "-M",
         "microvm,acpi=on,pit=on,pic=on,rtc=on,isa-serial=on",
+        "-global",
+        "virtio-mmio.force-legacy=false",
         "-accel",
         "tcg,tb-size=32",
         "-cpu",
@@ -549,9 +551,44 @@ fn vhost_user_drive_is_a_socket_chardev_and_a_vhost_user_blk_device() {
     );
     assert_eq!(vhost_user_chardev_id(4), "vub_4");
     assert_eq!(values(&a, "-global"), ["virtio-mmio.force-legacy=false"]);
-    // Without one, the transports stay legacy.
+    // Without one too: every microVM's transports are modern (VERSION_1), as Firecracker's.
     let a = args(&resources(vec![file_drive("root", true, "/r", false)]));
-    assert!(values(&a, "-global").is_empty());
+    assert_eq!(values(&a, "-global"), ["virtio-mmio.force-legacy=false"]);
+}
+
+#[test]
+fn a_restore_keeps_the_transport_mode_its_snapshot_ran_with() {
+    let plain = resources(vec![file_drive("root", true, "/r", false)]);
+    let with_vhost = resources(vec![vhost_drive("root", true, "/s")]);
+    let caps = Capabilities::default();
+    let spec = spec();
+    let modern = |res: &VmResources, modern_mmio: Option<bool>| {
+        let mut res = res.clone();
+        res.boot_source = None;
+        let meta = EngineMeta {
+            accel: "tcg".into(),
+            cpu: "max".into(),
+            legacy_interrupts: false,
+            modern_mmio,
+        };
+        let plan = LaunchPlan::new(
+            &res,
+            &LaunchInputs {
+                restore: Some(&meta),
+                ..inputs(&spec, &caps)
+            },
+        )
+        .unwrap();
+        let modern = !values(&render(&plan), "-global").is_empty();
+        // What a snapshot of the restored guest records in turn.
+        assert_eq!(plan.engine_meta().modern_mmio, Some(modern));
+        modern
+    };
+    assert!(modern(&plain, Some(true)));
+    assert!(!modern(&plain, Some(false)));
+    // Older squibs recorded nothing: they ran modern only with vsock or a vhost-user drive.
+    assert!(!modern(&plain, None));
+    assert!(modern(&with_vhost, None));
 }
 
 #[test]
@@ -924,6 +961,7 @@ fn a_restore_runs_the_saved_cpu_and_machine_without_a_kernel_and_waits_for_migra
         accel: "tcg".into(),
         cpu: "max,-avx".into(),
         legacy_interrupts: true,
+        modern_mmio: Some(true),
     };
     let caps = Capabilities::default();
     let spec = spec();
