@@ -73,16 +73,16 @@ impl Plan {
                 rounds: 6,
                 warmup: 1,
                 bytes: 32 << 20,
-                udp_rounds: 2,
-                udp_ms: 2000,
+                udp_rounds: 4,
+                udp_ms: 1000,
             }
         } else {
             Plan {
                 rounds: 16,
                 warmup: 1,
                 bytes: 32 << 20,
-                udp_rounds: 4,
-                udp_ms: 3000,
+                udp_rounds: 8,
+                udp_ms: 1500,
             }
         }
     }
