@@ -506,10 +506,8 @@ fn header_adds_up(file: &File, len: u64) -> bool {
 }
 
 /// Copies `len` bytes of `src` into `dst` (both from offset 0), skipping holes of `src`
-/// (`SEEK_DATA`/`SEEK_HOLE`) and pages of zeros (a guest's memory holds many pages its kernel
-/// cleared: they cost neither page cache nor disk): `dst` must read as zeros where nothing
-/// is written (a fresh file, or a file first sized with `set_len`). `dst` ends up exactly
-/// `len` bytes long.
+/// (`SEEK_DATA`/`SEEK_HOLE`): `dst` must read as zeros where nothing is written (a fresh
+/// file, or a file first sized with `set_len`). `dst` ends up exactly `len` bytes long.
 pub fn copy_sparse(src: &File, dst: &File, len: u64) -> io::Result<()> {
     dst.set_len(len)?;
     let mut offset: u64 = 0;
@@ -531,36 +529,10 @@ pub fn copy_sparse(src: &File, dst: &File, len: u64) -> io::Result<()> {
         while pos < hole {
             let chunk = ((hole - pos) as usize).min(buf.len());
             read_exact_at(src, &mut buf[..chunk], pos)?;
-            write_nonzero_at(dst, &buf[..chunk], pos)?;
+            write_all_at(dst, &buf[..chunk], pos)?;
             pos += chunk as u64;
         }
         offset = hole;
-    }
-    Ok(())
-}
-
-/// The granularity of [`copy_sparse`]'s zero check: a page.
-const ZERO_CHECK: usize = 4096;
-
-/// Writes `buf` at `offset`, leaving out its `ZERO_CHECK`-sized blocks of zeros (`dst` reads
-/// as zeros there already); runs of data go out in one write.
-fn write_nonzero_at(dst: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    let mut run: Option<usize> = None;
-    let mut at = 0;
-    for block in buf.chunks(ZERO_CHECK) {
-        let zero = block.iter().all(|&b| b == 0);
-        match (zero, run) {
-            (false, None) => run = Some(at),
-            (true, Some(start)) => {
-                write_all_at(dst, &buf[start..at], offset + start as u64)?;
-                run = None;
-            }
-            _ => {}
-        }
-        at += block.len();
-    }
-    if let Some(start) = run {
-        write_all_at(dst, &buf[start..], offset + start as u64)?;
     }
     Ok(())
 }
@@ -713,28 +685,6 @@ mod tests {
             std::fs::read(&src_path).unwrap(),
             std::fs::read(&dst_path).unwrap()
         );
-    }
-
-    #[test]
-    fn sparse_copy_leaves_pages_of_zeros_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let src_path = dir.path().join("src");
-        // Written in full (no holes): pages of data around 1 MiB of zeros, and a page whose
-        // only byte that is not zero is its last.
-        let mut content = vec![0u8; 4 << 20];
-        content[..8192].fill(7);
-        content[(2 << 20) - 1] = 1;
-        content[(3 << 20)..(3 << 20) + 4096].fill(9);
-        std::fs::write(&src_path, &content).unwrap();
-        let dst_path = dir.path().join("dst");
-        let dst = File::create_new(&dst_path).unwrap();
-        copy_sparse(&File::open(&src_path).unwrap(), &dst, 4 << 20).unwrap();
-        assert_eq!(std::fs::read(&dst_path).unwrap(), content);
-        // The zeros are holes: the data ends after two pages and starts again with the page
-        // that ends in a 1 (the temporary directory's file system reports holes).
-        assert_eq!(seek(&dst, 0, libc::SEEK_HOLE).unwrap(), 8192);
-        assert_eq!(seek(&dst, 8192, libc::SEEK_DATA).unwrap(), (2 << 20) - 4096);
-        assert_eq!(seek(&dst, 2 << 20, libc::SEEK_HOLE).unwrap(), 2 << 20);
     }
 
     #[test]
