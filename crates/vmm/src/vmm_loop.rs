@@ -169,7 +169,11 @@ impl<E: Engine> Vmm<E> {
                 request = self.actions.recv(), if accepting => match request {
                     Some(ActionRequest { action, reply }) => {
                         let name = action.name();
-                        let result = self.dispatch(action).await;
+                        // Boxed: an action's future (a boot, a snapshot) is tens of KiB;
+                        // inline, it would make this loop's future as large, and spawning
+                        // the loop moves it through the caller's stack, touching those pages
+                        // of the main thread's stack for good (idle RSS).
+                        let result = Box::pin(self.dispatch(action)).await;
                         if let Err(e) = &result {
                             tracing::debug!(action = name, error = %e, "action failed");
                         }
