@@ -955,13 +955,26 @@ mod tests {
 
         // Offers a one-descriptor writable chain of `len` bytes at `addr` in descriptor `i`.
         fn offer(&mut self, i: u16, addr: u64, len: u32) {
-            let d = DESC + 16 * u64::from(i);
-            self.mem.write_obj(addr, GuestAddress(d)).unwrap();
-            self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-            self.mem.write_obj(WRITE, GuestAddress(d + 12)).unwrap();
-            self.mem.write_obj(0u16, GuestAddress(d + 14)).unwrap();
+            self.offer_chain(i, &[(addr, len)], WRITE);
+        }
+
+        // Offers a chain over `parts` (address, length) from descriptor `first` on, each
+        // descriptor with `flags` (and NEXT but the last).
+        fn offer_chain(&mut self, first: u16, parts: &[(u64, u32)], flags: u16) {
+            const NEXT: u16 = 1;
+            for (k, &(addr, len)) in parts.iter().enumerate() {
+                let i = first + k as u16;
+                let d = DESC + 16 * u64::from(i);
+                let next = if k + 1 == parts.len() { 0 } else { NEXT };
+                self.mem.write_obj(addr, GuestAddress(d)).unwrap();
+                self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+                self.mem
+                    .write_obj(flags | next, GuestAddress(d + 12))
+                    .unwrap();
+                self.mem.write_obj(i + 1, GuestAddress(d + 14)).unwrap();
+            }
             let slot = AVAIL + 4 + 2 * u64::from(self.avail % SIZE);
-            self.mem.write_obj(i, GuestAddress(slot)).unwrap();
+            self.mem.write_obj(first, GuestAddress(slot)).unwrap();
             self.avail = self.avail.wrapping_add(1);
             self.mem
                 .write_obj(self.avail, GuestAddress(AVAIL + 2))
@@ -1164,24 +1177,7 @@ mod tests {
 
     // Offers a readable chain over `parts` (address, length) starting at descriptor `first`.
     fn offer_readable(ring: &mut Ring, first: u16, parts: &[(u64, u32)]) {
-        const NEXT: u16 = 1;
-        for (k, &(addr, len)) in parts.iter().enumerate() {
-            let i = first + k as u16;
-            let d = DESC + 16 * u64::from(i);
-            let last = k + 1 == parts.len();
-            ring.mem.write_obj(addr, GuestAddress(d)).unwrap();
-            ring.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-            ring.mem
-                .write_obj(if last { 0 } else { NEXT }, GuestAddress(d + 12))
-                .unwrap();
-            ring.mem.write_obj(i + 1, GuestAddress(d + 14)).unwrap();
-        }
-        let slot = AVAIL + 4 + 2 * u64::from(ring.avail % SIZE);
-        ring.mem.write_obj(first, GuestAddress(slot)).unwrap();
-        ring.avail = ring.avail.wrapping_add(1);
-        ring.mem
-            .write_obj(ring.avail, GuestAddress(AVAIL + 2))
-            .unwrap();
+        ring.offer_chain(first, parts, 0);
     }
 
     #[test]
