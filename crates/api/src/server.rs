@@ -147,8 +147,8 @@ async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
-        head: HeadMethod::default(),
-        connection: ConnectionHeader::default(),
+        head: LineStartRespelling::head_method(),
+        connection: LineStartRespelling::connection_header(),
     });
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -238,73 +238,66 @@ impl Drop for BusyGuard {
 struct Watched {
     inner: UnixStream,
     activity: Arc<Activity>,
-    head: HeadMethod,
-    connection: ConnectionHeader,
+    head: LineStartRespelling,
+    connection: LineStartRespelling,
 }
 
-/// Spells the method `HEAD` as `HEAd` in what hyper reads. Upstream refuses `HEAD` like any
-/// other unknown method, with its 110-byte body; hyper never writes a body in answer to a
-/// `HEAD`, but passes the extension method `HEAd` through untouched, so squib answers it as
-/// upstream does. Any line starting `HEAD` is rewritten (bytes are matched across reads):
-/// a header name is case-insensitive, and a request body holding a line break is not JSON,
-/// which fails with the same text whatever the letter's case.
+/// Respells a word at the start of any line in what hyper reads, matched across reads (the
+/// stream starts at a line start): hyper then passes the request on as upstream would see it.
 #[derive(Debug)]
-struct HeadMethod {
-    /// How much of `\nHEA` the bytes read so far end with (the stream starts at a line start).
+struct LineStartRespelling {
+    /// `\n` and the word without its last letter (lowercase when case is ignored).
+    pattern: &'static [u8],
+    /// The word's last letter, and what it becomes.
+    last: u8,
+    replacement: u8,
+    ignore_case: bool,
+    /// How much of `pattern` the bytes read so far end with.
     matched: usize,
 }
 
-impl Default for HeadMethod {
-    fn default() -> Self {
-        Self { matched: 1 }
-    }
-}
-
-impl HeadMethod {
-    const PATTERN: &[u8] = b"\nHEA";
-
-    fn rewrite(&mut self, bytes: &mut [u8]) {
-        for byte in bytes {
-            if self.matched == Self::PATTERN.len() && *byte == b'D' {
-                *byte = b'd';
-                self.matched = 0;
-            } else if self.matched < Self::PATTERN.len() && *byte == Self::PATTERN[self.matched] {
-                self.matched += 1;
-            } else {
-                self.matched = usize::from(*byte == b'\n');
-            }
+impl LineStartRespelling {
+    /// `HEAD` as `HEAd`. Upstream refuses `HEAD` like any other unknown method, with its
+    /// 110-byte body; hyper never writes a body in answer to a `HEAD`, but passes the extension
+    /// method `HEAd` through untouched, so squib answers it as upstream does. Any line starting
+    /// `HEAD` is rewritten: a header name is case-insensitive, and a request body holding a
+    /// line break is not JSON, which fails with the same text whatever the letter's case.
+    fn head_method() -> Self {
+        Self {
+            pattern: b"\nHEA",
+            last: b'D',
+            replacement: b'd',
+            ignore_case: false,
+            matched: 1,
         }
     }
-}
 
-/// Respells a `Connection` header name as `Connectiox` in what hyper reads. Upstream ignores
-/// the header: it answers `Connection: keep-alive` and keeps the connection open even after
-/// `Connection: close`, where hyper would add `close` to the answer and then close. Matched
-/// case-insensitively at any line start, across reads; as for [`HeadMethod`], a JSON body
-/// cannot hold such a line (a `c` starts no JSON token, and the error is found before the
-/// rewritten byte).
-#[derive(Debug)]
-struct ConnectionHeader {
-    /// How much of `\nconnectio` the bytes read so far end with.
-    matched: usize,
-}
-
-impl Default for ConnectionHeader {
-    fn default() -> Self {
-        Self { matched: 1 }
+    /// A `Connection` header name as `Connectiox`. Upstream ignores the header: it answers
+    /// `Connection: keep-alive` and keeps the connection open even after `Connection: close`,
+    /// where hyper would add `close` to the answer and then close. Matched case-insensitively;
+    /// as for `HEAD`, a JSON body cannot hold such a line (a `c` starts no JSON token, and the
+    /// error is found before the rewritten byte).
+    fn connection_header() -> Self {
+        Self {
+            pattern: b"\nconnectio",
+            last: b'n',
+            replacement: b'x',
+            ignore_case: true,
+            matched: 1,
+        }
     }
-}
-
-impl ConnectionHeader {
-    const PATTERN: &[u8] = b"\nconnectio";
 
     fn rewrite(&mut self, bytes: &mut [u8]) {
         for byte in bytes {
-            let lower = byte.to_ascii_lowercase();
-            if self.matched == Self::PATTERN.len() && lower == b'n' {
-                *byte = b'x';
+            let seen = if self.ignore_case {
+                byte.to_ascii_lowercase()
+            } else {
+                *byte
+            };
+            if self.matched == self.pattern.len() && seen == self.last {
+                *byte = self.replacement;
                 self.matched = 0;
-            } else if self.matched < Self::PATTERN.len() && lower == Self::PATTERN[self.matched] {
+            } else if self.matched < self.pattern.len() && seen == self.pattern[self.matched] {
                 self.matched += 1;
             } else {
                 self.matched = usize::from(*byte == b'\n');
@@ -519,7 +512,7 @@ mod tests {
     use super::*;
 
     fn rewritten(chunks: &[&str]) -> String {
-        let mut head = HeadMethod::default();
+        let mut head = LineStartRespelling::head_method();
         let mut out = String::new();
         for chunk in chunks {
             let mut bytes = chunk.as_bytes().to_vec();
@@ -556,7 +549,7 @@ mod tests {
     #[test]
     fn connection_header_is_hidden_from_hyper() {
         let respelled = |chunks: &[&str]| {
-            let mut matcher = ConnectionHeader::default();
+            let mut matcher = LineStartRespelling::connection_header();
             let mut out = String::new();
             for chunk in chunks {
                 let mut bytes = chunk.as_bytes().to_vec();
