@@ -1,12 +1,11 @@
-//! Firecracker's command line: the same flags, the same error texts and exit codes, parsed
-//! with clap; squib's own additions (`--accel`, `--qemu`) come last in the help, and fall back
-//! to the environment (`SQUIB_ACCEL`, `SQUIB_QEMU`) through clap's `env`.
+//! Firecracker's command line, parsed the way upstream's own parser does (not clap: its rules
+//! differ): only `--name value`, a value may not start with `--`, `--help`/`-h`/`--version`
+//! anywhere win, the same error texts and exit code. squib's additions (`--accel`, `--qemu`)
+//! fall back to the environment (`SQUIB_ACCEL`, `SQUIB_QEMU`) and have a help section of their own.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
-
-use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Arg, ArgAction, ArgMatches, Command};
 
 /// `--accel` when the flag is absent.
 pub const ENV_ACCEL: &str = "SQUIB_ACCEL";
@@ -59,115 +58,261 @@ pub struct RunArgs {
     pub qemu: Option<PathBuf>,
 }
 
-fn value(name: &'static str, help: &'static str) -> Arg {
-    Arg::new(name)
-        .long(name)
-        .value_name(name)
-        .action(ArgAction::Set)
-        .help(help)
+/// One flag: its name (without `--`), whether it takes a value, and its help line.
+struct Flag {
+    name: &'static str,
+    takes_value: bool,
+    default: Option<&'static str>,
+    /// Another flag that must be given with this one.
+    requires: Option<&'static str>,
+    /// A flag that may not be given with this one.
+    forbids: Option<&'static str>,
+    help: &'static str,
 }
 
-fn flag(name: &'static str, help: &'static str) -> Arg {
-    Arg::new(name)
-        .long(name)
-        .action(ArgAction::SetTrue)
-        .help(help)
-}
-
-fn command() -> Command {
-    Command::new("firecracker")
-        .disable_help_flag(true)
-        .disable_version_flag(true)
-        .no_binary_name(true)
-        .args([
-            value("api-sock", "Path to unix domain socket used by the API. [default: \"/run/firecracker.socket\"]"),
-            value("id", "MicroVM unique identifier. [default: \"anonymous-instance\"]"),
-            value("config-file", "Path to a file that contains the microVM configuration in JSON format."),
-            flag("no-api", "Optional parameter which allows starting and using a microVM without an active API socket.")
-                .requires("config-file"),
-            value("metadata", "Path to a file that contains metadata in JSON format to add to the mmds."),
-            value("log-path", "Path to a fifo or a file used for configuring the logger on startup."),
-            value("level", "Set the logger level. [default: \"Info\"]"),
-            value("module", "Set the logger module filter."),
-            flag("show-level", "Whether or not to output the level in the logs."),
-            flag("show-log-origin", "Whether or not to include the file path and line number of the log's origin."),
-            value("metrics-path", "Path to a fifo or a file used for configuring the metrics on startup."),
-            flag("boot-timer", "Whether or not to load boot timer device for logging elapsed time since InstanceStart command."),
-            value("http-api-max-payload-size", "Http API request payload max size, in bytes. [default: \"51200\"]"),
-            value("mmds-size-limit", "Mmds data store limit, in bytes."),
-            value("seccomp-filter", "Optional parameter which allows specifying the path to a custom seccomp filter.")
-                .conflicts_with("no-seccomp"),
-            flag("no-seccomp", "Optional parameter which allows starting and using a microVM without seccomp filtering."),
-            value("start-time-us", "Process start time (wall clock, microseconds)."),
-            value("start-time-cpu-us", "Process start CPU time (wall clock, microseconds)."),
-            value("parent-cpu-time-us", "Parent process CPU time (wall clock, microseconds)."),
-            flag("enable-pci", "Enables PCIe support."),
-            flag("snapshot-version", "Print the supported data format version."),
-            value("describe-snapshot", "Print the data format version of the provided snapshot state file."),
-            flag("help", "Show the help message.").short('h'),
-            flag("version", "Print the binary version number."),
-            // The help texts name the variables already: clap's `[env: …]` stays hidden.
-            value("accel", "squib: accelerator, auto|kvm|tcg (env SQUIB_ACCEL). [default: auto]")
-                .env(ENV_ACCEL)
-                .hide_env(true),
-            value("qemu", "squib: the QEMU binary to run (env SQUIB_QEMU). [default: qemu-system-x86_64]")
-                .env(ENV_QEMU)
-                .hide_env(true)
-                .value_parser(clap::value_parser!(PathBuf)),
-        ])
-}
-
-/// Firecracker's text for a clap error.
-fn firecracker_message(err: &clap::Error) -> String {
-    let context = |kind| match err.get(kind) {
-        Some(ContextValue::String(s)) => bare_name(s),
-        Some(ContextValue::Strings(v)) => v.first().map(|s| bare_name(s)).unwrap_or_default(),
-        _ => String::new(),
-    };
-    match err.kind() {
-        ErrorKind::UnknownArgument => format!(
-            "Found argument '{}' which wasn't expected, or isn't valid in this context.",
-            context(ContextKind::InvalidArg)
-        ),
-        ErrorKind::ArgumentConflict => {
-            let arg = context(ContextKind::InvalidArg);
-            let prior = context(ContextKind::PriorArg);
-            if prior.is_empty() || prior == arg {
-                format!("The argument '{arg}' was provided more than once.")
-            } else {
-                format!("Argument '{arg}' cannot be used together with argument '{prior}'.")
-            }
-        }
-        ErrorKind::InvalidValue | ErrorKind::NoEquals => format!(
-            "The argument '{}' requires a value, but none was supplied.",
-            context(ContextKind::InvalidArg)
-        ),
-        ErrorKind::MissingRequiredArgument => {
-            format!(
-                "Argument '{}' required, but not found.",
-                context(ContextKind::InvalidArg)
-            )
-        }
-        _ => err.to_string().trim().to_string(),
+const fn flag(name: &'static str, takes_value: bool, help: &'static str) -> Flag {
+    Flag {
+        name,
+        takes_value,
+        default: None,
+        requires: None,
+        forbids: None,
+        help,
     }
 }
 
-/// `--api-sock <api-sock>` → `api-sock`.
-fn bare_name(rendered: &str) -> String {
-    rendered
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .trim_start_matches('-')
-        .to_string()
+const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
+const DEFAULT_ID: &str = "anonymous-instance";
+const DEFAULT_MAX_PAYLOAD: &str = "51200";
+
+/// Upstream's flags, with its help texts and defaults. Upstream keeps them in a sorted map:
+/// the help lists them, and the `requires`/`forbids` checks run, in name order.
+const FIRECRACKER_FLAGS: &[Flag] = &[
+    Flag {
+        default: Some(DEFAULT_API_SOCK),
+        ..flag(
+            "api-sock",
+            true,
+            "Path to unix domain socket used by the API.",
+        )
+    },
+    flag(
+        "boot-timer",
+        false,
+        "Whether or not to load boot timer device for logging elapsed time since InstanceStart command.",
+    ),
+    flag(
+        "config-file",
+        true,
+        "Path to a file that contains the microVM configuration in JSON format.",
+    ),
+    flag(
+        "describe-snapshot",
+        true,
+        "Print the data format version of the provided snapshot state file.",
+    ),
+    flag("enable-pci", false, "Enables PCIe support."),
+    Flag {
+        default: Some(DEFAULT_MAX_PAYLOAD),
+        ..flag(
+            "http-api-max-payload-size",
+            true,
+            "Http API request payload max size, in bytes.",
+        )
+    },
+    Flag {
+        default: Some(DEFAULT_ID),
+        ..flag("id", true, "MicroVM unique identifier.")
+    },
+    flag("level", true, "Set the logger level."),
+    flag(
+        "log-path",
+        true,
+        "Path to a fifo or a file used for configuring the logger on startup.",
+    ),
+    flag(
+        "metadata",
+        true,
+        "Path to a file that contains metadata in JSON format to add to the mmds.",
+    ),
+    flag(
+        "metrics-path",
+        true,
+        "Path to a fifo or a file used for configuring the metrics on startup.",
+    ),
+    flag("mmds-size-limit", true, "Mmds data store limit, in bytes."),
+    flag("module", true, "Set the logger module filter."),
+    Flag {
+        requires: Some("config-file"),
+        ..flag(
+            "no-api",
+            false,
+            "Optional parameter which allows starting and using a microVM without an active API socket.",
+        )
+    },
+    Flag {
+        forbids: Some("seccomp-filter"),
+        ..flag(
+            "no-seccomp",
+            false,
+            "Optional parameter which allows starting and using a microVM without seccomp filtering. Not recommended.",
+        )
+    },
+    flag(
+        "parent-cpu-time-us",
+        true,
+        "Parent process CPU time (wall clock, microseconds). This parameter is optional.",
+    ),
+    Flag {
+        forbids: Some("no-seccomp"),
+        ..flag(
+            "seccomp-filter",
+            true,
+            "Optional parameter which allows specifying the path to a custom seccomp filter. For advanced users.",
+        )
+    },
+    flag(
+        "show-level",
+        false,
+        "Whether or not to output the level in the logs.",
+    ),
+    flag(
+        "show-log-origin",
+        false,
+        "Whether or not to include the file path and line number of the log's origin.",
+    ),
+    flag(
+        "snapshot-version",
+        false,
+        "Print the supported data format version.",
+    ),
+    flag(
+        "start-time-cpu-us",
+        true,
+        "Process start CPU time (wall clock, microseconds). This parameter is optional.",
+    ),
+    flag(
+        "start-time-us",
+        true,
+        "Process start time (wall clock, microseconds). This parameter is optional.",
+    ),
+    flag("version", false, "Print the binary version number."),
+];
+
+/// squib's own flags; each falls back to an environment variable.
+const SQUIB_FLAGS: &[Flag] = &[
+    flag(
+        "accel",
+        true,
+        "squib: accelerator, auto|kvm|tcg (env SQUIB_ACCEL). [default: auto]",
+    ),
+    flag(
+        "qemu",
+        true,
+        "squib: the QEMU binary to run (env SQUIB_QEMU). [default: qemu-system-x86_64]",
+    ),
+];
+
+fn all_flags() -> impl Iterator<Item = &'static Flag> {
+    FIRECRACKER_FLAGS.iter().chain(SQUIB_FLAGS)
 }
 
-fn parse_number<T: std::str::FromStr>(
-    matches: &ArgMatches,
-    name: &str,
-) -> Result<Option<T>, String> {
-    matches
-        .get_one::<String>(name)
+/// One help section as upstream renders it: names padded to the longest, three spaces, the
+/// help and the default.
+fn help_section(title: &str, flags: &[Flag]) -> String {
+    let name = |f: &Flag| {
+        if f.takes_value {
+            format!("  --{0} <{0}>", f.name)
+        } else {
+            format!("  --{}", f.name)
+        }
+    };
+    let width = flags.iter().map(|f| name(f).len()).max().unwrap_or(0);
+    let mut out = format!("{title}:");
+    for f in flags {
+        out.push_str(&format!("\n{:<width$}   {}", name(f), f.help));
+        if let Some(default) = f.default {
+            out.push_str(&format!(" [default: \"{default}\"]"));
+        }
+    }
+    out
+}
+
+/// The text `--help` prints after the version line.
+fn help() -> String {
+    format!(
+        "{}\n\n{}",
+        help_section("optional arguments", FIRECRACKER_FLAGS),
+        help_section("squib arguments", SQUIB_FLAGS)
+    )
+}
+
+/// What was given: a flag's value, or `None` for a flag without one.
+type Given = BTreeMap<&'static str, Option<String>>;
+
+/// Upstream's parse: every token a known `--name`, given once, followed by its value when it
+/// takes one (a value starting with `--` is a missing value); then `requires` and `forbids`,
+/// in name order.
+fn parse_flags(args: &[String]) -> Result<Given, String> {
+    let mut given = Given::new();
+    let mut tokens = args.iter();
+    while let Some(token) = tokens.next() {
+        let Some(name) = token.strip_prefix("--") else {
+            return Err(unexpected(token));
+        };
+        let Some(flag) = all_flags().find(|f| f.name == name) else {
+            return Err(unexpected(name));
+        };
+        if given.contains_key(flag.name) {
+            return Err(format!(
+                "The argument '{}' was provided more than once.",
+                flag.name
+            ));
+        }
+        let value = if flag.takes_value {
+            let value = tokens
+                .next()
+                .filter(|v| !v.starts_with("--"))
+                .ok_or_else(|| {
+                    format!(
+                        "The argument '{}' requires a value, but none was supplied.",
+                        flag.name
+                    )
+                })?;
+            Some(value.clone())
+        } else {
+            None
+        };
+        given.insert(flag.name, value);
+    }
+    let mut sorted: Vec<&Flag> = all_flags().collect();
+    sorted.sort_by_key(|f| f.name);
+    for flag in sorted.into_iter().filter(|f| given.contains_key(f.name)) {
+        if let Some(required) = flag.requires
+            && !given.contains_key(required)
+        {
+            return Err(format!("Argument '{required}' required, but not found."));
+        }
+        if let Some(forbidden) = flag.forbids
+            && given.contains_key(forbidden)
+        {
+            return Err(format!(
+                "Argument '{forbidden}' cannot be used together with argument '{}'.",
+                flag.name
+            ));
+        }
+    }
+    Ok(given)
+}
+
+fn unexpected(arg: &str) -> String {
+    format!("Found argument '{arg}' which wasn't expected, or isn't valid in this context.")
+}
+
+fn parse_number<T: std::str::FromStr>(given: &Given, name: &str) -> Result<Option<T>, String> {
+    given
+        .get(name)
+        .and_then(Option::as_ref)
         .map(|raw| {
             raw.parse::<T>()
                 .map_err(|_| format!("Invalid value for '{name}': '{raw}' is not a valid number."))
@@ -182,61 +327,67 @@ fn valid_instance_id(id: &str) -> bool {
 /// Parses the arguments after the program name. The error is the message to print.
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation, String> {
     // Upstream ignores everything after `--`.
-    let args: Vec<OsString> = args.into_iter().take_while(|a| a != "--").collect();
-    let matches = command()
-        .try_get_matches_from(args)
-        .map_err(|e| firecracker_message(&e))?;
-    if matches.get_flag("help") {
-        return Ok(Invocation::Help(command().render_help().to_string()));
+    let args = args
+        .into_iter()
+        .take_while(|a| a != "--")
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| unexpected(&a.to_string_lossy()))
+        })
+        .collect::<Result<Vec<String>, String>>()?;
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Invocation::Help(help()));
     }
-    if matches.get_flag("version") {
+    if args.iter().any(|a| a == "--version") {
         return Ok(Invocation::Version);
     }
-    if matches.get_flag("snapshot-version") {
+    let given = parse_flags(&args)?;
+    let string = |name: &str| given.get(name).cloned().flatten();
+    let present = |name: &str| given.contains_key(name);
+    if present("snapshot-version") {
         return Ok(Invocation::SnapshotVersion);
     }
-    if let Some(path) = matches.get_one::<String>("describe-snapshot") {
+    if let Some(path) = string("describe-snapshot") {
         return Ok(Invocation::DescribeSnapshot(PathBuf::from(path)));
     }
-    let id = matches
-        .get_one::<String>("id")
-        .cloned()
-        .unwrap_or_else(|| "anonymous-instance".to_string());
+    let id = string("id").unwrap_or_else(|| DEFAULT_ID.to_string());
     if !valid_instance_id(&id) {
         return Err(format!(
             "Invalid instance ID: '{id}'. It must be 1 to 64 characters, alphanumeric or '-'."
         ));
     }
     for name in ["start-time-us", "start-time-cpu-us", "parent-cpu-time-us"] {
-        parse_number::<u64>(&matches, name)?;
+        parse_number::<u64>(&given, name)?;
     }
-    let string = |name: &str| matches.get_one::<String>(name).cloned();
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     Ok(Invocation::Run(Box::new(RunArgs {
         api_sock: string("api-sock")
-            .unwrap_or_else(|| "/run/firecracker.socket".into())
+            .unwrap_or_else(|| DEFAULT_API_SOCK.into())
             .into(),
         id,
         config_file: string("config-file").map(PathBuf::from),
-        no_api: matches.get_flag("no-api"),
+        no_api: present("no-api"),
         log_path: string("log-path").map(PathBuf::from),
         level: string("level"),
         module: string("module"),
-        show_level: matches.get_flag("show-level"),
-        show_log_origin: matches.get_flag("show-log-origin"),
-        http_api_max_payload_size: parse_number(&matches, "http-api-max-payload-size")?
+        show_level: present("show-level"),
+        show_log_origin: present("show-log-origin"),
+        http_api_max_payload_size: parse_number(&given, "http-api-max-payload-size")?
             .unwrap_or(squib_api::DEFAULT_MAX_PAYLOAD),
-        mmds_size_limit: parse_number(&matches, "mmds-size-limit")?,
+        mmds_size_limit: parse_number(&given, "mmds-size-limit")?,
         metadata: string("metadata").map(PathBuf::from),
         metrics_path: string("metrics-path").map(PathBuf::from),
-        start_time_us: parse_number(&matches, "start-time-us")?,
-        start_time_cpu_us: parse_number(&matches, "start-time-cpu-us")?,
-        parent_cpu_time_us: parse_number(&matches, "parent-cpu-time-us")?,
-        boot_timer: matches.get_flag("boot-timer"),
-        no_seccomp: matches.get_flag("no-seccomp"),
+        start_time_us: parse_number(&given, "start-time-us")?,
+        start_time_cpu_us: parse_number(&given, "start-time-cpu-us")?,
+        parent_cpu_time_us: parse_number(&given, "parent-cpu-time-us")?,
+        boot_timer: present("boot-timer"),
+        no_seccomp: present("no-seccomp"),
         seccomp_filter: string("seccomp-filter").map(PathBuf::from),
-        enable_pci: matches.get_flag("enable-pci"),
-        accel: string("accel"),
-        qemu: matches.get_one::<PathBuf>("qemu").cloned(),
+        enable_pci: present("enable-pci"),
+        accel: string("accel").or_else(|| from_env(ENV_ACCEL)),
+        qemu: string("qemu")
+            .or_else(|| from_env(ENV_QEMU))
+            .map(PathBuf::from),
     })))
 }
 
@@ -282,14 +433,16 @@ mod tests {
             parse_str(&["--id", "a", "--id", "b"]).unwrap_err(),
             "The argument 'id' was provided more than once."
         );
-        let conflict = parse_str(&["--no-seccomp", "--seccomp-filter", "x"]).unwrap_err();
-        assert!(
-            conflict
-                == "Argument 'seccomp-filter' cannot be used together with argument 'no-seccomp'."
-                || conflict
-                    == "Argument 'no-seccomp' cannot be used together with argument 'seccomp-filter'.",
-            "{conflict}"
-        );
+        // Upstream checks in name order: `no-seccomp` comes first.
+        for args in [
+            ["--no-seccomp", "--seccomp-filter", "x"],
+            ["--seccomp-filter", "x", "--no-seccomp"],
+        ] {
+            assert_eq!(
+                parse_str(&args).unwrap_err(),
+                "Argument 'seccomp-filter' cannot be used together with argument 'no-seccomp'."
+            );
+        }
     }
 
     #[test]
@@ -305,24 +458,73 @@ mod tests {
     }
 
     #[test]
-    fn squib_flags_fall_back_to_the_environment() {
-        let command = command();
-        let env = |id: &str| {
-            command
-                .get_arguments()
-                .find(|a| a.get_id() == id)
-                .and_then(|a| a.get_env())
-                .map(|e| e.to_os_string())
+    fn help_is_upstreams_layout_then_squibs_section() {
+        let Invocation::Help(help) = parse_str(&["--bogus", "--help"]).unwrap() else {
+            panic!("--help anywhere prints the help");
         };
-        assert_eq!(env("accel"), Some(ENV_ACCEL.into()));
-        assert_eq!(env("qemu"), Some(ENV_QEMU.into()));
-        let help = command.clone().render_help().to_string();
-        assert!(!help.contains("[env:"), "{help}");
+        let mut sections = help.split("\n\n");
+        let upstream: Vec<&str> = sections.next().unwrap().lines().collect();
+        assert_eq!(upstream[0], "optional arguments:");
+        // Names padded to the longest, `--http-api-max-payload-size <…>` (57 columns), then three spaces.
+        let line = |name: &str, help: &str| format!("{name:<57}   {help}");
+        assert_eq!(
+            upstream[1],
+            line(
+                "  --api-sock <api-sock>",
+                "Path to unix domain socket used by the API. [default: \"/run/firecracker.socket\"]"
+            )
+        );
+        assert_eq!(
+            upstream.last().copied().map(str::to_string),
+            Some(line("  --version", "Print the binary version number."))
+        );
+        assert_eq!(upstream.len(), 1 + FIRECRACKER_FLAGS.len());
+        let names: Vec<&str> = FIRECRACKER_FLAGS.iter().map(|f| f.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "upstream lists its flags in name order");
+        let squib = sections.next().unwrap();
         assert!(
-            help.contains(
+            squib.starts_with("squib arguments:\n  --accel <accel>"),
+            "{squib}"
+        );
+        assert!(
+            squib.contains(
                 "squib: the QEMU binary to run (env SQUIB_QEMU). [default: qemu-system-x86_64]"
             ),
-            "{help}"
+            "{squib}"
+        );
+        assert!(sections.next().is_none());
+    }
+
+    #[test]
+    fn upstreams_token_rules() {
+        // A value may start with one dash, not two; `--name=value` is one unknown name.
+        assert_eq!(run(&["--id", "-x"]).id, "-x");
+        assert_eq!(run(&["--level", "-1"]).level.as_deref(), Some("-1"));
+        assert_eq!(
+            parse_str(&["--api-sock=x"]).unwrap_err(),
+            "Found argument 'api-sock=x' which wasn't expected, or isn't valid in this context."
+        );
+        assert_eq!(
+            parse_str(&["--api-sock", "--id", "x"]).unwrap_err(),
+            "The argument 'api-sock' requires a value, but none was supplied."
+        );
+        assert_eq!(
+            parse_str(&["-x"]).unwrap_err(),
+            "Found argument '-x' which wasn't expected, or isn't valid in this context."
+        );
+        assert!(matches!(
+            parse_str(&["--version", "--id"]).unwrap(),
+            Invocation::Version
+        ));
+        assert!(matches!(
+            parse_str(&["--id", "--", "--help"]).unwrap_err(),
+            e if e == "The argument 'id' requires a value, but none was supplied."
+        ));
+        assert_eq!(
+            run(&["--accel", "tcg", "--qemu", "/q"]).qemu,
+            Some(PathBuf::from("/q"))
         );
     }
 
