@@ -1,6 +1,8 @@
 //! QEMU's migration stream, read by squib: saving a guest whose RAM QEMU maps privately (a
 //! restored one) sends that RAM through the stream, and [`split_ram`] writes its pages into the
-//! memory file and keeps the rest as the device state. Used by the QEMU engine's snapshot save.
+//! memory file and keeps the rest as the device state; or squib reads the guest's dirtied
+//! pages itself, and [`splice_devices`] puts QEMU's devices-only state behind the RAM part of
+//! the stream the guest was restored from. Used by the QEMU engine's snapshot save.
 //!
 //! Why: a restored guest maps the user's memory file privately (copy-on-write), and
 //! `x-ignore-shared` leaves only *shared* RAM out of a migration. The split keeps everything
@@ -25,6 +27,9 @@ const FILE_VERSION: u32 = 3;
 const SECTION_START: u8 = 0x01;
 const SECTION_PART: u8 = 0x02;
 const SECTION_END: u8 = 0x03;
+const SECTION_FULL: u8 = 0x04;
+const EOF: u8 = 0x00;
+const VMDESCRIPTION: u8 = 0x06;
 const SUBSECTION: u8 = 0x05;
 const CONFIGURATION: u8 = 0x07;
 const COMMAND: u8 = 0x08;
@@ -78,7 +83,8 @@ pub fn split_ram<R: Read>(
     let mut splitter = Splitter {
         input,
         out: Vec::new(),
-        memory,
+        memory: Some(memory),
+        stop_at_devices: false,
         ram_id: ram_id.as_bytes(),
         ram_size,
         last_block_is_ram: None,
@@ -93,6 +99,79 @@ pub fn split_ram<R: Read>(
         (Err(e), None) => Err(SplitError::Stream(e)),
         (Ok(()), None) => Ok(splitter.out),
     }
+}
+
+/// The length of `stream`'s prefix: header, configuration section and the `ram` section's
+/// records (the RAM block list and the pages of the blocks other than guest RAM), up to its
+/// first device section. Fails when the prefix carries pages of RAM block `ram_id`: loaded,
+/// they would overwrite the guest's memory.
+pub fn ram_prefix_len(stream: &[u8], ram_id: &str) -> io::Result<usize> {
+    let mut splitter = Splitter {
+        input: stream,
+        out: Vec::new(),
+        memory: None,
+        stop_at_devices: true,
+        ram_id: ram_id.as_bytes(),
+        ram_size: 0,
+        last_block_is_ram: None,
+        pending: None,
+        run: Vec::new(),
+        run_at: 0,
+        memory_error: None,
+    };
+    splitter.split()?;
+    Ok(splitter.out.len())
+}
+
+/// A stream that loads like `original` with the device state of `devices`, what QEMU's
+/// `xen-save-devices-state` wrote: `original`'s prefix (see [`ram_prefix_len`]), then the
+/// device sections of `devices` and its end, then `original`'s description of its sections
+/// when it has one.
+///
+/// Why: `xen-save-devices-state` writes the devices without the RAM, which is what a save
+/// of a guest whose RAM squib reads itself needs, but also without the configuration
+/// section that `migrate-incoming` requires and without the other RAM blocks (firmware,
+/// ACPI tables), which the guest cannot change: those come from the stream it was restored
+/// from.
+///
+/// QEMU's loader reads the description after the end of the device sections (and logs an
+/// error when there is none), only to skip it; the original's describes the same machine.
+pub fn splice_devices(original: &[u8], devices: &[u8], ram_id: &str) -> io::Result<Vec<u8>> {
+    let prefix = ram_prefix_len(original, ram_id)?;
+    let header = [FILE_MAGIC.to_be_bytes(), FILE_VERSION.to_be_bytes()].concat();
+    let sections = devices
+        .strip_prefix(header.as_slice())
+        .ok_or_else(|| bad("the device state has no stream header"))?;
+    match (sections.first(), sections.last()) {
+        (Some(&SECTION_FULL | &EOF), Some(&EOF)) => {}
+        _ => return Err(bad("the device state is not a list of device sections")),
+    }
+    let description = vm_description(original).unwrap_or_default();
+    let len = prefix + sections.len() + description.len();
+    if len > MAX_DEVICE_STATE {
+        return Err(bad(format!(
+            "the device state is larger than {MAX_DEVICE_STATE} bytes"
+        )));
+    }
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&original[..prefix]);
+    out.extend_from_slice(sections);
+    out.extend_from_slice(description);
+    Ok(out)
+}
+
+/// The stream's last record, when it is the description of its sections (a JSON object
+/// after the end byte); JSON text holds no control bytes, so the first match from the end
+/// is the record's start.
+fn vm_description(stream: &[u8]) -> Option<&[u8]> {
+    (1..stream.len().saturating_sub(5)).rev().find_map(|at| {
+        let len = u32::from_be_bytes(stream[at + 1..at + 5].try_into().ok()?) as usize;
+        let matches = stream[at - 1] == EOF
+            && stream[at] == VMDESCRIPTION
+            && stream.len() - (at + 5) == len
+            && stream[at + 5] == b'{';
+        matches.then(|| &stream[at..])
+    })
 }
 
 impl<R: Read> Splitter<'_, R> {
@@ -131,7 +210,12 @@ impl<R: Read> Splitter<'_, R> {
                     let len = s.copy_be16()?;
                     s.copy(len as usize)?;
                 }
-                // The non-iterable sections (devices) and the end: copied as they are.
+                // The non-iterable sections (devices) and the end: copied as they are, or
+                // where the prefix ends.
+                _ if s.stop_at_devices => {
+                    s.out.pop();
+                    return Ok(());
+                }
                 _ => {
                     s.copy_rest()?;
                     break;
@@ -146,7 +230,10 @@ impl<R: Read> Splitter<'_, R> {
 struct Splitter<'a, R> {
     input: R,
     out: Vec<u8>,
-    memory: &'a File,
+    /// Where guest RAM pages go; `None` when the stream must carry none.
+    memory: Option<&'a File>,
+    /// Stop before the first device section instead of copying the rest.
+    stop_at_devices: bool,
     ram_id: &'a [u8],
     ram_size: u64,
     /// Whether the block of the last page record was the guest RAM (for `CONTINUE`).
@@ -311,6 +398,9 @@ impl<R: Read> Splitter<'_, R> {
             };
             self.last_block_is_ram = Some(is_ram);
             if is_ram {
+                if self.memory.is_none() {
+                    return Err(bad("it carries guest RAM pages"));
+                }
                 if addr + PAGE as u64 > self.ram_size {
                     return Err(bad(format!("a RAM page at {addr:#x}")));
                 }
@@ -378,8 +468,8 @@ impl<R: Read> Splitter<'_, R> {
     }
 
     fn flush_run(&mut self) -> io::Result<()> {
-        if !self.run.is_empty() {
-            if let Err(e) = self.memory.write_all_at(&self.run, self.run_at) {
+        if let Some(memory) = self.memory.filter(|_| !self.run.is_empty()) {
+            if let Err(e) = memory.write_all_at(&self.run, self.run_at) {
                 let kind = e.kind();
                 self.memory_error = Some(e);
                 return Err(io::Error::new(kind, "the memory file cannot be written"));
@@ -518,5 +608,81 @@ mod tests {
             .unwrap();
         xbzrle[at + 7] |= 0x40;
         assert!(split(&xbzrle).is_err());
+    }
+
+    /// What `xen-save-devices-state` writes: the header, device sections, the end.
+    fn devices(body: &[u8]) -> Vec<u8> {
+        let mut d = [FILE_MAGIC.to_be_bytes(), FILE_VERSION.to_be_bytes()].concat();
+        d.push(SECTION_FULL);
+        d.extend_from_slice(body);
+        d.push(EOF);
+        d
+    }
+
+    #[test]
+    fn the_prefix_ends_at_the_first_device_section() {
+        let original = stream(false);
+        // `stream`'s last device section and the end byte.
+        let at = original.len() - b"\0\0\0\x03\x03cpu and whatever follows".len() - 2;
+        assert_eq!(original[at], SECTION_FULL);
+        assert_eq!(ram_prefix_len(&original, "ram").unwrap(), at);
+        // Pages of guest RAM in the prefix would overwrite the memory file's on a load.
+        let err = ram_prefix_len(&stream(true), "ram").unwrap_err();
+        assert!(err.to_string().contains("guest RAM pages"), "{err}");
+        // Another block's pages are the prefix's.
+        assert!(ram_prefix_len(&stream(true), "other").is_ok());
+        for cut in [6, 20, 80, at] {
+            assert!(
+                ram_prefix_len(&original[..cut], "ram").is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_splice_puts_the_new_devices_behind_the_old_prefix() {
+        let original = stream(false);
+        let prefix = ram_prefix_len(&original, "ram").unwrap();
+        let fresh = devices(b"\0\0\0\x03\x03cpu, later");
+        // Without a description of the sections.
+        let spliced = splice_devices(&original, &fresh, "ram").unwrap();
+        assert_eq!(spliced[..prefix], original[..prefix]);
+        assert_eq!(spliced[prefix..], fresh[8..]);
+        // The description follows, as QEMU writes it; the splice is a stream like the
+        // original, so it splices again.
+        let json = br#"{"page_size":4096,"devices":[]}"#;
+        let mut described = original.clone();
+        described.push(VMDESCRIPTION);
+        described.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        described.extend_from_slice(json);
+        let spliced = splice_devices(&described, &fresh, "ram").unwrap();
+        assert_eq!(spliced[prefix..prefix + fresh.len() - 8], fresh[8..]);
+        assert_eq!(
+            spliced[prefix + fresh.len() - 8..],
+            described[original.len()..]
+        );
+        let newer = devices(b"\0\0\0\x03\x03cpu, later still");
+        let again = splice_devices(&spliced, &newer, "ram").unwrap();
+        assert_eq!(again[prefix..prefix + newer.len() - 8], newer[8..]);
+        assert!(again.ends_with(json));
+    }
+
+    #[test]
+    fn a_splice_takes_only_device_sections() {
+        let original = stream(false);
+        let fresh = devices(b"\0\0\0\x03\x03cpu");
+        // No header, a configuration section, no end, nothing.
+        assert!(splice_devices(&original, &fresh[8..], "ram").is_err());
+        let mut configuration = fresh.clone();
+        configuration[8] = CONFIGURATION;
+        assert!(splice_devices(&original, &configuration, "ram").is_err());
+        assert!(splice_devices(&original, &fresh[..fresh.len() - 1], "ram").is_err());
+        assert!(splice_devices(&original, &fresh[..8], "ram").is_err());
+        // An original that is not understood, or carries guest RAM.
+        assert!(splice_devices(&original[..40], &fresh, "ram").is_err());
+        assert!(splice_devices(&stream(true), &fresh, "ram").is_err());
+        // A device state past the bound.
+        let huge = devices(&vec![0; MAX_DEVICE_STATE]);
+        assert!(splice_devices(&original, &huge, "ram").is_err());
     }
 }
