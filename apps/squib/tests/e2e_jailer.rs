@@ -308,6 +308,44 @@ fn a_guest_boots_in_the_jail_as_an_unprivileged_user() {
     );
     jailed.api("PATCH", "/vm", r#"{"state":"Resumed"}"#);
 
+    // A guest restored in a jail is saved from the pages it dirtied: the jail's /proc shows
+    // squib its QEMU, whose memory it may read.
+    let restored = start(
+        base.path(),
+        "security-restore",
+        &["--daemonize"],
+        &[
+            "--api-sock",
+            "/run/api.sock",
+            "--accel",
+            "tcg",
+            "--log-path",
+            "/squib.log",
+        ],
+    );
+    for name in ["vm.state", "vm.mem", "rootfs.ext4"] {
+        let copy = restored.root.join(name);
+        std::fs::copy(root.join(name), &copy).unwrap();
+        std::os::unix::fs::chown(&copy, Some(JAIL_UID), Some(JAIL_UID)).unwrap();
+    }
+    restored.api(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path":"/vm.state","mem_backend":{"backend_type":"File","backend_path":"/vm.mem"},"resume_vm":true}"#,
+    );
+    restored.api("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    restored.api(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path":"/vm2.state","mem_file_path":"/vm2.mem"}"#,
+    );
+    let log = std::fs::read_to_string(restored.root.join("squib.log")).unwrap();
+    assert!(
+        log.contains("MiB of dirtied pages over the memory file"),
+        "{log}"
+    );
+    drop(restored);
+
     // Only the jail's user (and root) can use the API socket.
     assert!(can_connect_as(JAIL_UID, &jailed.socket()));
     assert!(!can_connect_as(OTHER_UID, &jailed.socket()));

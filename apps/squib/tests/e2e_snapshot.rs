@@ -31,6 +31,9 @@ fn first_tick(squib: &Squib) -> u64 {
         .unwrap_or(0)
 }
 
+/// squib's log line for a snapshot of a restored guest saved from its dirtied pages.
+const DIRTIED_SAVE: &str = "of dirtied pages over the memory file";
+
 fn load_body(dir: &Path, resume: bool) -> String {
     serde_json::json!({
         "snapshot_path": dir.join("vm.state"),
@@ -150,6 +153,14 @@ fn snapshot_create_then_restore_in_new_processes() {
                 .len(),
             256 << 20
         );
+        // Saved from the pages the guest dirtied, not through a migration of all its RAM.
+        assert_eq!(
+            squib.log().matches(DIRTIED_SAVE).count(),
+            1,
+            "{}",
+            squib.transcript()
+        );
+        assert_eq!(squib.state(), "Paused");
     }
     // The restored guest ran, yet the user's memory file is untouched.
     assert!(
@@ -157,12 +168,59 @@ fn snapshot_create_then_restore_in_new_processes() {
         "the memory file was modified"
     );
 
-    // The second-generation snapshot goes on from where the restored guest was paused.
+    // The second-generation snapshot (QEMU's devices behind the first one's RAM part, the
+    // dirtied pages over the first memory file) goes on from where the restored guest was
+    // paused: the tick counter it wrote after its restore is there.
+    let mem2_before = std::fs::read(snap2.path().join("vm.mem")).unwrap();
+    let snap3 = tempfile::tempdir().unwrap();
+    let ticks_at_third;
     {
         let squib = Squib::start(&["--id", "e2e-snap-3"]);
         squib.ok("PUT", "/snapshot/load", &load_body(snap2.path(), true));
+        assert_eq!(squib.state(), "Running");
         squib.wait_for_line(&format!("SQUIB-TICK {}", ticks_at_second + 2), BOOT_TIMEOUT);
         assert!(first_tick(&squib) > ticks_at_second, "{}", squib.console());
+        // A third generation splices the second's stream in turn.
+        squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+        ticks_at_third = last_tick(&squib);
+        let third = serde_json::json!({
+            "snapshot_path": snap3.path().join("vm.state"),
+            "mem_file_path": snap3.path().join("vm.mem"),
+        })
+        .to_string();
+        squib.ok("PUT", "/snapshot/create", &third);
+        assert_eq!(
+            squib.log().matches(DIRTIED_SAVE).count(),
+            1,
+            "{}",
+            squib.transcript()
+        );
+        // The guest is still usable after such a save.
+        squib.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+        squib.wait_for_line(&format!("SQUIB-TICK {}", ticks_at_third + 1), BOOT_TIMEOUT);
+    }
+    assert!(
+        std::fs::read(snap2.path().join("vm.mem")).unwrap() == mem2_before,
+        "the second memory file was modified"
+    );
+    // QEMU's devices-only state records the guest as running; a load without resume_vm
+    // still waits, paused.
+    {
+        let squib = Squib::start(&[]);
+        squib.ok("PUT", "/snapshot/load", &load_body(snap3.path(), false));
+        assert_eq!(squib.state(), "Paused");
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(last_tick(&squib), 0, "the guest ran while paused");
+        squib.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+        assert_eq!(squib.state(), "Running");
+        squib.wait_for_line(&format!("SQUIB-TICK {}", ticks_at_third + 2), BOOT_TIMEOUT);
+        assert!(first_tick(&squib) > ticks_at_third, "{}", squib.console());
+        // The splice keeps the description of the sections QEMU's loader reads after them.
+        assert!(
+            !squib.console().contains("Expected vmdescription"),
+            "{}",
+            squib.console()
+        );
     }
 
     // Without resume_vm, the restored guest waits, paused, for PATCH /vm.

@@ -195,7 +195,9 @@ impl RunningVm for QemuVm {
         device_state: &std::path::Path,
         memory: &std::fs::File,
     ) -> Result<(), EngineError> {
-        self.snapshot.save(&self.qmp, device_state, memory).await
+        self.snapshot
+            .save(&self.qmp, self.process.pid(), device_state, memory)
+            .await
     }
 
     async fn pause(&mut self) -> Result<(), EngineError> {
@@ -444,10 +446,15 @@ impl QemuEngine {
                 restore: restoring.as_ref().map(|(meta, _)| meta),
             },
         )?;
-        let snapshot = crate::snapshot::Snapshottable {
+        let reusable = crate::snapshot::may_reuse_ram_part(resources, plan.pci_layout.is_some());
+        let snapshot = crate::snapshot::Snapshottable::new(
             ram,
-            meta: plan.engine_meta(),
-        };
+            plan.engine_meta(),
+            restoring
+                .as_ref()
+                .filter(|_| reusable)
+                .map(|(_, stream)| *stream),
+        );
         // The devices listen before QEMU starts: its vhost-user netdevs connect at start-up.
         let mmds = net::mmds_service(resources, &self.config.instance_id);
         let nets = net::serve_devices(resources, runtime_dir.path(), mmds.as_ref())?;

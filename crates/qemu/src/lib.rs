@@ -10,6 +10,7 @@ pub mod block_stats;
 pub(crate) mod caps;
 pub(crate) mod cpu_model;
 pub(crate) mod devices;
+pub(crate) mod dirty_pages;
 pub(crate) mod engine;
 pub(crate) mod firmware;
 pub(crate) mod host_tsc;

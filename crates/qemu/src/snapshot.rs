@@ -16,8 +16,11 @@
 //!   Where a private mapping is unsafe or impossible (see [`private_mapping_allowed`]), a
 //!   memfd is filled from the file instead, as for a boot.
 //! * Save of a restored guest: its RAM is private, which `x-ignore-shared` does not leave
-//!   out, so [`squib_migration_stream`] splits the RAM pages (into the memory file) from the
-//!   device state as the stream arrives.
+//!   out. squib copies the memory file with the pages the guest dirtied read from QEMU on
+//!   top, and splices QEMU's devices-only state behind the RAM part of the stream the guest
+//!   was restored from ([`Snapshottable::save_dirtied`]); where it cannot, QEMU migrates all
+//!   of it to squib and [`squib_migration_stream`] splits the RAM pages (into the memory file)
+//!   from the device state as the stream arrives.
 //!
 //! QEMU 7.2 has no `file:` migration URI, and `exec:` would need QEMU to spawn a shell, which
 //! its sandbox (`spawn=deny`) forbids and a jail does not contain.
@@ -198,6 +201,21 @@ pub(crate) fn private_mapping_allowed(resources: &VmResources) -> bool {
 pub(crate) struct Snapshottable {
     pub(crate) ram: GuestRam,
     pub(crate) meta: EngineMeta,
+    /// The migration stream the guest was restored from, when a save may reuse its RAM part
+    /// (see [`Snapshottable::save_dirtied`]).
+    pub(crate) restored_from: Option<Vec<u8>>,
+}
+
+/// Whether a save of this restored guest may reuse the RAM part of the stream it was
+/// restored from (its RAM block list and the pages of the blocks that are not guest RAM).
+/// Only where that part cannot have changed since: on microvm without PCI the RAM blocks
+/// are fixed when QEMU starts (nothing can be hot-plugged) and those other than guest RAM
+/// are firmware and ACPI tables the guest cannot write. A PCI machine may have gained
+/// devices with option ROMs (RAM blocks of their own) and virtio-mem's block changes with
+/// the plugged size: those guests are saved through QEMU's migration, which lists the
+/// blocks as they are.
+pub(crate) fn may_reuse_ram_part(resources: &VmResources, pci: bool) -> bool {
+    !pci && resources.memory_hotplug.is_none()
 }
 
 /// The engine's header inside the device state: `u32` length, this as JSON, then QEMU's
@@ -242,14 +260,45 @@ pub(crate) fn decode_device_state(bytes: &[u8]) -> Result<(EngineMeta, &[u8]), E
 }
 
 impl Snapshottable {
+    /// `restored_from`: the stream of a restore whose RAM part a save may reuse (see
+    /// [`may_reuse_ram_part`]); kept (tens of KiB) only when QEMU maps the RAM privately.
+    pub(crate) fn new(ram: GuestRam, meta: EngineMeta, restored_from: Option<&[u8]>) -> Self {
+        let restored_from = restored_from.filter(|_| ram.private).map(<[u8]>::to_vec);
+        Self {
+            ram,
+            meta,
+            restored_from,
+        }
+    }
+
     /// Saves the paused guest: device state (engine header + migration stream) into
     /// `device_state`, memory into `memory` (fsynced).
     pub(crate) async fn save(
         &self,
         qmp: &QmpClient,
+        qemu_pid: Option<u32>,
         device_state: &Path,
         memory: &File,
     ) -> Result<(), EngineError> {
+        if let (true, Some(original), Some(pid)) = (self.ram.private, &self.restored_from, qemu_pid)
+        {
+            match self
+                .save_dirtied(qmp, pid, original, device_state, memory)
+                .await
+            {
+                // QEMU's state is as it was: no migration ran, the guest is plainly paused.
+                Ok(dirtied) => {
+                    tracing::info!(
+                        "snapshot of the restored guest: its {} MiB of dirtied pages over the memory file",
+                        dirtied.div_ceil(1 << 20)
+                    );
+                    return Ok(());
+                }
+                Err(why) => tracing::info!(
+                    "the restored guest is saved through QEMU's migration of all its memory: {why}"
+                ),
+            }
+        }
         let copied = if self.ram.private {
             match self.save_through_squib(qmp, device_state, memory).await {
                 Ok(()) => Ok(()),
@@ -308,6 +357,98 @@ impl Snapshottable {
         .and_then(|copied| copied);
         Ok(copied)
     }
+}
+
+impl Snapshottable {
+    /// Saves a restored guest (RAM: the memory file mapped privately) from what changed since
+    /// its restore: the memory file is the user's one copied (sparse) with the pages QEMU
+    /// holds its own copy of on top, read from QEMU's process; the device state is QEMU's
+    /// devices without RAM (`xen-save-devices-state`) behind the RAM part of the stream the
+    /// guest was restored from. Its cost follows the memory file's data and the dirtied
+    /// pages, not the guest's size. Returns the bytes of dirtied pages. Changes nothing in
+    /// QEMU: on an error the caller saves through QEMU's migration instead (which rewrites
+    /// both files).
+    async fn save_dirtied(
+        &self,
+        qmp: &QmpClient,
+        pid: u32,
+        original: &[u8],
+        device_state: &Path,
+        memory: &File,
+    ) -> Result<u64, String> {
+        let clone = |f: &File| f.try_clone().map_err(|e| e.to_string());
+        let (ram, out) = (clone(&self.ram.file)?, clone(memory)?);
+        let size = self.ram.size;
+        // Before QEMU is asked anything: can squib see and read QEMU's memory at all?
+        let start = {
+            let ram = clone(&ram)?;
+            blocking(move || {
+                let start = crate::dirty_pages::find_mapping(pid, &ram, size)
+                    .map_err(|e| format!("QEMU's mapping of the memory file: {e}"))?;
+                crate::dirty_pages::probe(pid, start)
+                    .map_err(|e| format!("QEMU's memory cannot be read: {e}"))?;
+                Ok(start)
+            })
+            .await?
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("squib-save-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a directory for QEMU's device state: {e}"))?;
+        let devices_path = dir.path().join("devices");
+        let devices_arg = devices_path
+            .to_str()
+            .ok_or("the temporary directory's path is not UTF-8")?
+            .to_string();
+        qmp.save_devices_state(&devices_arg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (original, meta, device_state) = (
+            original.to_vec(),
+            self.meta.clone(),
+            device_state.to_path_buf(),
+        );
+        blocking(move || {
+            use std::io::Read;
+            let mut devices = Vec::new();
+            File::open(&devices_path)
+                .and_then(|f| {
+                    f.take(MAX_DEVICES_STATE + 1)
+                        .read_to_end(&mut devices)
+                        .map(drop)
+                })
+                .map_err(|e| format!("cannot read QEMU's device state: {e}"))?;
+            drop(dir);
+            let stream = squib_migration_stream::splice_devices(&original, &devices, RAM_ID)
+                .map_err(|e| format!("cannot splice QEMU's device state: {e}"))?;
+            // Read after QEMU saved its devices: nothing of the paused guest changes since.
+            let dirtied = crate::dirty_pages::dirty_ranges(pid, start, size)
+                .map_err(|e| format!("cannot read QEMU's page map: {e}"))?;
+            let write = |e: std::io::Error| format!("cannot write the memory file: {e}");
+            out.set_len(0).map_err(write)?;
+            copy_sparse(&ram, &out, size).map_err(write)?;
+            let copied = crate::dirty_pages::copy_ranges(pid, start, &dirtied, &out)
+                .map_err(|e| format!("cannot copy the guest's dirtied pages: {e}"))?;
+            out.sync_all().map_err(write)?;
+            std::fs::write(&device_state, encode_device_state(&meta, &stream))
+                .map_err(|e| format!("cannot write the device state: {e}"))?;
+            Ok(copied)
+        })
+        .await
+    }
+}
+
+/// QEMU's device state without RAM is tens of KiB; more is not squib's guest.
+const MAX_DEVICES_STATE: u64 = 64 << 20;
+
+/// Runs file and `/proc` work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|result| result)
 }
 
 /// How a save of a privately mapped guest failed.
