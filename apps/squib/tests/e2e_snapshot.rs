@@ -260,6 +260,62 @@ fn snapshot_create_then_restore_in_new_processes() {
     }
 }
 
+/// A restored guest whose RAM blocks may have changed since the load (a PCI machine: devices
+/// plugged since could bring option ROMs) is saved through QEMU's migration of all its
+/// memory, which squib splits into the two files; that snapshot restores as well.
+#[test]
+fn a_restored_pci_guest_is_saved_through_a_full_migration() {
+    let guest = guest();
+    let snap = tempfile::tempdir().unwrap();
+    let rootfs = rootfs_copy(&guest, snap.path());
+    let ticks_at_first;
+    let body = |dir: &Path| {
+        serde_json::json!({
+            "snapshot_path": dir.join("vm.state"),
+            "mem_file_path": dir.join("vm.mem"),
+        })
+        .to_string()
+    };
+    {
+        let squib = Squib::start(&["--enable-pci"]);
+        configure(
+            &squib,
+            &guest,
+            &rootfs,
+            "console=ttyS0 reboot=k panic=1 squib.action=wait squib.tick=1",
+        );
+        squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+        squib.wait_for_line("SQUIB-TICK 2", BOOT_TIMEOUT);
+        squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+        std::thread::sleep(Duration::from_millis(300));
+        ticks_at_first = last_tick(&squib);
+        squib.ok("PUT", "/snapshot/create", &body(snap.path()));
+    }
+    let snap2 = tempfile::tempdir().unwrap();
+    let ticks_at_second;
+    {
+        let squib = Squib::start(&[]);
+        squib.ok("PUT", "/snapshot/load", &load_body(snap.path(), true));
+        squib.wait_for_line(&format!("SQUIB-TICK {}", ticks_at_first + 2), BOOT_TIMEOUT);
+        squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+        ticks_at_second = last_tick(&squib);
+        squib.ok("PUT", "/snapshot/create", &body(snap2.path()));
+        let log = squib.log();
+        assert!(
+            log.contains("saved through QEMU's migration of all its memory: a PCI machine"),
+            "{}",
+            squib.transcript()
+        );
+        assert!(!log.contains(DIRTIED_SAVE), "{}", squib.transcript());
+    }
+    {
+        let squib = Squib::start(&[]);
+        squib.ok("PUT", "/snapshot/load", &load_body(snap2.path(), true));
+        squib.wait_for_line(&format!("SQUIB-TICK {}", ticks_at_second + 2), BOOT_TIMEOUT);
+        assert!(first_tick(&squib) > ticks_at_second, "{}", squib.console());
+    }
+}
+
 #[test]
 fn failed_loads_answer_upstream_texts_and_end_squib() {
     let dir = tempfile::tempdir().unwrap();

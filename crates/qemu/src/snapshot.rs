@@ -280,12 +280,19 @@ impl Snapshottable {
         device_state: &Path,
         memory: &File,
     ) -> Result<(), EngineError> {
-        if let (true, Some(original), Some(pid)) = (self.ram.private, &self.restored_from, qemu_pid)
-        {
-            match self
-                .save_dirtied(qmp, pid, original, device_state, memory)
-                .await
-            {
+        if self.ram.private {
+            let dirtied = match (&self.restored_from, qemu_pid) {
+                (Some(original), Some(pid)) => {
+                    self.save_dirtied(qmp, pid, original, device_state, memory)
+                        .await
+                }
+                (None, _) => Err(
+                    "a PCI machine or memory hot-plug may have changed its RAM blocks since the load"
+                        .to_string(),
+                ),
+                (_, None) => Err("QEMU's process id is unknown".to_string()),
+            };
+            match dirtied {
                 // QEMU's state is as it was: no migration ran, the guest is plainly paused.
                 Ok(dirtied) => {
                     tracing::info!(
@@ -294,9 +301,7 @@ impl Snapshottable {
                     );
                     return Ok(());
                 }
-                Err(why) => tracing::info!(
-                    "the restored guest is saved through QEMU's migration of all its memory: {why}"
-                ),
+                Err(why) => tracing::info!("{FULL_SAVE}: {why}"),
             }
         }
         let copied = if self.ram.private {
@@ -437,6 +442,9 @@ impl Snapshottable {
         .await
     }
 }
+
+/// squib's log line when a restored guest is saved through QEMU's migration, with the reason.
+const FULL_SAVE: &str = "the restored guest is saved through QEMU's migration of all its memory";
 
 /// QEMU's device state without RAM is tens of KiB; more is not squib's guest.
 const MAX_DEVICES_STATE: u64 = 64 << 20;
