@@ -30,6 +30,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::time::Duration;
 
+use squib_migration_stream::RamPart;
 use squib_snapshot::{copy_sparse, file_len};
 use squib_vmm::{EngineError, VmResources};
 use tokio::time::Instant;
@@ -201,9 +202,9 @@ pub(crate) fn private_mapping_allowed(resources: &VmResources) -> bool {
 pub(crate) struct Snapshottable {
     pub(crate) ram: GuestRam,
     pub(crate) meta: EngineMeta,
-    /// The migration stream the guest was restored from, when a save may reuse its RAM part
-    /// (see [`Snapshottable::save_dirtied`]).
-    pub(crate) restored_from: Option<Vec<u8>>,
+    /// The RAM part of the stream a restored guest was restored from, for a save that reuses
+    /// it (see [`Snapshottable::save_dirtied`]), or why there is none.
+    ram_part: Result<RamPart, String>,
 }
 
 /// Whether a save of this restored guest may reuse the RAM part of the stream it was
@@ -261,13 +262,22 @@ pub(crate) fn decode_device_state(bytes: &[u8]) -> Result<(EngineMeta, &[u8]), E
 
 impl Snapshottable {
     /// `restored_from`: the stream of a restore whose RAM part a save may reuse (see
-    /// [`may_reuse_ram_part`]); kept (tens of KiB) only when QEMU maps the RAM privately.
+    /// [`may_reuse_ram_part`]); its RAM part is kept (tens of KiB) only when QEMU maps the
+    /// RAM privately.
     pub(crate) fn new(ram: GuestRam, meta: EngineMeta, restored_from: Option<&[u8]>) -> Self {
-        let restored_from = restored_from.filter(|_| ram.private).map(<[u8]>::to_vec);
+        let ram_part = match restored_from {
+            _ if !ram.private => Err("its RAM is shared".to_string()),
+            None => Err(
+                "a PCI machine or memory hot-plug may have changed its RAM blocks since the load"
+                    .to_string(),
+            ),
+            Some(stream) => RamPart::of(stream, RAM_ID)
+                .map_err(|e| format!("the stream it was restored from: {e}")),
+        };
         Self {
             ram,
             meta,
-            restored_from,
+            ram_part,
         }
     }
 
@@ -281,15 +291,12 @@ impl Snapshottable {
         memory: &File,
     ) -> Result<(), EngineError> {
         if self.ram.private {
-            let dirtied = match (&self.restored_from, qemu_pid) {
-                (Some(original), Some(pid)) => {
-                    self.save_dirtied(qmp, pid, original, device_state, memory)
+            let dirtied = match (&self.ram_part, qemu_pid) {
+                (Ok(part), Some(pid)) => {
+                    self.save_dirtied(qmp, pid, part, device_state, memory)
                         .await
                 }
-                (None, _) => Err(
-                    "a PCI machine or memory hot-plug may have changed its RAM blocks since the load"
-                        .to_string(),
-                ),
+                (Err(why), _) => Err(why.clone()),
                 (_, None) => Err("QEMU's process id is unknown".to_string()),
             };
             match dirtied {
@@ -377,7 +384,7 @@ impl Snapshottable {
         &self,
         qmp: &QmpClient,
         pid: u32,
-        original: &[u8],
+        part: &RamPart,
         device_state: &Path,
         memory: &File,
     ) -> Result<u64, String> {
@@ -408,11 +415,8 @@ impl Snapshottable {
         qmp.save_devices_state(&devices_arg)
             .await
             .map_err(|e| e.to_string())?;
-        let (original, meta, device_state) = (
-            original.to_vec(),
-            self.meta.clone(),
-            device_state.to_path_buf(),
-        );
+        let (part, meta, device_state) =
+            (part.clone(), self.meta.clone(), device_state.to_path_buf());
         blocking(move || {
             use std::io::Read;
             let mut devices = Vec::new();
@@ -424,7 +428,8 @@ impl Snapshottable {
                 })
                 .map_err(|e| format!("cannot read QEMU's device state: {e}"))?;
             drop(dir);
-            let stream = squib_migration_stream::splice_devices(&original, &devices, RAM_ID)
+            let stream = part
+                .splice(&devices)
                 .map_err(|e| format!("cannot splice QEMU's device state: {e}"))?;
             // Read after QEMU saved its devices: nothing of the paused guest changes since.
             let dirtied = crate::dirty_pages::dirty_ranges(pid, start, size)
