@@ -96,8 +96,7 @@ fn mapping_in(maps: &str, dev: (u32, u32), ino: u64, size: u64) -> Option<u64> {
 }
 
 /// The guest offsets of the pages QEMU holds its own copy of, in the `size` bytes mapped at
-/// `start` in process `pid`: present and not the file's page, or swapped out (only
-/// anonymous pages are swapped).
+/// `start` in process `pid`: present or swapped out, and not the file's page.
 pub(crate) fn dirty_ranges(pid: u32, start: u64, size: u64) -> io::Result<Vec<Range<u64>>> {
     let pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
     let pages = size / PAGE;
@@ -119,7 +118,8 @@ pub(crate) fn dirty_ranges(pid: u32, start: u64, size: u64) -> io::Result<Vec<Ra
 fn add_dirty(entries: &[u8], first: u64, ranges: &mut Vec<Range<u64>>) {
     for (i, entry) in entries.chunks_exact(8).enumerate() {
         let entry = u64::from_ne_bytes(entry.try_into().unwrap_or_default());
-        let own = (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAPPED != 0;
+        // A swap entry of a file page (one being migrated) is the file's too.
+        let own = entry & PM_FILE == 0 && entry & (PM_PRESENT | PM_SWAPPED) != 0;
         if !own {
             continue;
         }
@@ -241,7 +241,7 @@ mod tests {
             0,                    // 3: never touched
             PM_SWAPPED,           // 4: a copy, swapped out
             PM_PRESENT,           // 5
-            PM_FILE,              // 6: not present
+            PM_SWAPPED | PM_FILE, // 6: the file's page, being migrated
             PM_PRESENT,           // 7
         ]
         .iter()
