@@ -196,6 +196,32 @@ fn faults_are_reported_and_leave_no_half_written_file() {
     let mut squib = Squib::start(&["--id", "e2e-faults-3"]);
     squib.ok("PUT", "/snapshot/load", &load_body(&snaps, "good", true));
     squib.wait_for_line("SQUIB-TICK", BOOT_TIMEOUT);
+    // Before that, the disk fills up during a create of the restored guest (saved from its
+    // dirtied pages): upstream's error at once, no migration of all its memory to fail the
+    // same way, nothing left behind, and the guest goes on.
+    {
+        let full = SmallDisk::mount(&work.path().join("full-restored"), "8m");
+        squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+        let (status, body) =
+            squib.api("PUT", "/snapshot/create", Some(&create_body(&full.0, "vm")));
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("Create snapshot error: Cannot write memory file: No space left on device (os error 28)"),
+            "{body}"
+        );
+        assert!(
+            !squib.log().contains("saved through QEMU's migration"),
+            "{}",
+            squib.transcript()
+        );
+        assert!(names(&full.0).is_empty(), "temporary files left behind");
+        assert_eq!(squib.state(), "Paused");
+        let tick: u64 = last_value(&squib, "SQUIB-TICK ")
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap();
+        squib.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+        squib.wait_for_line(&format!("SQUIB-TICK {}", tick + 1), BOOT_TIMEOUT);
+    }
     kill9(qemu_pid(&squib));
     ends_with_engine_failure(&mut squib);
     // The files it was restored from were never written.

@@ -131,6 +131,15 @@ fn add_dirty(entries: &[u8], first: u64, ranges: &mut Vec<Range<u64>>) {
     }
 }
 
+/// Why [`copy_ranges`] failed.
+#[derive(Debug)]
+pub(crate) enum CopyError {
+    /// QEMU's memory could not be read.
+    Read(io::Error),
+    /// The output could not be written.
+    Write(io::Error),
+}
+
 /// Copies `ranges` of the guest memory mapped at `start` in process `pid` into `out` at the
 /// same offsets; returns the bytes copied.
 pub(crate) fn copy_ranges(
@@ -138,16 +147,18 @@ pub(crate) fn copy_ranges(
     start: u64,
     ranges: &[Range<u64>],
     out: &File,
-) -> io::Result<u64> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+) -> Result<u64, CopyError> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| CopyError::Read(io::Error::from_raw_os_error(libc::ESRCH)))?;
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut copied = 0;
     for range in ranges {
         let mut at = range.start;
         while at < range.end {
             let len = ((range.end - at) as usize).min(buf.len());
-            read_process(pid, start + at, &mut buf[..len])?;
-            out.write_all_at(&buf[..len], at)?;
+            read_process(pid, start + at, &mut buf[..len]).map_err(CopyError::Read)?;
+            out.write_all_at(&buf[..len], at)
+                .map_err(CopyError::Write)?;
             at += len as u64;
             copied += len as u64;
         }

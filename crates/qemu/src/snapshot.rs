@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::accel::Accel;
 use crate::caps::Capabilities;
+use crate::dirty_pages::CopyError;
 use crate::plan::MemoryBackend;
 use crate::plan::argv::RAM_ID;
 use squib_qmp::{QmpClient, QmpError};
@@ -299,9 +300,11 @@ impl Snapshottable {
                 (Err(why), _) => Err(why.clone()),
                 (_, None) => Err("QEMU's process id is unknown".to_string()),
             };
+            // QEMU's state is as it was in every case: no migration ran, the guest is plainly
+            // paused.
             match dirtied {
-                // QEMU's state is as it was: no migration ran, the guest is plainly paused.
-                Ok(dirtied) => {
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(dirtied)) => {
                     tracing::info!(
                         "snapshot of the restored guest: its {} MiB of dirtied pages over the memory file",
                         dirtied.div_ceil(1 << 20)
@@ -378,8 +381,9 @@ impl Snapshottable {
     /// devices without RAM (`xen-save-devices-state`) behind the RAM part of the stream the
     /// guest was restored from. Its cost follows the memory file's data and the dirtied
     /// pages, not the guest's size. Returns the bytes of dirtied pages. Changes nothing in
-    /// QEMU: on an error the caller saves through QEMU's migration instead (which rewrites
-    /// both files).
+    /// QEMU. The outer error: why this way cannot work, the caller saves through QEMU's
+    /// migration instead (which rewrites both files); the inner one: the files could not be
+    /// written.
     async fn save_dirtied(
         &self,
         qmp: &QmpClient,
@@ -387,7 +391,7 @@ impl Snapshottable {
         part: &RamPart,
         device_state: &Path,
         memory: &File,
-    ) -> Result<u64, String> {
+    ) -> Result<Result<u64, EngineError>, String> {
         let clone = |f: &File| f.try_clone().map_err(|e| e.to_string());
         let (ram, out) = (clone(&self.ram.file)?, clone(memory)?);
         let size = self.ram.size;
@@ -434,15 +438,28 @@ impl Snapshottable {
             // Read after QEMU saved its devices: nothing of the paused guest changes since.
             let dirtied = crate::dirty_pages::dirty_ranges(pid, start, size)
                 .map_err(|e| format!("cannot read QEMU's page map: {e}"))?;
-            let write = |e: std::io::Error| format!("cannot write the memory file: {e}");
-            out.set_len(0).map_err(write)?;
-            copy_sparse(&ram, &out, size).map_err(write)?;
-            let copied = crate::dirty_pages::copy_ranges(pid, start, &dirtied, &out)
-                .map_err(|e| format!("cannot copy the guest's dirtied pages: {e}"))?;
-            out.sync_all().map_err(write)?;
-            std::fs::write(&device_state, encode_device_state(&meta, &stream))
-                .map_err(|e| format!("cannot write the device state: {e}"))?;
-            Ok(copied)
+            // From here on, a failure to write the files is the answer: a migration would
+            // fail to write them too (a full disk), after reading all of the guest.
+            let write = |e: std::io::Error| EngineError::WriteMemory(e.to_string());
+            if let Err(e) = out.set_len(0).and_then(|()| copy_sparse(&ram, &out, size)) {
+                return Ok(Err(write(e)));
+            }
+            let copied = match crate::dirty_pages::copy_ranges(pid, start, &dirtied, &out) {
+                Ok(copied) => copied,
+                Err(CopyError::Read(e)) => {
+                    return Err(format!("cannot read the guest's dirtied pages: {e}"));
+                }
+                Err(CopyError::Write(e)) => return Ok(Err(write(e))),
+            };
+            Ok(out
+                .sync_all()
+                .map_err(write)
+                .and_then(|()| {
+                    std::fs::write(&device_state, encode_device_state(&meta, &stream)).map_err(
+                        |e| EngineError::Failed(format!("cannot write the device state: {e}")),
+                    )
+                })
+                .map(|()| copied))
         })
         .await
     }
