@@ -471,8 +471,14 @@ impl QemuEngine {
             .collect();
 
         let args = plan::argv::render(&plan);
+        // A restore's device state is in the pipe before QEMU starts.
+        let incoming = match &restoring {
+            Some((_, stream)) => Some(crate::snapshot::IncomingPipe::new(stream)?),
+            None => None,
+        };
         // QEMU also inherits squib's connections to vhost-user drive backends.
         let inherited: Vec<_> = std::iter::once(qmp_listener.as_raw_fd())
+            .chain(incoming.as_ref().map(|pipe| pipe.qemu_fd()))
             .chain(resources.drives.iter().filter_map(|d| match &d.backend {
                 DriveBackend::VhostUser { connection, .. } => Some(connection.raw_fd()),
                 DriveBackend::File { .. } => None,
@@ -482,11 +488,15 @@ impl QemuEngine {
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         // QEMU holds the only listening descriptor now: if it dies, the connection fails.
         drop(qmp_listener);
+        let incoming_fd = incoming.map(|pipe| {
+            let fd = pipe.qemu_fd();
+            pipe.finish();
+            fd
+        });
         let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
 
-        if let Some((_, device_state)) = &restoring {
-            let socket = runtime_dir.path().join("incoming.sock");
-            crate::snapshot::load_device_state(&qmp, &socket, device_state)
+        if let Some(fd) = incoming_fd {
+            crate::snapshot::load_device_state(&qmp, fd)
                 .await
                 .map_err(|e| match process.try_exit() {
                     Some(exit) => {

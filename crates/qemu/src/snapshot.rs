@@ -12,7 +12,8 @@
 //! * Restore: QEMU maps the memory file itself, privately (`share=off`: copy-on-write, so
 //!   the file is never written and only the pages the guest touches cost memory or time),
 //!   starts with the same device set and `-incoming defer` (no kernel: the guest's memory
-//!   already holds it), then `migrate-incoming unix:<socket>` and squib sends the stream.
+//!   already holds it), then `migrate-incoming fd:<n>`: the stream waits in a pipe QEMU
+//!   inherited, filled by squib before QEMU runs (see [`IncomingPipe`]).
 //!   Where a private mapping is unsafe or impossible (see [`private_mapping_allowed`]), a
 //!   memfd is filled from the file instead, as for a boot.
 //! * Save of a restored guest: its RAM is private, which `x-ignore-shared` does not leave
@@ -26,7 +27,7 @@
 //! its sandbox (`spawn=deny`) forbids and a jail does not contain.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,6 +45,12 @@ use squib_qmp::{QmpClient, QmpError};
 
 /// The migration capability that leaves shared RAM out of the stream.
 const IGNORE_SHARED: &str = "x-ignore-shared";
+/// The migration capability that makes QEMU report its migration's states as `MIGRATION`
+/// events: a restore learns the moment its device state is loaded.
+const EVENTS: &str = "events";
+/// The most a restore's pipe is asked to hold (Linux's default `pipe-max-size`, what an
+/// unprivileged process may ask for); the rest of a longer stream follows as QEMU reads.
+const PIPE_MAX: usize = 1 << 20;
 /// How long a save or a restore of the device state may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 const MIGRATION_POLL: Duration = Duration::from_millis(5);
@@ -655,38 +662,114 @@ pub(crate) async fn save_device_state(
     }
 }
 
-/// Loads the device state of a restore (QEMU waits with `-incoming defer`): QEMU listens on
-/// `socket` (in squib's private runtime directory), squib connects and sends `stream` from
-/// memory. The two commands go out together: QMP runs them in order, one round trip less.
-pub(crate) async fn load_device_state(
-    qmp: &QmpClient,
-    socket: &Path,
-    stream: &[u8],
-) -> Result<(), EngineError> {
+/// A restore's migration stream on its way to QEMU: a pipe whose read end QEMU inherits
+/// (`migrate-incoming fd:<n>`), filled before QEMU runs as far as the pipe holds it, so
+/// that QEMU loads the device state the moment it is told to, with no connection to accept
+/// and nothing to wait for; the rest of a longer stream follows as QEMU reads
+/// ([`IncomingPipe::finish`]).
+pub(crate) struct IncomingPipe {
+    read: OwnedFd,
+    write: tokio::net::unix::pipe::Sender,
+    /// What the pipe did not hold.
+    rest: Vec<u8>,
+}
+
+impl IncomingPipe {
+    /// A pipe holding `stream`, or as much of it as it takes. Call on the runtime.
+    pub(crate) fn new(stream: &[u8]) -> Result<Self, EngineError> {
+        let failed = |e: std::io::Error| {
+            EngineError::Failed(format!("cannot pass the device state to QEMU: {e}"))
+        };
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two new descriptors into `fds`, owned below.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        // SAFETY: both descriptors were just created and nothing else owns them.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Room for the whole stream where the host allows it (the size is only a wish).
+        // SAFETY: F_SETPIPE_SZ on a pipe this function owns.
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                stream.len().min(PIPE_MAX) as libc::c_int,
+            )
+        };
+        // Non-blocking for squib's end only: QEMU's end is another open file.
+        // SAFETY: F_SETFL on a pipe this function owns.
+        if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        let write = File::from(write);
+        let mut sent = 0;
+        while sent < stream.len() {
+            match std::io::Write::write(&mut &write, &stream[sent..]) {
+                // A pipe never takes nothing; were it to, the task writes the rest.
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        let write = tokio::net::unix::pipe::Sender::from_file(write).map_err(failed)?;
+        Ok(Self {
+            read,
+            write,
+            rest: stream[sent..].to_vec(),
+        })
+    }
+
+    /// The descriptor QEMU inherits (under the same number) and reads the stream from.
+    pub(crate) fn qemu_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// Once QEMU runs: squib's copy of the read end is closed (QEMU's is the only one, so a
+    /// QEMU that dies ends the writing), and what the pipe did not hold is written as QEMU
+    /// reads, then the pipe is closed.
+    pub(crate) fn finish(self) {
+        let Self { read, write, rest } = self;
+        drop(read);
+        if rest.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut write = write;
+            // A failure here (QEMU gone) shows as QEMU's failed migration.
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut write, &rest).await {
+                tracing::debug!(%e, "the rest of the device state did not reach QEMU");
+            }
+        });
+    }
+}
+
+/// Loads the device state of a restore (QEMU waits with `-incoming defer`) from the pipe
+/// QEMU inherited as `fd`; the wait ends on QEMU's `completed` event.
+pub(crate) async fn load_device_state(qmp: &QmpClient, fd: RawFd) -> Result<(), EngineError> {
     let err = |e: QmpError| EngineError::Failed(e.to_string());
-    let uri = format!("unix:{}", socket.display());
+    let uri = format!("fd:{fd}");
     let (capability, incoming) = tokio::join!(
-        qmp.migrate_set_capability(IGNORE_SHARED, true),
+        qmp.migrate_set_capabilities(&[IGNORE_SHARED, EVENTS], true),
         qmp.migrate_incoming(&uri)
     );
     capability.map_err(err)?;
     incoming.map_err(err)?;
-    let send = async {
-        let mut conn = tokio::net::UnixStream::connect(socket).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut conn, stream).await?;
-        tokio::io::AsyncWriteExt::shutdown(&mut conn).await
-    };
-    send.await
-        .map_err(|e| EngineError::Failed(format!("cannot send the device state to QEMU: {e}")))?;
     wait_for_migration(qmp).await
 }
 
-/// Polls `query-migrate` until QEMU's migration ends: at once, then at growing intervals up
-/// to [`MIGRATION_POLL`] (a restore's device state loads within a millisecond or two, a save
-/// of a large guest takes seconds).
+/// Waits until QEMU's migration ends: `query-migrate` at once, then again at growing
+/// intervals up to [`MIGRATION_POLL`] (a restore's device state loads within a millisecond
+/// or two, a save of a large guest takes seconds), unless a `MIGRATION` event (with the
+/// `events` capability) says it completed first.
 async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
     let deadline = Instant::now() + MIGRATION_TIMEOUT;
     let mut interval = MIGRATION_FIRST_POLL;
+    // Only events from now on count: an earlier migration's are in already (events come
+    // in order with the replies).
+    let mut events = qmp.migration_events();
+    events.mark_unchanged();
     loop {
         let info = qmp
             .query_migrate()
@@ -710,8 +793,15 @@ async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
                 "QEMU's migration did not complete within {MIGRATION_TIMEOUT:?}"
             )));
         }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(MIGRATION_POLL);
+        // The next poll, or an event before it (any other state than `completed` polls at
+        // once, for a failure's reason).
+        if let Ok(changed) = tokio::time::timeout(interval, events.changed()).await {
+            if changed.is_ok() && events.borrow_and_update().as_deref() == Some("completed") {
+                return Ok(());
+            }
+        } else {
+            interval = (interval * 2).min(MIGRATION_POLL);
+        }
     }
 }
 
@@ -799,6 +889,37 @@ mod tests {
         // squib's own descriptor is read-only.
         use std::io::Write;
         assert!((&ram.file).write(b"x").is_err());
+    }
+
+    /// What QEMU reads from its end of an [`IncomingPipe`] holding `stream`.
+    async fn through_the_pipe(stream: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let pipe = IncomingPipe::new(stream).unwrap();
+        // QEMU's copy of the read end.
+        // SAFETY: dup of a descriptor the pipe owns; the new one is owned by the File.
+        let mut qemu = unsafe { File::from_raw_fd(libc::dup(pipe.qemu_fd())) };
+        let in_pipe = stream.len() - pipe.rest.len();
+        pipe.finish();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            qemu.read_to_end(&mut got).map(|_| got)
+        });
+        let got = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the pipe was closed")
+            .unwrap()
+            .unwrap();
+        assert!(in_pipe > 0);
+        got
+    }
+
+    #[tokio::test]
+    async fn the_device_state_reaches_qemu_whole_through_its_pipe() {
+        let small: Vec<u8> = (0..60_000u32).map(|i| i as u8).collect();
+        assert_eq!(through_the_pipe(&small).await, small);
+        // Longer than any pipe holds: the rest follows as the reader reads.
+        let large: Vec<u8> = (0..3 * PIPE_MAX as u32).map(|i| (i / 7) as u8).collect();
+        assert_eq!(through_the_pipe(&large).await, large);
     }
 
     #[test]

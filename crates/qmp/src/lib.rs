@@ -67,6 +67,8 @@ pub struct QmpClient {
     memory_size: watch::Receiver<u64>,
     /// The ids of devices QEMU has removed (`DEVICE_DELETED`).
     deleted: broadcast::Sender<String>,
+    /// The status in QEMU's last `MIGRATION` event.
+    migration: watch::Receiver<Option<String>>,
     timeout: Duration,
 }
 
@@ -90,6 +92,7 @@ impl QmpClient {
         let memory_events = memory_tx.clone();
         let (deleted, _) = broadcast::channel(DELETED_BACKLOG);
         let deleted_events = deleted.clone();
+        let (migration_tx, migration) = watch::channel(None);
         let events = tokio::spawn(async move {
             while let Some(item) = events.next().await {
                 match item {
@@ -110,6 +113,13 @@ impl QmpClient {
                             "the guest resized its hot-pluggable memory"
                         );
                         memory_events.send_replace(data.size);
+                    }
+                    Ok(Event::MIGRATION { data, .. }) => {
+                        let status = serde_json::to_value(data.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string));
+                        tracing::debug!(?status, "QEMU's migration changed state");
+                        migration_tx.send_replace(status);
                     }
                     Ok(Event::DEVICE_DELETED { data, .. }) => {
                         tracing::debug!(device = ?data.device, path = %data.path, "QEMU removed a device");
@@ -137,6 +147,7 @@ impl QmpClient {
             memory_tx,
             memory_size,
             deleted,
+            migration,
             timeout: DEFAULT_COMMAND_TIMEOUT,
         })
     }
@@ -151,6 +162,13 @@ impl QmpClient {
     /// for a removal. The stream ends when the QMP connection does.
     pub fn deleted_devices(&self) -> broadcast::Receiver<String> {
         self.deleted.subscribe()
+    }
+
+    /// The status of QEMU's migration as its `MIGRATION` events report it (`setup`, `active`,
+    /// `completed`, `failed`…; sent only with the `events` migration capability on). In
+    /// order with the replies: an event QEMU sent before a reply is seen before the reply.
+    pub fn migration_events(&self) -> watch::Receiver<Option<String>> {
+        self.migration.clone()
     }
 
     /// Records a size read from the device (events only report changes).
@@ -477,9 +495,18 @@ json_command!(XenSaveDevicesState, "xen-save-devices-state");
 impl QmpClient {
     /// Turns one migration capability on or off.
     pub async fn migrate_set_capability(&self, name: &str, on: bool) -> Result<(), QmpError> {
-        self.execute(MigrateSetCapabilities(serde_json::json!({
-            "capabilities": [{ "capability": name, "state": on }]
-        })))
+        self.migrate_set_capabilities(&[name], on).await
+    }
+
+    /// Turns migration capabilities on or off, in one command.
+    pub async fn migrate_set_capabilities(&self, names: &[&str], on: bool) -> Result<(), QmpError> {
+        let capabilities: Vec<_> = names
+            .iter()
+            .map(|name| serde_json::json!({ "capability": name, "state": on }))
+            .collect();
+        self.execute(MigrateSetCapabilities(
+            serde_json::json!({ "capabilities": capabilities }),
+        ))
         .await
         .map(drop)
     }

@@ -46,6 +46,7 @@ async fn commands_errors_and_events_over_a_real_socket() {
                     json!({"netdev-id": "n"}),
                 ))
                 .await;
+                send(event("MIGRATION", json!({"status": "completed"}))).await;
             }
             answer["id"] = command["id"].clone();
             send(answer.to_string()).await;
@@ -66,7 +67,13 @@ async fn commands_errors_and_events_over_a_real_socket() {
     let client = QmpClient::connect(&path).await.unwrap();
     let mut deleted = client.deleted_devices();
     let mut shutdown = client.shutdown_events();
+    assert_eq!(*client.migration_events().borrow(), None);
     assert!(client.is_running().await.unwrap());
+    // An event sent before a reply is seen by the time the reply is.
+    assert_eq!(
+        client.migration_events().borrow().as_deref(),
+        Some("completed")
+    );
     let err = client.stop().await.unwrap_err();
     assert_eq!(
         err.to_string(),
