@@ -10,7 +10,7 @@ use common::*;
 #[test]
 fn getting_started_flow_boots_pauses_resumes_and_powers_off() {
     let guest = guest();
-    let mut squib = Squib::start(&["--id", "e2e-boot"]);
+    let mut squib = Squib::start(&["--id", "e2e-boot", "--level", "debug"]);
     let rootfs = rootfs_copy(&guest, squib.dir.path());
     configure(
         &squib,
@@ -22,6 +22,19 @@ fn getting_started_flow_boots_pauses_resumes_and_powers_off() {
     squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     assert_eq!(squib.state(), "Running");
     squib.wait_for_line(GUEST_MARKER, BOOT_TIMEOUT);
+    // The test guest's kernel is an ELF: its segments' pages were allocated while QEMU started.
+    let log = squib.log();
+    let preallocated = log
+        .lines()
+        .find_map(|l| {
+            l.split("guest RAM pre-allocated for the kernel bytes=")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok());
+    assert!(
+        preallocated.is_some_and(|bytes| bytes > 0 && bytes % 4096 == 0),
+        "{preallocated:?}\n{log}"
+    );
     squib.wait_for_line(ROOTFS_MARKER, BOOT_TIMEOUT);
     squib.wait_for_line("SQUIB-TICK 2", BOOT_TIMEOUT);
 

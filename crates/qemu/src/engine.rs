@@ -484,6 +484,15 @@ impl QemuEngine {
                 DriveBackend::File { .. } => None,
             }))
             .collect();
+        // A boot's kernel pages are allocated while QEMU starts (crate::prealloc).
+        if restore.is_none()
+            && let (Some(boot), Some(Ok(memfd))) = (
+                &resources.boot_source,
+                snapshot.ram.memfd().map(std::fs::File::try_clone),
+            )
+        {
+            crate::prealloc::spawn_for_kernel(memfd, mem_bytes, boot.clone());
+        }
         let process = QemuProcess::spawn(&self.config.qemu_binary, &args, &inherited)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         // QEMU holds the only listening descriptor now: if it dies, the connection fails.

@@ -17,6 +17,7 @@ pub(crate) mod host_tsc;
 pub(crate) mod hotplug;
 pub(crate) mod net;
 pub(crate) mod plan;
+pub(crate) mod prealloc;
 pub(crate) mod process;
 pub(crate) mod serial;
 pub(crate) mod snapshot;

@@ -200,6 +200,12 @@ pub(crate) enum Machine {
     Q35,
 }
 
+/// Guest RAM below this guest-physical address is the RAM backend at the same offset, on
+/// both machines and every QEMU squib runs: microvm maps its first 3 GiB at 0, q35 all its
+/// RAM when it has less than 2.75 GiB, else its first 2 GiB (QEMU's `pc_q35_init`); the
+/// rest goes above 4 GiB, past the PCI hole.
+pub(crate) const IDENTITY_MAPPED_RAM: u64 = 2 << 30;
+
 /// Guest RAM: its size, the room above it for memory devices, and what backs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Memory {

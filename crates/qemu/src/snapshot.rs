@@ -133,6 +133,11 @@ impl GuestRam {
         Ok(ram)
     }
 
+    /// squib's memfd (not the user's memory file QEMU maps privately).
+    pub(crate) fn memfd(&self) -> Option<&File> {
+        (!self.private).then_some(&self.file)
+    }
+
     /// The path QEMU opens to map this memory.
     pub(crate) fn qemu_path(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())

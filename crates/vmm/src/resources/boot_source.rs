@@ -1,7 +1,10 @@
 //! `/boot-source`: the guest kernel, its initrd and its command line.
 
+mod elf;
+
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +70,18 @@ impl BootSource {
         Ok(())
     }
 
+    /// The guest-physical ranges an ELF kernel's loader fills (its `PT_LOAD` segments,
+    /// page-rounded, sorted, merged); empty for a bzImage or a file that cannot be read or
+    /// parsed. A hint for preparing guest memory, read without waiting (as
+    /// [`Self::check_loadable`]): nothing may rely on it being right.
+    pub fn kernel_load_ranges(&self) -> Vec<Range<u64>> {
+        use std::os::unix::fs::FileExt;
+        let Ok(file) = open_nonblocking(&self.config.kernel_image_path) else {
+            return Vec::new();
+        };
+        elf::load_ranges(|offset, buf| file.read_exact_at(buf, offset)).unwrap_or_default()
+    }
+
     /// The command line the guest will start with, before squib adds device parameters.
     pub fn cmdline(&self) -> &str {
         self.config
@@ -98,23 +113,18 @@ impl TryFrom<BootSourceConfig> for BootSource {
 /// fails the engine's start with its own text.
 fn check_kernel_image(path: &str) -> Result<(), BootFilesError> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     const ELF_HEADER_LEN: usize = 64;
     const SETUP_HEADER_AT: usize = 0x1f1;
     // Up to `loadflags` (0x211) of the setup header.
     const HEAD_LEN: usize = 0x212;
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    else {
+    let Ok(file) = open_nonblocking(path) else {
         return Ok(());
     };
     let mut head = Vec::with_capacity(HEAD_LEN);
     if file.take(HEAD_LEN as u64).read_to_end(&mut head).is_err() || head.len() < ELF_HEADER_LEN {
         return Err(BootFilesError::KernelUnreadable);
     }
-    if head.starts_with(b"\x7fELF") {
+    if head.starts_with(elf::MAGIC) {
         return Ok(());
     }
     head.resize(HEAD_LEN, 0);
@@ -133,11 +143,7 @@ fn check_kernel_image(path: &str) -> Result<(), BootFilesError> {
 /// (upstream opens one fine and fails only at boot, see [`BootSource::check_loadable`]); a
 /// FIFO would block the open until a writer comes, so it and the other kinds are refused.
 fn open_regular(path: &str) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
+    let file = open_nonblocking(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() && !meta.is_dir() {
         return Err(std::io::Error::new(
@@ -146,6 +152,15 @@ fn open_regular(path: &str) -> std::io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// Opens a boot file read-only without ever waiting (a FIFO does not block the open).
+fn open_nonblocking(path: &str) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
 }
 
 fn validate_cmdline(args: &str) -> Result<(), String> {
