@@ -26,7 +26,7 @@ use crate::net;
 use crate::plan::{self, ConsoleTarget, DriveNames, LaunchInputs, LaunchPlan};
 use crate::process::{ProcessExit, QemuProcess};
 use crate::serial::SerialRelay;
-use squib_qmp::{QmpClient, QmpError, ShutdownEvent};
+use squib_qmp::{EarlyCommand, QmpClient, QmpError, ShutdownEvent};
 
 /// The QEMU binary used when the configuration names none.
 pub const DEFAULT_QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -502,17 +502,24 @@ impl QemuEngine {
             pipe.finish();
             fd
         });
-        let qmp = connect_qmp(&process, &qmp_socket, self.config.startup_timeout).await?;
+        // A restore's first commands go out with QMP's negotiation.
+        let early = incoming_fd.map_or_else(Vec::new, crate::snapshot::incoming_commands);
+        let (qmp, answers) =
+            connect_qmp(&process, &qmp_socket, self.config.startup_timeout, &early).await?;
 
-        if let Some(fd) = incoming_fd {
-            crate::snapshot::load_device_state(&qmp, fd)
-                .await
-                .map_err(|e| match process.try_exit() {
-                    Some(exit) => {
-                        EngineError::Failed(format!("{e}; QEMU ended: {}", exit.describe()))
-                    }
-                    None => e,
-                })?;
+        if incoming_fd.is_some() {
+            let started = answers
+                .into_iter()
+                .try_for_each(|answer| answer.map(drop))
+                .map_err(|e| EngineError::Failed(e.to_string()));
+            let loaded = match started {
+                Ok(()) => crate::snapshot::wait_for_migration(&qmp).await,
+                Err(e) => Err(e),
+            };
+            loaded.map_err(|e| match process.try_exit() {
+                Some(exit) => EngineError::Failed(format!("{e}; QEMU ended: {}", exit.describe())),
+                None => e,
+            })?;
         }
         let devices = DeviceState::new(resources);
         devices
@@ -676,13 +683,15 @@ async fn last_shutdown_event(
     shutdown.borrow().clone()
 }
 
-/// Connects to QEMU's QMP socket (already listening) and negotiates, unless QEMU exits or
-/// the deadline passes first.
+/// Connects to QEMU's QMP socket (already listening) and negotiates, sending `early` with
+/// the negotiation (see [`QmpClient::connect_with`]; their answers are returned), unless
+/// QEMU exits or the deadline passes first.
 async fn connect_qmp(
     process: &QemuProcess,
     socket: &std::path::Path,
     timeout: Duration,
-) -> Result<QmpClient, EngineError> {
+    early: &[EarlyCommand],
+) -> Result<(QmpClient, Vec<Result<serde_json::Value, QmpError>>), EngineError> {
     let ended = |exit: ProcessExit| {
         EngineError::Failed(format!(
             "QEMU ended before the guest started: {}",
@@ -692,8 +701,8 @@ async fn connect_qmp(
     let exited = process.exit_watch();
     tokio::select! {
         exit = exited => Err(ended(exit)),
-        connected = tokio::time::timeout(timeout, QmpClient::connect(socket)) => match connected {
-            Ok(Ok(client)) => Ok(client),
+        connected = tokio::time::timeout(timeout, QmpClient::connect_with(socket, early)) => match connected {
+            Ok(Ok(connected)) => Ok(connected),
             // QEMU closing the socket is QEMU ending: prefer its exit status and last words.
             Ok(Err(err)) => match tokio::time::timeout(EVENTS_DRAIN, process.exit_watch()).await {
                 Ok(exit) => Err(ended(exit)),

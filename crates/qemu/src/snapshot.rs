@@ -41,7 +41,7 @@ use crate::caps::Capabilities;
 use crate::dirty_pages::CopyError;
 use crate::plan::MemoryBackend;
 use crate::plan::argv::RAM_ID;
-use squib_qmp::{QmpClient, QmpError};
+use squib_qmp::{EarlyCommand, QmpClient, QmpError};
 
 /// The migration capability that leaves shared RAM out of the stream.
 const IGNORE_SHARED: &str = "x-ignore-shared";
@@ -750,25 +750,29 @@ impl IncomingPipe {
     }
 }
 
-/// Loads the device state of a restore (QEMU waits with `-incoming defer`) from the pipe
-/// QEMU inherited as `fd`; the wait ends on QEMU's `completed` event.
-pub(crate) async fn load_device_state(qmp: &QmpClient, fd: RawFd) -> Result<(), EngineError> {
-    let err = |e: QmpError| EngineError::Failed(e.to_string());
-    let uri = format!("fd:{fd}");
-    let (capability, incoming) = tokio::join!(
-        qmp.migrate_set_capabilities(&[IGNORE_SHARED, EVENTS], true),
-        qmp.migrate_incoming(&uri)
-    );
-    capability.map_err(err)?;
-    incoming.map_err(err)?;
-    wait_for_migration(qmp).await
+/// The commands that start loading a restore's device state (QEMU waits with `-incoming
+/// defer`) from the pipe QEMU inherited as `fd`: sent with QMP's negotiation (see
+/// [`QmpClient::connect_with`]), so QEMU loads the stream as soon as its monitor runs;
+/// [`wait_for_migration`] sees the load end.
+pub(crate) fn incoming_commands(fd: RawFd) -> Vec<EarlyCommand> {
+    let on = |name| serde_json::json!({ "capability": name, "state": true });
+    vec![
+        EarlyCommand {
+            name: "migrate-set-capabilities",
+            arguments: serde_json::json!({ "capabilities": [on(IGNORE_SHARED), on(EVENTS)] }),
+        },
+        EarlyCommand {
+            name: "migrate-incoming",
+            arguments: serde_json::json!({ "uri": format!("fd:{fd}") }),
+        },
+    ]
 }
 
 /// Waits until QEMU's migration ends: `query-migrate` at once, then again at growing
 /// intervals up to [`MIGRATION_POLL`] (a restore's device state loads within a millisecond
 /// or two, a save of a large guest takes seconds), unless a `MIGRATION` event (with the
 /// `events` capability) says it completed first.
-async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
+pub(crate) async fn wait_for_migration(qmp: &QmpClient) -> Result<(), EngineError> {
     let deadline = Instant::now() + MIGRATION_TIMEOUT;
     let mut interval = MIGRATION_FIRST_POLL;
     // Only events from now on count: an earlier migration's are in already (events come

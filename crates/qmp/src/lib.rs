@@ -18,7 +18,7 @@ use futures::{Sink, StreamExt};
 use qapi::futures::{QapiService, QmpStreamTokio};
 use qapi::qmp::{self, Event, KeyValue, QKeyCode, QKeyCodeWrapper, RunState, StatusInfo};
 use qapi::{Command, Execute, ExecuteError};
-use tokio::io::WriteHalf;
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -75,14 +75,77 @@ pub struct QmpClient {
 impl QmpClient {
     /// Connects to `path`, negotiates capabilities and starts consuming events.
     pub async fn connect(path: &Path) -> Result<Self, QmpError> {
-        let socket = UnixStream::connect(path).await.map_err(QmpError::Connect)?;
-        let (from_qemu, to_qemu) = tokio::io::split(socket);
-        let stream = QmpStreamTokio::open_split(known_messages_only(from_qemu), to_qemu)
+        Self::connect_with(path, &[])
             .await
-            .map_err(QmpError::Connect)?
-            .negotiate()
+            .map(|(client, _)| client)
+    }
+
+    /// Connects to `path` and sends `qmp_capabilities` and then `early` at once, before
+    /// QEMU's greeting is even read: QEMU runs a connection's commands in order, so none of
+    /// them waits for another's answer. (Through the `qapi` crate each command waits for the
+    /// previous one's answer: its greeting parser never sees QEMU offer out-of-band
+    /// execution, whose ids it would need to match answers.) Returns the answer to each of
+    /// `early`; events QEMU sent before them may reach their watchers only after.
+    pub async fn connect_with(
+        path: &Path,
+        early: &[EarlyCommand],
+    ) -> Result<(Self, Vec<Result<serde_json::Value, QmpError>>), QmpError> {
+        use tokio::io::AsyncWriteExt;
+        let socket = UnixStream::connect(path).await.map_err(QmpError::Connect)?;
+        let (from_qemu, mut to_qemu) = tokio::io::split(socket);
+        let negotiate = EarlyCommand {
+            name: "qmp_capabilities",
+            arguments: serde_json::json!({}),
+        };
+        let commands: Vec<&EarlyCommand> = std::iter::once(&negotiate).chain(early).collect();
+        let mut lines = String::new();
+        for (n, command) in commands.iter().enumerate() {
+            let line = serde_json::json!({
+                "execute": command.name,
+                "arguments": command.arguments,
+                "id": format!("{EARLY_ID}{n}"),
+            });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+        to_qemu
+            .write_all(lines.as_bytes())
             .await
             .map_err(QmpError::Connect)?;
+        let (answers_tx, mut answers_rx) = tokio::sync::mpsc::unbounded_channel();
+        let negotiation =
+            QmpStreamTokio::open_split(known_messages_only(from_qemu, answers_tx), to_qemu)
+                .await
+                .map_err(QmpError::Connect)?;
+        let client = Self::consume_events(negotiation.stream);
+        let mut answers = vec![None; commands.len()];
+        while answers.iter().any(Option::is_none) {
+            let (n, answer) = answers_rx.recv().await.ok_or_else(|| {
+                QmpError::Connect(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "QEMU closed the QMP connection",
+                ))
+            })?;
+            if let Some(slot) = answers.get_mut(n) {
+                *slot = Some(answer);
+            }
+        }
+        let mut answers = answers
+            .into_iter()
+            .flatten()
+            .zip(&commands)
+            .map(|(answer, command)| early_result(command.name, answer));
+        if let Some(Err(e)) = answers.next() {
+            return Err(QmpError::Connect(io::Error::other(e.to_string())));
+        }
+        Ok((client, answers.collect()))
+    }
+
+    /// The client of a connection whose greeting was read, its events (and with them the
+    /// replies) consumed by a task from now on.
+    fn consume_events(
+        stream: qapi::futures::QapiStream<QmpStreamTokio<ReadHalf<DuplexStream>>, Writer>,
+    ) -> Self {
         let (service, mut events) = stream.into_parts();
         // Once released, dropping the service also ends the event stream.
         let _ = events.release();
@@ -140,7 +203,7 @@ impl QmpClient {
             tracing::debug!("QMP connection closed");
             // `tx` drops here: watchers see the stream has ended.
         });
-        Ok(Self {
+        Self {
             service,
             events,
             shutdown,
@@ -149,7 +212,7 @@ impl QmpClient {
             deleted,
             migration,
             timeout: DEFAULT_COMMAND_TIMEOUT,
-        })
+        }
     }
 
     /// The size of the virtio-mem device (QEMU's `MEMORY_DEVICE_SIZE_CHANGE` events; squib
@@ -389,14 +452,57 @@ impl QmpClient {
     }
 }
 
+/// A command sent with the connection ([`QmpClient::connect_with`]).
+pub struct EarlyCommand {
+    pub name: &'static str,
+    pub arguments: serde_json::Value,
+}
+
+/// The ids of early commands (`squib-early-<n>`): their answers never reach the `qapi` crate,
+/// which would not know them.
+const EARLY_ID: &str = "squib-early-";
+
+/// The index of an early command's answer, and the answer.
+fn early_answer(line: &[u8]) -> Option<(usize, serde_json::Value)> {
+    // Most lines are not: only those naming the prefix are parsed here.
+    line.windows(EARLY_ID.len())
+        .any(|w| w == EARLY_ID.as_bytes())
+        .then_some(())?;
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let n = value["id"].as_str()?.strip_prefix(EARLY_ID)?.parse().ok()?;
+    (value.get("event").is_none()).then_some((n, value))
+}
+
+/// An early command's answer as the typed commands report theirs.
+fn early_result(
+    command: &'static str,
+    answer: serde_json::Value,
+) -> Result<serde_json::Value, QmpError> {
+    match answer.get("return") {
+        Some(value) => Ok(value.clone()),
+        None => Err(QmpError::Command {
+            command,
+            message: format!(
+                "{} ({})",
+                answer["error"]["desc"]
+                    .as_str()
+                    .unwrap_or("no reason given"),
+                answer["error"]["class"].as_str().unwrap_or("no class"),
+            ),
+        }),
+    }
+}
+
 /// The longest QMP line squib reads (replies such as `query-blockstats` stay far below).
 const MAX_LINE: u64 = 16 << 20;
 
-/// QEMU's side of the connection without the events the `qapi` schema does not know: newer
+/// QEMU's side of the connection without the answers to early commands (to
+/// `early_answers`) nor the events the `qapi` schema does not know: newer
 /// QEMUs add events (10.0's `NETDEV_VHOST_USER_CONNECTED` on a hot-plugged vhost-user
 /// netdev), and a line the decoder cannot read would end the whole stream.
 fn known_messages_only(
     mut from_qemu: tokio::io::ReadHalf<UnixStream>,
+    early_answers: tokio::sync::mpsc::UnboundedSender<(usize, serde_json::Value)>,
 ) -> tokio::io::ReadHalf<tokio::io::DuplexStream> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let (ours, mut theirs) = tokio::io::duplex(64 << 10);
@@ -409,6 +515,11 @@ fn known_messages_only(
             match lines.read_until(b'\n', &mut line).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
+            }
+            if let Some(answer) = early_answer(&line) {
+                // Nobody waiting (the connection given up) is fine.
+                let _ = early_answers.send(answer);
+                continue;
             }
             if unknown_event(&line) {
                 tracing::debug!(line = %String::from_utf8_lossy(&line).trim_end(), "QMP event squib does not know");

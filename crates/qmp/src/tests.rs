@@ -118,3 +118,89 @@ fn only_events_the_schema_cannot_read_are_dropped() {
     assert!(!unknown_event(br#"{"return": {}}"#));
     assert!(!unknown_event(b"not json"));
 }
+
+#[tokio::test]
+async fn early_commands_go_out_before_the_greeting_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let qemu = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        // Every command arrives before QEMU greets or answers anything.
+        let mut commands = Vec::new();
+        for _ in 0..3 {
+            let line = lines.next_line().await.unwrap().unwrap();
+            commands.push(serde_json::from_str::<Value>(&line).unwrap());
+        }
+        let answers = [
+            json!({"return": {}}),
+            json!({"return": {"status": "inmigrate", "singlestep": false, "running": false}}),
+            json!({"error": {"class": "GenericError", "desc": "no such uri"}}),
+        ];
+        let mut out = vec![GREETING.to_string()];
+        // An event between the answers, and the answers out of order: each finds its command.
+        out.push(event("MIGRATION", json!({"status": "setup"})));
+        for (command, mut answer) in commands.iter().zip(answers).rev() {
+            answer["id"] = command["id"].clone();
+            out.push(answer.to_string());
+        }
+        for line in out {
+            write
+                .write_all(format!("{line}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        // The client goes on as usual.
+        let line = lines.next_line().await.unwrap().unwrap();
+        let command: Value = serde_json::from_str(&line).unwrap();
+        let mut answer = json!({"return": {}});
+        answer["id"] = command["id"].clone();
+        write
+            .write_all(format!("{answer}\r\n").as_bytes())
+            .await
+            .unwrap();
+        commands
+            .iter()
+            .chain(std::iter::once(&command))
+            .map(|c| c["execute"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    });
+    let early = [
+        EarlyCommand {
+            name: "query-status",
+            arguments: json!({}),
+        },
+        EarlyCommand {
+            name: "migrate-incoming",
+            arguments: json!({"uri": "x"}),
+        },
+    ];
+    let (client, answers) = tokio::time::timeout(
+        Duration::from_secs(10),
+        QmpClient::connect_with(&path, &early),
+    )
+    .await
+    .expect("an early command waited for an answer")
+    .unwrap();
+    assert_eq!(answers[0].as_ref().unwrap()["status"], "inmigrate");
+    assert_eq!(
+        answers[1].as_ref().unwrap_err().to_string(),
+        "QMP command `migrate-incoming` failed: no such uri (GenericError)"
+    );
+    // Events reach their watchers as usual (not necessarily before the early answers).
+    let mut migration = client.migration_events();
+    let seen = migration.wait_for(Option::is_some).await.unwrap().clone();
+    assert_eq!(seen.as_deref(), Some("setup"));
+    client.stop().await.unwrap();
+    assert_eq!(
+        qemu.await.unwrap(),
+        [
+            "qmp_capabilities",
+            "query-status",
+            "migrate-incoming",
+            "stop"
+        ]
+    );
+}
