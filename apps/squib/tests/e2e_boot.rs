@@ -12,12 +12,7 @@ fn getting_started_flow_boots_pauses_resumes_and_powers_off() {
     let guest = guest();
     let mut squib = Squib::start(&["--id", "e2e-boot", "--level", "debug"]);
     let rootfs = rootfs_copy(&guest, squib.dir.path());
-    configure(
-        &squib,
-        &guest,
-        &rootfs,
-        "console=ttyS0 reboot=k panic=1 squib.action=wait squib.tick=1",
-    );
+    configure(&squib, &guest, &rootfs, TICKING_BOOT_ARGS);
     assert_eq!(squib.state(), "Not started");
     squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
     assert_eq!(squib.state(), "Running");

@@ -99,14 +99,7 @@ fn faults_are_reported_and_leave_no_half_written_file() {
     std::fs::create_dir(&snaps).unwrap();
 
     let mut squib = Squib::start(&["--id", "e2e-faults"]);
-    configure(
-        &squib,
-        &guest,
-        &rootfs,
-        "console=ttyS0 reboot=k panic=1 squib.action=wait squib.tick=1",
-    );
-    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
-    squib.wait_for_line("SQUIB-TICK 2", BOOT_TIMEOUT);
+    boot_ticking(&squib, &guest, &rootfs, 2);
     squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
 
     // 1. The disk fills up during create: upstream's error, the previous pair untouched.

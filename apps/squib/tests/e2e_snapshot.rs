@@ -58,14 +58,7 @@ fn snapshot_create_then_restore_in_new_processes() {
     let ticks_at_snapshot;
     {
         let squib = Squib::start(&["--id", "e2e-snap"]);
-        configure(
-            &squib,
-            &guest,
-            &rootfs,
-            "console=ttyS0 reboot=k panic=1 squib.action=wait squib.tick=1",
-        );
-        squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
-        squib.wait_for_line("SQUIB-TICK 3", BOOT_TIMEOUT);
+        boot_ticking(&squib, &guest, &rootfs, 3);
 
         let (status, body) = squib.api("PUT", "/snapshot/create", Some(&create_body));
         assert_eq!(status, 400);
@@ -278,14 +271,7 @@ fn a_restored_pci_guest_is_saved_through_a_full_migration() {
     };
     {
         let squib = Squib::start(&["--enable-pci"]);
-        configure(
-            &squib,
-            &guest,
-            &rootfs,
-            "console=ttyS0 reboot=k panic=1 squib.action=wait squib.tick=1",
-        );
-        squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
-        squib.wait_for_line("SQUIB-TICK 2", BOOT_TIMEOUT);
+        boot_ticking(&squib, &guest, &rootfs, 2);
         squib.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
         std::thread::sleep(Duration::from_millis(300));
         ticks_at_first = last_tick(&squib);

@@ -395,6 +395,16 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 /// The usual getting-started configuration, through the API.
+/// Boot arguments of a guest that waits and prints `SQUIB-TICK <n>` every second.
+pub const TICKING_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 squib.action=wait squib.tick=1";
+
+/// Configures a ticking guest (`TICKING_BOOT_ARGS`), starts it and waits for its tick `tick`.
+pub fn boot_ticking(squib: &Squib, guest: &Guest, rootfs: &Path, tick: u32) {
+    configure(squib, guest, rootfs, TICKING_BOOT_ARGS);
+    squib.ok("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#);
+    squib.wait_for_line(&format!("SQUIB-TICK {tick}"), BOOT_TIMEOUT);
+}
+
 pub fn configure(squib: &Squib, guest: &Guest, rootfs: &Path, boot_args: &str) {
     squib.ok(
         "PUT",
