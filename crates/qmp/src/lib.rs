@@ -599,25 +599,15 @@ impl QmpClient {
 // Migration, for snapshots (arguments as QMP's JSON).
 json_command!(MigrateSetCapabilities, "migrate-set-capabilities");
 json_command!(Migrate, "migrate");
-json_command!(MigrateIncoming, "migrate-incoming");
 json_command!(QueryMigrate, "query-migrate");
 json_command!(XenSaveDevicesState, "xen-save-devices-state");
 
 impl QmpClient {
     /// Turns one migration capability on or off.
     pub async fn migrate_set_capability(&self, name: &str, on: bool) -> Result<(), QmpError> {
-        self.migrate_set_capabilities(&[name], on).await
-    }
-
-    /// Turns migration capabilities on or off, in one command.
-    pub async fn migrate_set_capabilities(&self, names: &[&str], on: bool) -> Result<(), QmpError> {
-        let capabilities: Vec<_> = names
-            .iter()
-            .map(|name| serde_json::json!({ "capability": name, "state": on }))
-            .collect();
-        self.execute(MigrateSetCapabilities(
-            serde_json::json!({ "capabilities": capabilities }),
-        ))
+        self.execute(MigrateSetCapabilities(serde_json::json!({
+            "capabilities": [{ "capability": name, "state": on }]
+        })))
         .await
         .map(drop)
     }
@@ -625,13 +615,6 @@ impl QmpClient {
     /// Starts an outgoing migration to `uri` (returns at once; see [`Self::query_migrate`]).
     pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
         self.execute(Migrate(serde_json::json!({ "uri": uri })))
-            .await
-            .map(drop)
-    }
-
-    /// Starts an incoming migration from `uri` (QEMU was started with `-incoming defer`).
-    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
-        self.execute(MigrateIncoming(serde_json::json!({ "uri": uri })))
             .await
             .map(drop)
     }
